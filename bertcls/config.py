@@ -1,0 +1,195 @@
+"""Typed run configuration: nested dataclasses, YAML files in ``configs/``, ``key.sub=value`` overrides.
+
+The dataclass defaults *are* the offline default run (``configs/default.yaml`` spells the same values out), so
+``python -m bertcls.train`` with no arguments works after a plain ``pip install 'bertcls[demo]'``.
+Loading and merging is OmegaConf's structured-config machinery; validation lives in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bertcls.errors import BertclsError
+
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+METRICS = ("accuracy", "macro_f1", "loss")
+
+
+def doc(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None) -> Any:  # noqa: A002
+    """A dataclass field with a help text, shown by ``--help``."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _choice(section: str, key: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise BertclsError(f"{section}.{key}: '{value}' is not one of {', '.join(valid)}")
+
+
+def _positive(section: str, key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise BertclsError(f"{section}.{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = doc(
+        "packaged:all-MiniLM-L6-v2", "backbone: local folder, hub name, or packaged:all-MiniLM-L6-v2"
+    )
+    head_init: Any = doc("xavier_uniform", "head weight initializer: a name or {name: ..., param: ...}")
+    bias_init: Any = doc("zeros", "head bias initializer")
+    pooling: str = doc("cls", "cls | pooler | mean")
+    dropout: float = doc(0.1, "dropout before each head layer")
+    hidden_sizes: list[int] = doc(help="hidden layer widths of an MLP head ([] = one linear layer)", factory=list)
+    activation: str = doc("gelu", "activation between head layers")
+    freeze_backbone: bool = doc(False, "train the head only (backbone frozen, in eval mode)")
+    unfreeze_top_k: int = doc(0, "with freeze_backbone: also train the top k encoder layers")
+
+    def __post_init__(self) -> None:
+        _positive("model", "unfreeze_top_k", self.unfreeze_top_k, allow_zero=True)
+
+
+@dataclass
+class DataConfig:
+    train: str = doc("packaged:rotten_tomatoes/train", "train split: file (csv/tsv/json/jsonl/parquet) or hub name")
+    validation: str | None = doc("packaged:rotten_tomatoes/validation", "validation split (null: cut from train)")
+    test: str | None = doc("packaged:rotten_tomatoes/test", "test split, evaluated once at the end (null: none)")
+    text_column: str = doc("text", "column with the text")
+    text_pair_column: str | None = doc(None, "column with the second text of a sentence pair")
+    label_column: str = doc("label", "column with the label")
+    labels: list[str] | None = doc(None, "label set and order (default: sorted labels found in train)")
+    max_length: int = doc(128, "tokens per text after truncation")
+    validation_fraction: float = doc(0.1, "share of train held out when no validation split is given")
+
+    def __post_init__(self) -> None:
+        _positive("data", "max_length", self.max_length)
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise BertclsError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = doc(1.5, "passes over the train split")
+    max_steps: int = doc(-1, "optimizer steps to run; > 0 overrides epochs")
+    batch_size: int = doc(32, "examples per step per process")
+    lr: float = doc(1e-4, "peak learning rate of the backbone (and of the head unless head_lr is set)")
+    head_lr: float | None = doc(1e-3, "learning rate of the new head (null: same as lr)")
+    weight_decay: float = doc(0.01, "AdamW weight decay (never on biases and LayerNorm)")
+    scheduler: str = doc("linear", "transformers.get_scheduler name")
+    warmup_ratio: float = doc(0.06, "share of steps spent warming up")
+    grad_accum_steps: int = doc(1, "gradient accumulation steps")
+    max_grad_norm: float = doc(1.0, "gradient clipping norm (0: off)")
+    seed: int = doc(42, "seed for head init, dropout, data order and splitting")
+    mixed_precision: str = doc("auto", "auto | no | bf16 | fp16 (auto: bf16 where the hardware has it)")
+    group_by_length: bool = doc(True, "batch texts of similar length together (less padding, same randomness)")
+    num_workers: int = doc(0, "DataLoader worker processes")
+
+    def __post_init__(self) -> None:
+        _positive("train", "epochs", self.epochs)
+        _positive("train", "batch_size", self.batch_size)
+        _positive("train", "lr", self.lr)
+        _positive("train", "grad_accum_steps", self.grad_accum_steps)
+        _positive("train", "max_grad_norm", self.max_grad_norm, allow_zero=True)
+        _choice("train", "scheduler", self.scheduler, SCHEDULERS)
+        # YAML reads a bare `no` as false; it means full precision here.
+        if str(self.mixed_precision).lower() in ("false", "off", "none"):
+            self.mixed_precision = "no"
+        _choice("train", "mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise BertclsError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = doc(128, "examples per evaluation batch")
+    every_steps: int = doc(0, "also evaluate every N optimizer steps (0: once per epoch)")
+    metric: str = doc("accuracy", "validation metric that picks the best checkpoint: accuracy | macro_f1 | loss")
+
+    def __post_init__(self) -> None:
+        _positive("eval", "batch_size", self.batch_size)
+        _positive("eval", "every_steps", self.every_steps, allow_zero=True)
+        _choice("eval", "metric", self.metric, METRICS)
+
+
+@dataclass
+class OutputConfig:
+    dir: str = doc("runs/default", "output folder: best/, last/, metrics.json, config.yaml, train.log")
+    overwrite: bool = doc(False, "replace a finished run already in output.dir")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def _valid_keys(section: str) -> list[str]:
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    if section in sections:
+        cls = {f.name: f.default_factory for f in dataclasses.fields(Config)}[section]
+        return [f"{section}.{f.name}" for f in dataclasses.fields(cls)]
+    return list(sections)
+
+
+def _explain(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", "") or ""
+    msg = getattr(e, "msg", str(e)).splitlines()[0]
+    if "not in" in msg or type(e).__name__ == "ConfigKeyError":
+        section = key.split(".")[0] if "." in key else ""
+        valid = _valid_keys(section) if section else _valid_keys("")
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"unknown config key '{key}'{hint}; valid: {', '.join(valid)}"
+    return f"config key '{key}': {msg}" if key else msg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``key.sub=value`` overrides; returns a validated Config."""
+    layers = [OmegaConf.structured(Config)]
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            shipped = sorted(x.name for x in Path("configs").glob("*.yaml")) if Path("configs").is_dir() else []
+            more = f"; shipped configs: {', '.join(shipped)}" if shipped else ""
+            raise BertclsError(f"config file {path} does not exist{more}")
+        try:
+            layers.append(OmegaConf.load(p))
+        except Exception as e:
+            raise BertclsError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from e
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise BertclsError(f"override '{bad[0]}' is not of the form key.sub=value (e.g. train.epochs=2)")
+    try:
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise BertclsError(_explain(e)) from e
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def options_help() -> str:
+    """Every config key with its default and help text, for ``--help``."""
+    lines = []
+    for section in dataclasses.fields(Config):
+        cls = section.default_factory
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {section.name}.{f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)

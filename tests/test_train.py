@@ -1,0 +1,247 @@
+"""End-to-end training on a tiny random BERT, the CLI's errors, the shipped configs, and 2-process runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from bertcls import BertclsError, BertForTextClassification
+from bertcls.config import Config, load_config
+from bertcls.data import load_split
+from bertcls.train import train
+
+from .conftest import make_rows, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+
+def tiny_cfg(tiny_bert, tiny_data, out: Path, *extra: str) -> Config:
+    return load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_bert}",
+            f"data.train={tiny_data['train']}",
+            f"data.validation={tiny_data['validation']}",
+            f"data.test={tiny_data['test']}",
+            "data.max_length=32",
+            "train.batch_size=8",
+            "train.epochs=2",
+            "train.mixed_precision=no",
+            "eval.batch_size=16",
+            f"output.dir={out}",
+            *extra,
+        ],
+    )
+
+
+def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "bertcls.train", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_end_to_end_tiny_run_writes_checkpoints_that_reload(tiny_bert, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny_cfg(tiny_bert, tiny_data, out, "eval.every_steps=5"))
+    for name in ("best", "last", "metrics.json", "config.yaml", "train.log"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["labels"] == ["negative", "positive"]
+    steps = [h["step"] for h in metrics["history"]]
+    assert steps == [5, 10, 12, 15, 20, 24]  # every 5 steps plus each epoch end (12 steps per epoch)
+    assert all(h["validation"]["num_examples"] == 40 for h in metrics["history"])
+    assert metrics["train_loss_curve"][-1][0] == 24
+    # the best checkpoint is the one with the best validation accuracy, and the test ran on it
+    accs = {h["step"]: h["validation"]["accuracy"] for h in metrics["history"]}
+    assert metrics["best"]["value"] == max(accs.values())
+    best = BertForTextClassification.from_pretrained(out / "best")
+    test = load_split(str(tiny_data["test"]))
+    probs = best.predict_proba(test.texts, batch_size=7)
+    acc = (probs.argmax(-1).numpy() == [best.labels.index(y) for y in test.labels]).mean()
+    assert acc == pytest.approx(result["test"]["accuracy"])
+    assert result["test"]["num_examples"] == 40
+    assert (out / "config.yaml").read_text().count("name_or_path") == 1
+
+
+def test_training_learns_the_tiny_task(tiny_bert, tiny_data, tmp_path):
+    result = train(
+        tiny_cfg(
+            tiny_bert,
+            tiny_data,
+            tmp_path / "run",
+            "train.epochs=15",
+            "train.lr=2e-3",
+            "train.head_lr=1e-2",
+            "model.dropout=0",
+        )
+    )
+    assert result["test"]["accuracy"] >= 0.9
+    assert result["train_loss_curve"][-1][1] < result["train_loss_curve"][0][1]
+
+
+def test_frozen_backbone_leaves_backbone_weights_unchanged(tiny_bert, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(tiny_bert, tiny_data, out, "model.freeze_backbone=true", "train.epochs=1"))
+    start = BertForTextClassification.from_pretrained(tiny_bert, labels=["negative", "positive"])
+    trained = BertForTextClassification.from_pretrained(out / "last")
+    for k, v in start.backbone.state_dict().items():
+        assert torch.equal(trained.backbone.state_dict()[k], v), k
+    assert not torch.equal(trained.head.layers[-1].weight, start.head.layers[-1].weight)
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tiny_bert, tiny_data, tmp_path):
+    # 96 examples / batch 8 = 12 micro-batches; accumulating 5 gives 3 steps per epoch (the last one partial).
+    result = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", "train.grad_accum_steps=5", "train.epochs=1"))
+    assert [h["step"] for h in result["history"]] == [3]
+
+
+def test_max_steps_overrides_epochs(tiny_bert, tiny_data, tmp_path):
+    result = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", "train.max_steps=4", "train.epochs=9"))
+    assert result["history"][-1]["step"] == 4
+
+
+def test_validation_is_cut_from_train_when_missing(tiny_bert, tiny_data, tmp_path):
+    result = train(
+        tiny_cfg(
+            tiny_bert,
+            tiny_data,
+            tmp_path / "run",
+            "data.validation=null",
+            "train.epochs=1",
+            "data.validation_fraction=0.25",
+        )
+    )
+    assert result["history"][-1]["validation"]["num_examples"] == 24
+
+
+def test_same_seed_same_metrics(tiny_bert, tiny_data, tmp_path):
+    a = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "a", "train.epochs=1"))
+    b = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "b", "train.epochs=1"))
+    assert a["history"] == b["history"] and a["test"] == b["test"]
+
+
+def test_finished_run_is_not_overwritten(tiny_bert, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=1"))
+    before = (out / "metrics.json").read_text()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(BertclsError, match="already holds a run"):
+        train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=2"))
+    assert (out / "metrics.json").read_text() == before
+    train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=2", "output.overwrite=true"))
+    assert json.loads((out / "metrics.json").read_text())["history"][-1]["step"] == 2
+    assert (out / "notes.txt").read_text() == "mine"  # overwrite removes only bertcls's own files
+
+
+def test_config_layers_and_validation(tmp_path):
+    cfg = load_config(None, ["train.lr=3e-5", "model.head_init={name: kaiming_normal, mode: fan_out}"])
+    assert cfg.train.lr == 3e-5 and cfg.model.head_init["mode"] == "fan_out"
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("train:\n  epochs: 3\n  lr: 1.0e-3\n")
+    cfg = load_config(yaml, ["train.lr=2e-5"])
+    assert cfg.train.epochs == 3 and cfg.train.lr == 2e-5  # command line wins
+    with pytest.raises(BertclsError, match=r"unknown config key 'train.learning_rate'.*train\.lr"):
+        load_config(None, ["train.learning_rate=1"])
+    with pytest.raises(BertclsError, match="train.epochs"):
+        load_config(None, ["train.epochs=many"])
+    with pytest.raises(BertclsError, match="is not one of"):
+        load_config(None, ["train.mixed_precision=fp8"])
+    with pytest.raises(BertclsError, match="key.sub=value"):
+        load_config(None, ["train.epochs"])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, Config)
+
+
+def test_default_yaml_is_the_no_argument_run():
+    assert asdict(load_config(ROOT / "configs" / "default.yaml")) == asdict(load_config(None))
+
+
+def test_cli_help_lists_options():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for key in ("model.head_init", "data.text_pair_column", "train.max_steps", "output.overwrite"):
+        assert key in proc.stdout
+
+
+def test_cli_errors_are_one_line_without_traceback(tiny_bert, tiny_data, tmp_path):
+    base = [
+        f"model.name_or_path={tiny_bert}",
+        f"data.train={tiny_data['train']}",
+        "data.test=null",
+        f"data.validation={tiny_data['validation']}",
+        "train.max_steps=1",
+        "train.mixed_precision=no",
+    ]
+    bad_val = write_csv(tmp_path / "val.csv", make_rows(4, 9) + [{"text": "meh", "label": "neutral", "other": "a"}])
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "metrics.json").write_text("{}")
+    cases = {
+        "does not exist": [f"data.train={tmp_path / 'missing.csv'}"],
+        "no column 'txt'": ["data.text_column=txt"],
+        "unknown config key": ["train.nope=1"],
+        "'neutral'": [f"data.validation={bad_val}"],
+        "already holds a run": [f"output.dir={finished}"],
+    }
+    for expected, extra in cases.items():
+        args = [*base, f"output.dir={tmp_path / 'out'}", *extra]
+        proc = run_cli(*args)
+        assert proc.returncode != 0, expected
+        assert expected in proc.stderr, (expected, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_two_processes_with_torchrun(tiny_bert, tmp_path):
+    # 37 validation examples over 2 processes: one process gets a padded batch that must not be counted twice.
+    d = tmp_path / "data"
+    d.mkdir()
+    train_csv = write_csv(d / "train.csv", make_rows(50, 1))
+    val_csv = write_csv(d / "val.csv", make_rows(37, 2))
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    for mode in ("false", "true"):
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "bertcls.train",
+            f"model.name_or_path={tiny_bert}",
+            f"data.train={train_csv}",
+            f"data.validation={val_csv}",
+            f"data.test={val_csv}",
+            "train.batch_size=8",
+            "train.epochs=1",
+            "eval.batch_size=5",
+            "train.mixed_precision=no",
+            f"output.dir={out}",
+            "output.overwrite=true",
+            f"model.freeze_backbone={mode}",
+        ]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["num_processes"] == 2
+        assert metrics["history"][-1]["validation"]["num_examples"] == 37
+        assert metrics["test"]["num_examples"] == 37
+        # 50 examples, 8 per process per step, 2 processes: 4 steps
+        assert metrics["history"][-1]["step"] == 4
+        assert BertForTextClassification.from_pretrained(out / "best").labels == ["negative", "positive"]
