@@ -313,7 +313,11 @@ def train(cfg: Config) -> dict[str, Any]:
     step, examples = 0, 0
     running, running_n = torch.zeros((), device=accelerator.device), 0
 
+    eval_time = 0.0
+
     def run_eval(epoch: float) -> None:
+        nonlocal eval_time
+        eval_start = time.perf_counter()
         record: dict[str, Any] = {"step": step, "epoch": round(epoch, 3), "lr": scheduler.get_last_lr()[0]}
         if loss_curve:
             record["train_loss"] = loss_curve[-1][1]
@@ -331,6 +335,7 @@ def train(cfg: Config) -> dict[str, Any]:
                     unwrapped.save_pretrained(out / "best")
         history.append(record)
         model.train()
+        eval_time += time.perf_counter() - eval_start
 
     progress = tqdm(total=total_steps, disable=not main, desc="training", unit="step", dynamic_ncols=True)
     tick = time.perf_counter()
@@ -360,7 +365,7 @@ def train(cfg: Config) -> dict[str, Any]:
                 loss_curve.append([step, mean_loss])
                 running.zero_()
                 running_n = 0
-                rate = examples * accelerator.num_processes / (time.perf_counter() - tick)
+                rate = examples * accelerator.num_processes / (time.perf_counter() - tick - eval_time)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{rate:.0f}")
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < total_steps:
                 run_eval(step / updates_per_epoch)
@@ -371,7 +376,7 @@ def train(cfg: Config) -> dict[str, Any]:
         run_eval(epoch + 1)
     run_eval(step / updates_per_epoch)
     progress.close()
-    train_time = time.perf_counter() - tick
+    train_time = time.perf_counter() - tick - eval_time
 
     accelerator.wait_for_everyone()
     if main:
@@ -387,6 +392,7 @@ def train(cfg: Config) -> dict[str, Any]:
         "best": best,
         "train_examples_per_s": examples * accelerator.num_processes / train_time,
         "train_time_s": train_time,
+        "eval_time_s": eval_time,
         "mixed_precision": precision,
         "num_processes": accelerator.num_processes,
     }

@@ -245,3 +245,10 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
         # 50 examples, 8 per process per step, 2 processes: 4 steps
         assert metrics["history"][-1]["step"] == 4
         assert BertForTextClassification.from_pretrained(out / "best").labels == ["negative", "positive"]
+
+
+def test_accelerate_config_example_is_valid():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(ROOT / "configs" / "accelerate" / "multi_gpu.yaml"))
+    assert cfg.num_processes == 4 and str(cfg.distributed_type).endswith("MULTI_GPU")
