@@ -92,6 +92,8 @@ class TrainConfig:
     mixed_precision: str = doc("auto", "auto | no | bf16 | fp16 (auto: bf16 where the hardware has it)")
     group_by_length: bool = doc(True, "batch texts of similar length together (less padding, same randomness)")
     num_workers: int = doc(0, "DataLoader worker processes")
+    cache: bool = doc(True, "frozen backbone: run it once per split and train the head on stored features")
+    cache_dir: str | None = doc(None, "feature cache folder (null: $BERTCLS_CACHE or ~/.cache/bertcls/features)")
 
     def __post_init__(self) -> None:
         _positive("train", "epochs", self.epochs)

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
 from bertcls.config import Config, load_config, options_help, to_yaml
 from bertcls.data import (
     LengthGroupedBatchSampler,
@@ -144,24 +145,37 @@ def build_optimizer(model: BertForTextClassification, cfg: Config) -> torch.opti
     return torch.optim.AdamW(param_groups, lr=t.lr, fused=fused)
 
 
-def make_train_loader(ds: TextClassificationDataset, cfg: Config, pin: bool) -> DataLoader:
+def make_train_loader(ds, cfg: Config, pin: bool) -> DataLoader:
     t = cfg.train
-    if t.group_by_length:
+    # Cached features have no length, so length grouping only applies to token batches.
+    if t.group_by_length and not isinstance(ds, FeatureDataset):
         sampler = LengthGroupedBatchSampler(ds.lengths, t.batch_size, seed=t.seed)
     else:
         sampler = ShuffledBatchSampler(len(ds), t.batch_size, seed=t.seed)
     return DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate, num_workers=t.num_workers, pin_memory=pin)
 
 
-def make_eval_loader(ds: TextClassificationDataset, batch_size: int, pin: bool) -> DataLoader:
+def make_eval_loader(ds, batch_size: int, pin: bool) -> DataLoader:
     # Length-sorted batches; every item carries its index so predictions are put back in input order.
     return DataLoader(
         ds, batch_sampler=length_sorted_batches(ds.lengths, batch_size), collate_fn=ds.collate, pin_memory=pin
     )
 
 
+def forward_tokens(module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of the whole model on a tokenized batch."""
+    return module(**batch).logits
+
+
+def forward_features(module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of the head alone on a batch of cached backbone features."""
+    return module(batch["features"])
+
+
 @torch.inference_mode()
-def predict_loader(model, loader: DataLoader, accelerator: Accelerator, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+def predict_loader(
+    model, loader: DataLoader, accelerator: Accelerator, n: int, forward=None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Probabilities and gold labels for all ``n`` examples in input order, gathered across processes.
 
     Length-sorted batches differ in size between processes, and accelerate repeats a few examples so every process
@@ -176,7 +190,7 @@ def predict_loader(model, loader: DataLoader, accelerator: Accelerator, n: int) 
     for batch in loader:
         index = batch.pop("index")
         labels = batch.pop("labels", None)
-        logits = model(**batch).logits.float()
+        logits = (forward or forward_tokens)(model, batch).float()
         if labels is None:
             labels = torch.full_like(index, -1)
         if accelerator.num_processes > 1:
@@ -194,8 +208,8 @@ def predict_loader(model, loader: DataLoader, accelerator: Accelerator, n: int) 
     return probs, gold, int(seen.sum())
 
 
-def evaluate_split(model, loader, accelerator, ds: TextClassificationDataset) -> dict[str, float]:
-    probs, gold, gathered = predict_loader(model, loader, accelerator, len(ds))
+def evaluate_split(model, loader, accelerator, ds, forward=None) -> dict[str, float]:
+    probs, gold, gathered = predict_loader(model, loader, accelerator, len(ds), forward)
     result = core_metrics(gold, probs)
     result["num_examples"] = gathered
     return result
@@ -263,12 +277,38 @@ def train(cfg: Config) -> dict[str, Any]:
     if main:
         (out / "config.yaml").write_text(to_yaml(cfg))
 
-    make_ds = lambda s, idx: TextClassificationDataset(  # noqa: E731
-        s.texts, s.labels, model.tokenizer, cfg.data.max_length, s.text_pairs, data.labels, with_index=idx
-    )
+    cached = cfg.train.cache and model.backbone_fully_frozen
+    if cached:
+        # Head-only epochs on stored backbone features: the backbone runs once per split, or never on a warm cache.
+        model.to(accelerator.device)
+        cache_dir = Path(cfg.train.cache_dir).expanduser() if cfg.train.cache_dir else DEFAULT_CACHE_DIR
+
+        def make_ds(split: Split, _with_index: bool) -> FeatureDataset:
+            feats, hit = load_or_compute(model, split, cfg.data.max_length, precision, accelerator, cache_dir, log)
+            cache_hits.append(hit)
+            return FeatureDataset(feats, label_ids(split.labels, data.labels))
+
+        module, forward = model.head, forward_features
+    else:
+
+        def make_ds(split: Split, with_index: bool) -> TextClassificationDataset:
+            return TextClassificationDataset(
+                split.texts,
+                split.labels,
+                model.tokenizer,
+                cfg.data.max_length,
+                split.text_pairs,
+                data.labels,
+                with_index=with_index,
+            )
+
+        module, forward = model, forward_tokens
+    cache_hits: list[bool] = []
     train_ds = make_ds(data.train, False)
     val_ds = make_ds(data.validation, True) if data.validation is not None else None
     test_ds = make_ds(data.test, True) if data.test is not None else None
+    if cached:
+        log(f"feature cache {cache_dir}: {sum(cache_hits)} of {len(cache_hits)} split(s) reused")
 
     pin = accelerator.device.type == "cuda"
     train_loader = make_train_loader(train_ds, cfg, pin)
@@ -276,7 +316,7 @@ def train(cfg: Config) -> dict[str, Any]:
     eval_loaders = [make_eval_loader(ds, cfg.eval.batch_size, pin) for ds in (val_ds, test_ds) if ds is not None]
     optimizer = build_optimizer(model, cfg)
 
-    model, optimizer, train_loader, *eval_loaders = accelerator.prepare(model, optimizer, train_loader, *eval_loaders)
+    module, optimizer, train_loader, *eval_loaders = accelerator.prepare(module, optimizer, train_loader, *eval_loaders)
     val_loader = eval_loaders.pop(0) if val_ds is not None else None
     test_loader = eval_loaders.pop(0) if test_ds is not None else None
 
@@ -293,7 +333,7 @@ def train(cfg: Config) -> dict[str, Any]:
     )
     scheduler = accelerator.prepare(scheduler)
 
-    unwrapped: BertForTextClassification = accelerator.unwrap_model(model)
+    unwrapped = model  # the plain module: what is saved, whatever was wrapped for training
     n_train = sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)
     mode = (
         "head only"
@@ -322,7 +362,7 @@ def train(cfg: Config) -> dict[str, Any]:
         if loss_curve:
             record["train_loss"] = loss_curve[-1][1]
         if val_loader is not None:
-            record["validation"] = evaluate_split(model, val_loader, accelerator, val_ds)
+            record["validation"] = evaluate_split(module, val_loader, accelerator, val_ds, forward)
             value = record["validation"][cfg.eval.metric]
             v = record["validation"]
             log(
@@ -334,28 +374,30 @@ def train(cfg: Config) -> dict[str, Any]:
                 if main:
                     unwrapped.save_pretrained(out / "best")
         history.append(record)
-        model.train()
+        module.train()
         eval_time += time.perf_counter() - eval_start
 
     progress = tqdm(total=total_steps, disable=not main, desc="training", unit="step", dynamic_ncols=True)
     tick = time.perf_counter()
-    model.train()
+    module.train()
     for epoch in range(num_epochs):
         # accelerate's sharded batch sampler does not pass set_epoch on to ours, so set it directly.
         train_sampler.set_epoch(epoch)
         for batch in train_loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
+            labels = batch.pop("labels")
+            batch.pop("index", None)
+            with accelerator.accumulate(module):
+                loss = torch.nn.functional.cross_entropy(forward(module, batch).float(), labels)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+                    accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             # Summed on the device: reading the loss every step would force a host sync each step.
             running += loss.detach()
             running_n += 1
-            examples += len(batch["labels"])
+            examples += len(labels)
             if not accelerator.sync_gradients:
                 continue
             step += 1
@@ -395,13 +437,14 @@ def train(cfg: Config) -> dict[str, Any]:
         "eval_time_s": eval_time,
         "mixed_precision": precision,
         "num_processes": accelerator.num_processes,
+        "feature_cache": {"used": cached, "splits_reused": sum(cache_hits), "splits": len(cache_hits)},
     }
     if test_loader is not None:
         if best["step"] is not None and best["step"] != step:
             from safetensors.torch import load_file
 
             unwrapped.load_state_dict(load_file(out / "best" / "model.safetensors"))
-        result["test"] = evaluate_split(model, test_loader, accelerator, test_ds)
+        result["test"] = evaluate_split(module, test_loader, accelerator, test_ds, forward)
         tst = result["test"]
         log(
             f"test (best checkpoint, step {best['step'] or step}): loss {tst['loss']:.4f}"

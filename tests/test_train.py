@@ -235,8 +235,9 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
             f"output.dir={out}",
             "output.overwrite=true",
             f"model.freeze_backbone={mode}",
+            f"train.cache_dir={tmp_path / 'cache'}",
         ]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-3000:]
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["num_processes"] == 2

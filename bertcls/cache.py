@@ -1,0 +1,160 @@
+"""Frozen-backbone feature cache: run the backbone once per split, keep the pooled outputs on disk.
+
+With the backbone frozen (no layer unfrozen) the head's input never changes, so head-only epochs can run on stored
+tensors. A second run with another initializer, learning rate or seed reuses the cache without touching the
+backbone. The key hashes everything that changes the features: backbone weights and config, tokenizer, max length,
+truncation, pooling, precision, and the texts themselves (content, not the file path), so a stale entry is never
+used. Entries are ``<key>.safetensors`` files written atomically; the folder is safe to delete at any time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from bertcls.data import Split, encode, iter_length_sorted_batches
+
+CACHE_VERSION = 1
+DEFAULT_CACHE_DIR = Path(os.environ.get("BERTCLS_CACHE", Path.home() / ".cache" / "bertcls" / "features"))
+
+
+def _update_strings(h, values: Sequence[str] | None) -> None:
+    if values is None:
+        h.update(b"\x00none")
+        return
+    for v in values:
+        b = v.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+
+
+def backbone_fingerprint(model) -> str:
+    """Hash of the backbone's weights, config and tokenizer; memoized on the model until its weights change."""
+    memo = getattr(model, "_bertcls_fingerprint", None)
+    version = sum(p._version for p in model.backbone.parameters())
+    if memo is not None and memo[0] == version:
+        return memo[1]
+    h = hashlib.blake2b(digest_size=20)
+    for name, tensor in sorted(model.backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    h.update(json.dumps(model.backbone.config.to_dict(), sort_keys=True, default=str).encode())
+    tok = model.tokenizer
+    backend = getattr(tok, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)).encode())
+    h.update(str(getattr(tok, "truncation_side", "right")).encode())
+    digest = h.hexdigest()
+    model._bertcls_fingerprint = (version, digest)
+    return digest
+
+
+def cache_key(model, split: Split, max_length: int, precision: str) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"v{CACHE_VERSION}|{backbone_fingerprint(model)}|{model.spec.pooling}|{max_length}|{precision}".encode())
+    _update_strings(h, split.texts)
+    _update_strings(h, split.text_pairs)
+    return h.hexdigest()
+
+
+@torch.inference_mode()
+def compute_features(model, split: Split, max_length: int, accelerator, batch_size: int = 128) -> torch.Tensor:
+    """Pooled backbone outputs for every text of ``split`` (in order), each process doing its share."""
+    model.eval()
+    device = accelerator.device
+    indices = list(range(len(split)))
+    with accelerator.split_between_processes(indices) as mine:
+        mine = list(mine)
+        texts = [split.texts[i] for i in mine]
+        pairs = [split.text_pairs[i] for i in mine] if split.text_pairs is not None else None
+        encoded = encode(model.tokenizer, texts, pairs, max_length)
+        pad_id = model.tokenizer.pad_token_id or 0
+        local = torch.empty(len(mine), model.backbone.config.hidden_size)
+        bar = tqdm(total=len(mine), desc="features", unit="text", disable=not accelerator.is_main_process, leave=False)
+        for idx, batch in iter_length_sorted_batches(encoded, batch_size, pad_id):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            with accelerator.autocast():
+                local[idx] = model.features(**batch).float().cpu()
+            bar.update(len(idx))
+        bar.close()
+        local_index = torch.tensor(mine, dtype=torch.long)
+    if accelerator.num_processes == 1:
+        return local
+    local, local_index = local.to(device), local_index.to(device)
+    padded = accelerator.pad_across_processes((local, local_index), dim=0, pad_index=-1)
+    feats, index = accelerator.gather(padded)
+    out = torch.empty(len(split), local.shape[1])
+    keep = index >= 0
+    out[index[keep].cpu()] = feats[keep].cpu()
+    return out
+
+
+def load_or_compute(
+    model, split: Split, max_length: int, precision: str, accelerator, cache_dir: Path | None, log=print
+) -> tuple[torch.Tensor, bool]:
+    """Features of ``split`` from the cache, or computed (and stored, by the main process only).
+
+    Returns (features, whether they came from the cache). ``cache_dir=None`` computes without storing.
+    """
+    key = cache_key(model, split, max_length, precision)
+    path = cache_dir / f"{key}.safetensors" if cache_dir is not None else None
+    feats = None
+    if path is not None and path.is_file():
+        try:
+            feats = load_file(path)["features"]
+        except Exception:  # a damaged entry is recomputed, never trusted
+            log(f"feature cache entry {path.name} is unreadable; recomputing it")
+    # Hit or miss is decided together: a process that computes alone would wait forever in its gather.
+    if accelerator.num_processes > 1:
+        hit = torch.tensor(float(feats is not None), device=accelerator.device)
+        if accelerator.reduce(hit, "sum").item() < accelerator.num_processes:
+            feats = None
+    if feats is not None:
+        return feats, True
+    feats = compute_features(model, split, max_length, accelerator)
+    if path is not None and accelerator.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        meta = {"source": split.source, "rows": str(len(split)), "pooling": model.spec.pooling}
+        save_file({"features": feats.contiguous()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    accelerator.wait_for_everyone()
+    return feats, False
+
+
+class FeatureDataset(Dataset):
+    """Cached features with label ids; items carry their index so evaluation can restore input order."""
+
+    def __init__(self, features: torch.Tensor, labels: Sequence[int] | None):
+        self.features = features
+        self.labels = torch.tensor(labels, dtype=torch.long) if labels is not None else None
+        self.lengths = [1] * len(features)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"features": self.features[i], "index": i}
+        if self.labels is not None:
+            item["labels"] = int(self.labels[i])
+        return item
+
+    @staticmethod
+    def collate(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = {
+            "features": torch.stack([it["features"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items]),
+        }
+        if "labels" in items[0]:
+            batch["labels"] = torch.tensor([it["labels"] for it in items])
+        return batch
