@@ -20,6 +20,8 @@ def plot_confusion_matrix(
 ) -> Path:
     """Draw a confusion matrix (rows = gold, columns = predicted) with counts in the cells; save it as ``path``.
 
+    ``title`` goes above the accuracy line (e.g. which checkpoint on which data).
+
     Cell colour is the share of the gold row (recall per class), so classes of very different sizes read alike;
     the text gives the count and that share.
     """
@@ -39,7 +41,8 @@ def plot_confusion_matrix(
     total = int(counts.sum())
     correct = int(np.trace(counts))
     accuracy = correct / total if total else 0.0
-    ax.set_title(title or f"confusion matrix: {correct}/{total} correct ({accuracy:.1%})", fontsize=12)
+    headline = f"{correct}/{total} correct ({accuracy:.1%})"
+    ax.set_title(f"{title}\n{headline}" if title else f"confusion matrix: {headline}", fontsize=12)
     if n <= 30:  # beyond that the numbers no longer fit in the cells
         fontsize = 12 if n <= 6 else 8
         for i in range(n):
