@@ -25,7 +25,7 @@ import torch
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
 from bertcls.errors import BertclsError, cli_errors
 from bertcls.metrics import classification_report, paired_bootstrap
-from bertcls.model import BertForTextClassification
+from bertcls.model import BertForTextClassification, load_checkpoint
 from bertcls.resources import is_packaged
 
 UNKNOWN_LABEL_CHOICES = ("error", "skip")
@@ -80,7 +80,7 @@ def evaluate_checkpoint(
     if isinstance(checkpoint, BertForTextClassification):
         model, name = checkpoint, "model"
     else:
-        model, name = BertForTextClassification.from_pretrained(checkpoint), str(checkpoint)
+        model, name = load_checkpoint(checkpoint), str(checkpoint)
     index = {label: i for i, label in enumerate(model.labels)}
     gold = np.array([index.get(str(v), -1) for v in data.labels], dtype=np.int64)
     unknown = Counter(str(v) for v, g in zip(data.labels, gold) if g < 0)
@@ -213,7 +213,8 @@ def unique_names(paths: Sequence[str]) -> list[str]:
         names = ["-".join(p[-depth:]) for p in parts]
         if len(set(names)) == len(names):
             return names
-    return [f"{i + 1}-{name}" for i, name in enumerate(names)]  # the same folder given twice
+    # The same folder given twice: number them.
+    return [f"{i + 1}-{Path(p).resolve().name}" for i, p in enumerate(paths)]
 
 
 def write_report(result: CheckpointResult, data: Split, out: Path) -> None:

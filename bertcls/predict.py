@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bertcls.errors import BertclsError, cli_errors
-from bertcls.model import BertForTextClassification
+from bertcls.model import BertForTextClassification, load_checkpoint
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
 
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     import transformers
 
     transformers.logging.disable_progress_bar()
-    model = BertForTextClassification.from_pretrained(args.checkpoint)
+    model = load_checkpoint(args.checkpoint)
     if args.output:
         preds = predict_file(
             model,
