@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,17 +110,23 @@ def load_split(
     text_pair_column: str | None = None,
     split: str = "train",
     require_labels: bool = True,
+    option_names: Mapping[str, str] | None = None,
 ) -> Split:
-    """Read ``source`` and pull out the text, pair and label columns, with one-line errors for what is wrong."""
+    """Read ``source`` and pull out the text, pair and label columns, with one-line errors for what is wrong.
+
+    ``option_names`` maps ``text_column`` / ``text_pair_column`` / ``label_column`` to the option a user sets them
+    with (default: the config keys ``data.text_column`` ...), so an error names the option of the tool in use.
+    """
+    option = lambda key: (option_names or {}).get(key, f"data.{key}")  # noqa: E731
     table = read_table(source, split)
     columns = list(table.column_names)
     if text_column not in columns:
-        raise _missing_column(text_column, columns, source, "data.text_column")
+        raise _missing_column(text_column, columns, source, option("text_column"))
     if text_pair_column and text_pair_column not in columns:
-        raise _missing_column(text_pair_column, columns, source, "data.text_pair_column")
+        raise _missing_column(text_pair_column, columns, source, option("text_pair_column"))
     has_labels = bool(label_column) and label_column in columns
     if require_labels and not has_labels:
-        raise _missing_column(str(label_column), columns, source, "data.label_column")
+        raise _missing_column(str(label_column), columns, source, option("label_column"))
     if len(table) == 0:
         raise BertclsError(f"{source} has a header but no rows")
     texts = ["" if t is None else str(t) for t in table[text_column]]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
@@ -30,3 +31,107 @@ def is_better(metric: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
     return value < best if metric == "loss" else value > best
+
+
+# ---------------------------------------------------------------- full evaluation report
+
+ECE_BINS = 15
+
+
+def expected_calibration_error(y_true: Sequence[int], probs: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Expected calibration error of the top-class probability (Guo et al. 2017, "On Calibration of Modern NNs").
+
+    With confidence ``c_i = max_k p_ik`` and ``correct_i = [argmax_k p_ik == y_i]``, examples go into ``n_bins``
+    equal-width bins ``B_b = {i : b/n_bins < c_i <= (b+1)/n_bins}`` and
+
+        ECE = sum_b |B_b| / n * | mean(correct_i, i in B_b) - mean(c_i, i in B_b) |
+
+    i.e. the gap between accuracy and confidence, averaged over bins by their share of examples (0 = calibrated).
+    """
+    y_true = np.asarray(y_true)
+    conf = probs.max(-1).astype(np.float64)
+    correct = (probs.argmax(-1) == y_true).astype(np.float64)
+    # Bin b holds (b/n, (b+1)/n]; ceil(c*n)-1 does that, and a confidence of exactly 0 (impossible for a top class
+    # of a softmax, but cheap to guard) joins the first bin.
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return float(ece)
+
+
+def classification_report(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
+    """Every metric ``bertcls.evaluate`` reports, from gold label indices and class probabilities.
+
+    Returns a JSON-ready dict: ``num_examples``, ``accuracy``, ``loss`` (log loss), ``ece``, ``precision`` /
+    ``recall`` / ``f1`` for ``macro``, ``micro`` and ``weighted`` averages, ``macro_f1`` (as training reports it),
+    ``per_class`` (precision, recall, f1, support per label name), ``confusion_matrix`` (nested list, rows = gold,
+    columns = predicted, in ``labels`` order), and for two labels ``roc_auc`` and ``average_precision`` with
+    ``labels[1]`` as the positive class (None when the data holds only one class, where they are undefined).
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = probs.argmax(-1)
+    ids = list(range(len(labels)))
+    report: dict[str, Any] = {"num_examples": len(y_true), "accuracy": float(skm.accuracy_score(y_true, y_pred))}
+    report["loss"] = log_loss(y_true, probs)
+    report["ece"] = expected_calibration_error(y_true, probs)
+    for average in ("macro", "micro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=average, zero_division=0)
+        report[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+    report["macro_f1"] = report["macro"]["f1"]
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None, zero_division=0)
+    report["per_class"] = {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, name in enumerate(labels)
+    }
+    report["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=ids).tolist()
+    if len(labels) == 2:
+        both = len(np.unique(y_true)) == 2
+        report["positive_label"] = labels[1]
+        report["roc_auc"] = float(skm.roc_auc_score(y_true, probs[:, 1])) if both else None
+        report["average_precision"] = float(skm.average_precision_score(y_true == 1, probs[:, 1])) if both else None
+    return report
+
+
+def paired_bootstrap(
+    correct_a: Sequence[bool],
+    correct_b: Sequence[bool],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """Paired bootstrap confidence interval for ``accuracy(b) - accuracy(a)`` on the same examples.
+
+    Each resample draws n example indices with replacement and takes the accuracy difference on exactly those
+    examples for both models, so the shared difficulty of the examples cancels out (Efron & Tibshirani 1993; the
+    usual test for NLP systems, Berg-Kirkpatrick et al. 2012). The interval is the percentile interval of the
+    resampled differences. An interval that excludes 0 suggests a real difference, not noise in the test set.
+    """
+    a = np.asarray(correct_a, dtype=np.float64)
+    b = np.asarray(correct_b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired_bootstrap needs two equal-length, non-empty 1-d arrays, got {a.shape}, {b.shape}")
+    diff = b - a
+    rng = np.random.default_rng(seed)
+    # Resamples in chunks so the index matrix stays small (~16M entries) on large test sets.
+    chunk = max(1, 16_000_000 // len(diff))
+    means = []
+    for start in range(0, n_resamples, chunk):
+        idx = rng.integers(0, len(diff), size=(min(chunk, n_resamples - start), len(diff)))
+        means.append(diff[idx].mean(1))
+    resampled = np.concatenate(means)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(resampled, [alpha, 1 - alpha])
+    return {
+        "accuracy_difference": float(diff.mean()),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "confidence": confidence,
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "num_examples": len(diff),
+        # Share of resamples where b is not better: a rough one-sided p-value for "b beats a".
+        "fraction_b_not_better": float((resampled <= 0).mean()),
+    }

@@ -483,3 +483,21 @@ def _load_checkpoint(path: Path) -> BertForTextClassification:
         line = next((s.strip() for s in str(e).splitlines() if "size mismatch" in s), str(e).splitlines()[0])
         raise BertclsError(f"checkpoint {path}: weights do not match its config ({line})") from e
     return model
+
+
+def load_checkpoint(path: str | os.PathLike) -> BertForTextClassification:
+    """A saved bertcls checkpoint, for the tools that only use one (evaluate, predict): a plain backbone folder is
+    an error here rather than a request for a new head.
+
+    Raises:
+        BertclsError: the folder is missing, is not a bertcls checkpoint, or is corrupt.
+    """
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise BertclsError(f"checkpoint folder {folder} does not exist")
+    if not (folder / CONFIG_NAME).is_file():
+        raise BertclsError(
+            f"{folder} is not a bertcls checkpoint (no {CONFIG_NAME}); give a folder written by bertcls.train "
+            "(e.g. runs/default/best) or by model.save_pretrained"
+        )
+    return BertForTextClassification.from_pretrained(folder)

@@ -454,6 +454,9 @@ def train(cfg: Config) -> dict[str, Any]:
     result["finished"] = True
     if main:
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        from bertcls.plots import plot_curves  # here, not at the top: matplotlib loads only when a run is done
+
+        plot_curves(result, out / "curves.png", title=f"learning curves: {out}")
         log(
             f"done in {result['total_time_s']:.0f}s; checkpoints in {out}/best and {out}/last, metrics in "
             f"{out}/metrics.json"

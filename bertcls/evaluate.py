@@ -1,0 +1,352 @@
+"""``python -m bertcls.evaluate``: score one or more checkpoints on a labelled split, with reports and plots.
+
+``evaluate(...)`` does the work and is what notebooks call (``evaluate_checkpoint`` scores one model without
+writing anything); ``main()`` only parses the command line. Everything is computed before anything is written, so a
+bad checkpoint or label found late leaves no half-written report behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
+from bertcls.errors import BertclsError, cli_errors
+from bertcls.metrics import classification_report, paired_bootstrap
+from bertcls.model import BertForTextClassification, load_checkpoint
+from bertcls.resources import is_packaged
+
+UNKNOWN_LABEL_CHOICES = ("error", "skip")
+CLI_OPTIONS = {
+    "text_column": "--text-column",
+    "text_pair_column": "--text-pair-column",
+    "label_column": "--label-column",
+}
+
+
+@dataclass
+class CheckpointResult:
+    """One checkpoint scored on one split: its metrics, and per input row the probabilities and gold label index
+    (-1 where the checkpoint does not know the row's label; those rows are left out of ``metrics``)."""
+
+    checkpoint: str
+    labels: list[str]
+    metrics: dict[str, Any]
+    probs: np.ndarray
+    gold: np.ndarray
+
+    @property
+    def known(self) -> np.ndarray:
+        return self.gold >= 0
+
+    @property
+    def correct(self) -> np.ndarray:
+        return (self.probs.argmax(-1) == self.gold) & self.known
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike | BertForTextClassification,
+    data: Split,
+    batch_size: int = 64,
+    unknown_labels: str = "error",
+    device: str | torch.device | None = None,
+) -> CheckpointResult:
+    """Predict every row of ``data`` with a checkpoint (a folder or a loaded model) and compute the metrics.
+
+    Rows whose gold label the checkpoint does not know are an error naming them, or with ``unknown_labels="skip"``
+    are left out of the metrics and counted in ``metrics["unknown_labels"]``.
+
+    Raises:
+        BertclsError: unreadable checkpoint, unknown labels, no labelled rows, bad options.
+    """
+    if unknown_labels not in UNKNOWN_LABEL_CHOICES:
+        raise BertclsError(f"unknown_labels must be one of {', '.join(UNKNOWN_LABEL_CHOICES)}, got '{unknown_labels}'")
+    if batch_size < 1:
+        raise BertclsError(f"batch size must be at least 1, got {batch_size}")
+    if data.labels is None:
+        raise BertclsError(f"{data.source}: evaluation needs gold labels, and this data has none")
+    if isinstance(checkpoint, BertForTextClassification):
+        model, name = checkpoint, "model"
+    else:
+        model, name = load_checkpoint(checkpoint), str(checkpoint)
+    index = {label: i for i, label in enumerate(model.labels)}
+    gold = np.array([index.get(str(v), -1) for v in data.labels], dtype=np.int64)
+    unknown = Counter(str(v) for v, g in zip(data.labels, gold) if g < 0)
+    if unknown and unknown_labels == "error":
+        names = ", ".join(f"'{k}' ({n} rows)" for k, n in sorted(unknown.items())[:10])
+        raise BertclsError(
+            f"{data.source} has label(s) {names} that checkpoint {name} does not know (its labels: {model.labels}); "
+            "pass --unknown-labels skip to leave those rows out"
+        )
+    if not (gold >= 0).any():
+        raise BertclsError(f"{data.source}: no row has a label that checkpoint {name} knows ({model.labels})")
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    # predict_proba batches by length, moves each batch's output to the CPU and returns rows in input order.
+    probs = model.predict_proba(data.texts, data.text_pairs, batch_size).numpy().astype(np.float64)
+    known = gold >= 0
+    metrics = {"checkpoint": name, "data": data.source, "labels": model.labels, "num_rows": len(data)}
+    metrics.update(classification_report(gold[known], probs[known], model.labels))
+    metrics["unknown_labels"] = {"count": int((~known).sum()), "labels": dict(sorted(unknown.items()))}
+    return CheckpointResult(name, model.labels, metrics, probs, gold)
+
+
+def evaluate(
+    checkpoints: str | os.PathLike | Sequence[str | os.PathLike],
+    data: str | Split,
+    *,
+    split: str = "test",
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    label_column: str = "label",
+    output: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    batch_size: int = 64,
+    unknown_labels: str = "error",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Evaluate checkpoints on ``data`` (a file, ``packaged:NAME/SPLIT``, a hub dataset, or a loaded ``Split``).
+
+    Writes ``metrics.json``, ``predictions.csv`` and ``confusion_matrix.png`` into ``output`` (default
+    ``<first checkpoint>/eval-<data name>``); with several checkpoints each gets a subfolder, and ``output`` gets a
+    ``metrics.json`` comparing them, with a paired bootstrap interval for each one's accuracy gain over the first.
+    Prints readable tables when ``verbose``. Returns what the top-level ``metrics.json`` holds.
+
+    Raises:
+        BertclsError: missing files or columns, unreadable checkpoints, unknown labels, an existing report folder.
+    """
+    paths = [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
+    if not paths:
+        raise BertclsError("give at least one checkpoint")
+    if isinstance(data, Split):
+        source = data.source or "data"
+    else:
+        source = str(data)
+        data = load_split(source, text_column, label_column, text_pair_column, split=split, option_names=CLI_OPTIONS)
+    out = Path(output) if output is not None else Path(paths[0]) / f"eval-{data_name(source, split)}"
+    check_report_dir(out, overwrite)
+
+    results = [evaluate_checkpoint(p, data, batch_size, unknown_labels, device) for p in paths]
+    say = print if verbose else (lambda *_: None)
+    if len(results) == 1:
+        write_report(results[0], data, out)
+        say(format_report(results[0].metrics))
+        say(f"report written to {out}")
+        return results[0].metrics
+
+    names = unique_names([str(p) for p in paths])
+    summary: dict[str, Any] = {"data": source, "num_rows": len(data), "checkpoints": [], "comparisons": []}
+    for name, result in zip(names, results):
+        write_report(result, data, out / name)
+        m = result.metrics
+        summary["checkpoints"].append(
+            {
+                "checkpoint": result.checkpoint,
+                "report": name,
+                "num_examples": m["num_examples"],
+                "accuracy": m["accuracy"],
+                "macro_f1": m["macro_f1"],
+                "loss": m["loss"],
+                "ece": m["ece"],
+                "unknown_labels": m["unknown_labels"]["count"],
+            }
+        )
+    base = results[0]
+    for result in results[1:]:
+        # Paired: both models on the same rows, those whose label both checkpoints know.
+        both = base.known & result.known
+        ci = paired_bootstrap(base.correct[both], result.correct[both], n_resamples=n_resamples, seed=seed)
+        summary["comparisons"].append({"baseline": base.checkpoint, "checkpoint": result.checkpoint, **ci})
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    say(format_comparison(summary))
+    say(f"reports written to {out} (one subfolder per checkpoint)")
+    return summary
+
+
+# ---------------------------------------------------------------- output files
+
+
+def data_name(source: str, split: str) -> str:
+    """A short name for the evaluated data: the file's stem, or the split of a packaged or hub dataset."""
+    if is_packaged(source):
+        return source.rpartition("/")[2]
+    path = Path(source)
+    if path.is_file() or path.suffix.lower() in (*FORMATS, *COMPRESSIONS):
+        name = path.name
+        for suffixes in (COMPRESSIONS, FORMATS):
+            for s in suffixes:
+                if name.lower().endswith(s):
+                    name = name[: -len(s)]
+                    break
+        return name or "data"
+    return source.partition(":")[2] or split
+
+
+def check_report_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise BertclsError(f"output {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise BertclsError(f"output folder {out} already holds a report; choose another --output or pass --overwrite")
+
+
+def unique_names(paths: Sequence[str]) -> list[str]:
+    """Subfolder names for checkpoints: the folder name, with parent folders added until they are distinct."""
+    parts = [Path(p).resolve().parts[1:] or ("root",) for p in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["-".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    # The same folder given twice: number them.
+    return [f"{i + 1}-{Path(p).resolve().name}" for i, p in enumerate(paths)]
+
+
+def write_report(result: CheckpointResult, data: Split, out: Path) -> None:
+    """``metrics.json``, ``predictions.csv`` (one row per input row, in input order) and ``confusion_matrix.png``."""
+    from bertcls.plots import plot_confusion_matrix
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+    columns = ["text", *(["text_pair"] if data.text_pairs is not None else []), "gold", "predicted"]
+    columns += [f"prob_{label}" for label in result.labels]
+    predicted = result.probs.argmax(-1)
+    with (out / "predictions.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for i, text in enumerate(data.texts):
+            pair = [data.text_pairs[i]] if data.text_pairs is not None else []
+            probs = [repr(float(p)) for p in result.probs[i]]
+            writer.writerow([text, *pair, data.labels[i], result.labels[predicted[i]], *probs])
+    m = result.metrics
+    title = f"{'/'.join(Path(result.checkpoint).parts[-2:])} on {m['data']}"
+    plot_confusion_matrix(m["confusion_matrix"], result.labels, out / "confusion_matrix.png", title=title)
+
+
+# ---------------------------------------------------------------- printed tables
+
+
+def _fmt(value: float | None, width: int = 9) -> str:
+    if value is None or math.isnan(value):
+        return f"{'n/a':>{width}}"
+    return f"{value:>{width}.4f}"
+
+
+def format_report(m: dict[str, Any]) -> str:
+    """A readable summary of one checkpoint's metrics: headline numbers, per-class table, confusion matrix."""
+    labels = list(m["labels"])
+    lines = [f"{m['checkpoint']} on {m['data']}: {m['num_examples']} examples"]
+    if m["unknown_labels"]["count"]:
+        skipped = ", ".join(f"'{k}' x{n}" for k, n in m["unknown_labels"]["labels"].items())
+        lines[0] += f" ({m['unknown_labels']['count']} rows skipped, labels unknown to the checkpoint: {skipped})"
+    head = f"accuracy {m['accuracy']:.4f}   macro F1 {m['macro_f1']:.4f}   loss {m['loss']:.4f}   ECE {m['ece']:.4f}"
+    if "roc_auc" in m:
+        auc, ap = m["roc_auc"], m["average_precision"]
+        head += f"   ROC-AUC {_fmt(auc, 0).strip()}   AP {_fmt(ap, 0).strip()} (positive: {m['positive_label']})"
+    lines += [head, ""]
+    w = max(12, *(len(label) for label in labels)) + 2
+    lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+    for label in labels:
+        c = m["per_class"][label]
+        lines.append(f"{label:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}")
+    for avg in ("macro", "micro", "weighted"):
+        a = m[avg]
+        lines.append(f"{avg + ' avg':<{w}}{a['precision']:>10.4f}{a['recall']:>10.4f}{a['f1']:>10.4f}")
+    lines += ["", "confusion matrix (rows = gold, columns = predicted):"]
+    cw = max(8, *(len(label) + 1 for label in labels))
+    lines.append(f"{'':<{w}}" + "".join(f"{label:>{cw}}" for label in labels))
+    for label, row in zip(labels, m["confusion_matrix"]):
+        lines.append(f"{label:<{w}}" + "".join(f"{n:>{cw}}" for n in row))
+    return "\n".join(lines)
+
+
+def format_comparison(summary: dict[str, Any]) -> str:
+    """One row per checkpoint, and the accuracy difference to the first with its bootstrap interval."""
+    rows = summary["checkpoints"]
+    w = max(10, *(len(r["checkpoint"]) for r in rows)) + 2
+    lines = [f"{len(rows)} checkpoints on {summary['data']}:"]
+    lines.append(f"{'checkpoint':<{w}}{'accuracy':>9}{'macro F1':>9}{'loss':>9}{'ECE':>9}   accuracy vs first [95% CI]")
+    for i, r in enumerate(rows):
+        line = f"{r['checkpoint']:<{w}}{_fmt(r['accuracy'])}{_fmt(r['macro_f1'])}{_fmt(r['loss'])}{_fmt(r['ece'])}"
+        if i == 0:
+            line += "   (baseline)"
+        else:
+            c = summary["comparisons"][i - 1]
+            verdict = "likely real" if c["ci_low"] > 0 or c["ci_high"] < 0 else "within noise"
+            line += f"   {c['accuracy_difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] {verdict}"
+        lines.append(line)
+    c0 = summary["comparisons"][0]
+    lines.append(
+        f"(paired bootstrap, {c0['n_resamples']} resamples, seed {c0['seed']}; an interval that excludes 0 suggests "
+        "a real difference)"
+    )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bertcls.evaluate",
+        description="Evaluate bertcls checkpoints on a labelled split: metrics, predictions, confusion matrix.",
+    )
+    parser.add_argument("--checkpoint", nargs="+", required=True, metavar="DIR", help="one or more checkpoints")
+    parser.add_argument("--data", required=True, help="a CSV/TSV/JSON/JSONL/Parquet file, packaged:NAME/SPLIT, or hub")
+    parser.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--text-pair-column", default=None)
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--output", help="report folder (default: <first checkpoint>/eval-<data name>)")
+    parser.add_argument("--overwrite", action="store_true", help="write into an output folder that holds a report")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--unknown-labels",
+        choices=UNKNOWN_LABEL_CHOICES,
+        default="error",
+        help="labels the checkpoint does not know: stop with an error (default), or skip those rows and count them",
+    )
+    parser.add_argument("--bootstrap-resamples", type=int, default=1000, help="for comparing checkpoints")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    return parser.parse_args(argv)
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    import transformers
+
+    transformers.logging.disable_progress_bar()
+    evaluate(
+        args.checkpoint,
+        args.data,
+        split=args.split,
+        text_column=args.text_column,
+        text_pair_column=args.text_pair_column,
+        label_column=args.label_column,
+        output=args.output,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        unknown_labels=args.unknown_labels,
+        n_resamples=args.bootstrap_resamples,
+        seed=args.seed,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

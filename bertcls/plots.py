@@ -1,0 +1,99 @@
+"""Figures: the confusion matrix of an evaluation and the learning curves of a training run.
+
+Figures are built on ``matplotlib.figure.Figure`` directly, not ``pyplot``: no global figure state and no GUI
+backend, so plotting works the same in a training process, a headless server or a notebook.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def plot_confusion_matrix(
+    matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str | os.PathLike, title: str | None = None
+) -> Path:
+    """Draw a confusion matrix (rows = gold, columns = predicted) with counts in the cells; save it as ``path``.
+
+    ``title`` goes above the accuracy line (e.g. which checkpoint on which data).
+
+    Cell colour is the share of the gold row (recall per class), so classes of very different sizes read alike;
+    the text gives the count and that share.
+    """
+    counts = np.asarray(matrix, dtype=np.int64)
+    n = len(labels)
+    rows = counts.sum(1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
+    side = min(max(4.5, 0.7 * n + 2.5), 20)
+    fig = Figure(figsize=(side + 1.2, side))
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of gold row")
+    ax.set_xticks(range(n), labels=list(labels), rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), labels=list(labels))
+    ax.set_xlabel("predicted", fontsize=12)
+    ax.set_ylabel("gold", fontsize=12)
+    total = int(counts.sum())
+    correct = int(np.trace(counts))
+    accuracy = correct / total if total else 0.0
+    headline = f"{correct}/{total} correct ({accuracy:.1%})"
+    ax.set_title(f"{title}\n{headline}" if title else f"confusion matrix: {headline}", fontsize=12)
+    if n <= 30:  # beyond that the numbers no longer fit in the cells
+        fontsize = 12 if n <= 6 else 8
+        for i in range(n):
+            for j in range(n):
+                colour = "white" if share[i, j] > 0.5 else "black"
+                text = f"{counts[i, j]}\n{share[i, j]:.0%}"
+                ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=fontsize)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_curves(metrics: dict[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Draw learning curves from a run's ``metrics.json`` content and save them as ``path``.
+
+    Left: training loss (``metrics["train_loss_curve"]``, ``[step, loss]`` pairs) and validation loss over steps.
+    Right: validation accuracy and macro F1 (from ``metrics["history"]`` records with ``step`` and ``validation``).
+    The best checkpoint's step (``metrics["best"]["step"]``) is marked on both panels.
+    """
+    fig = Figure(figsize=(12, 4.5))
+    ax_loss, ax_score = fig.subplots(1, 2)
+    train_curve = np.asarray(metrics.get("train_loss_curve") or [], dtype=float).reshape(-1, 2)
+    records = [h for h in metrics.get("history") or [] if h.get("validation")]
+    steps = [h["step"] for h in records]
+    val = lambda key: [h["validation"].get(key, np.nan) for h in records]  # noqa: E731
+
+    if len(train_curve):
+        ax_loss.plot(train_curve[:, 0], train_curve[:, 1], color="tab:blue", label="training loss")
+    if records:
+        ax_loss.plot(steps, val("loss"), "o-", color="tab:orange", label="validation loss")
+        ax_score.plot(steps, val("accuracy"), "o-", color="tab:green", label="validation accuracy")
+        ax_score.plot(steps, val("macro_f1"), "s--", color="tab:purple", label="validation macro F1")
+    else:
+        ax_score.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=ax_score.transAxes)
+
+    best = (metrics.get("best") or {}).get("step")
+    if best is not None and records:
+        for ax in (ax_loss, ax_score):
+            ax.axvline(best, color="grey", linestyle=":", label=f"best checkpoint (step {best})")
+    ax_loss.set(xlabel="optimizer step", ylabel="cross-entropy loss", title="loss")
+    ax_score.set(xlabel="optimizer step", ylabel="score", title="validation accuracy and macro F1")
+    for ax in (ax_loss, ax_score):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best")
+    fig.suptitle(title or "learning curves", fontsize=13)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path

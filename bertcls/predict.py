@@ -1,0 +1,204 @@
+"""``python -m bertcls.predict``: label texts from the command line or a CSV/JSONL file with a saved checkpoint.
+
+Every prediction goes through ``model.predict`` (length-grouped batches, input order kept), so what the command
+line prints and writes is exactly what a notebook gets from the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bertcls.errors import BertclsError, cli_errors
+from bertcls.model import BertForTextClassification, load_checkpoint
+
+OUTPUT_FORMATS = (".csv", ".jsonl")
+
+
+def predict_texts(
+    model: BertForTextClassification,
+    texts: Sequence[str],
+    text_pairs: Sequence[str] | None = None,
+    batch_size: int = 64,
+    top_k: int | None = None,
+) -> list[dict[str, Any]]:
+    """``model.predict`` with ``probabilities`` ordered from most to least probable, cut to ``top_k`` labels.
+
+    Returns ``[{"label": ..., "score": ..., "probabilities": {label: p, ...}}, ...]`` in input order.
+    """
+    check_sizes(batch_size, top_k)
+    out = model.predict(list(texts), list(text_pairs) if text_pairs is not None else None, batch_size)
+    for p in out:
+        p["probabilities"] = dict(sorted(p["probabilities"].items(), key=lambda kv: -kv[1]))
+    return [_cut(p, top_k) for p in out]
+
+
+def predict_file(
+    model: BertForTextClassification,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    batch_size: int = 64,
+    top_k: int | None = None,
+    overwrite: bool = False,
+) -> list[dict[str, Any]]:
+    """Predict every row of a data file and write ``output_path`` (``.csv`` or ``.jsonl``); returns the predictions.
+
+    The output keeps the input's columns, in input order, and adds ``predicted`` and ``score``; a CSV adds a
+    ``prob_<label>`` column for every label (a CSV needs the same columns in every row, so ``top_k`` does not cut
+    them), a JSONL file adds a ``probabilities`` object with the ``top_k`` most probable labels.
+
+    Raises:
+        BertclsError: missing input file or column, unknown output type, an existing output without ``overwrite``.
+    """
+    out = Path(output_path)
+    check_sizes(batch_size, top_k)
+    check_output_file(out, overwrite)
+    rows, texts, pairs = read_input(str(input_path), text_column, text_pair_column)
+    preds = predict_texts(model, texts, pairs, batch_size)
+    # Written beside the target and renamed into place: an interrupted run leaves no half-written output.
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", newline="") as f:
+            if out.suffix.lower() == ".csv":
+                _write_csv(f, rows, preds, model.labels)
+            else:
+                for row, p in zip(rows, preds):
+                    top = _cut(p, top_k)["probabilities"]
+                    record = {**row, "predicted": p["label"], "score": p["score"], "probabilities": top}
+                    f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return [_cut(p, top_k) for p in preds]
+
+
+def _cut(p: dict[str, Any], top_k: int | None) -> dict[str, Any]:
+    return {**p, "probabilities": dict(list(p["probabilities"].items())[:top_k])} if top_k else p
+
+
+def _write_csv(f, rows: list[dict[str, Any]], preds: list[dict[str, Any]], labels: list[str]) -> None:
+    added = ["predicted", "score", *(f"prob_{label}" for label in labels)]
+    columns = [c for c in rows[0] if c not in added] + added
+    writer = csv.DictWriter(f, fieldnames=columns)
+    writer.writeheader()
+    for row, p in zip(rows, preds):
+        probs = {f"prob_{label}": p["probabilities"][label] for label in labels}
+        writer.writerow({**row, "predicted": p["label"], "score": p["score"], **probs})
+
+
+def check_sizes(batch_size: int, top_k: int | None) -> None:
+    if top_k is not None and top_k < 1:
+        raise BertclsError(f"--top-k must be at least 1, got {top_k}")
+    if batch_size < 1:
+        raise BertclsError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+def check_output_file(out: Path, overwrite: bool) -> None:
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise BertclsError(f"--output {out}: unknown file type; use one of {', '.join(OUTPUT_FORMATS)}")
+    if out.is_dir():
+        raise BertclsError(f"--output {out} is a folder; give a file name ending in .csv or .jsonl")
+    if out.exists() and not overwrite:
+        raise BertclsError(f"--output {out} already exists; choose another file or pass --overwrite")
+    if not out.parent.is_dir():
+        raise BertclsError(f"--output {out}: folder {out.parent} does not exist")
+
+
+def read_input(
+    source: str, text_column: str, text_pair_column: str | None
+) -> tuple[list[dict[str, Any]], list[str], list[str] | None]:
+    """The input rows (every column, for the output) and the texts to classify."""
+    from bertcls.data import _missing_column, read_table
+
+    table = read_table(source)
+    columns = list(table.column_names)
+    if text_column not in columns:
+        raise _missing_column(text_column, columns, source, "--text-column")
+    if text_pair_column and text_pair_column not in columns:
+        raise _missing_column(text_pair_column, columns, source, "--text-pair-column")
+    if len(table) == 0:
+        raise BertclsError(f"{source} has a header but no rows")
+    rows = table.to_list()
+    as_text = lambda col: ["" if r[col] is None else str(r[col]) for r in rows]  # noqa: E731
+    return rows, as_text(text_column), as_text(text_pair_column) if text_pair_column else None
+
+
+def format_prediction(text: str, p: dict[str, Any], number: int) -> str:
+    w = max(len(label) for label in p["probabilities"])
+    lines = [f"[{number}] {text}"]
+    for label, prob in p["probabilities"].items():
+        lines.append(f"    {label:<{w}}  {prob:.4f}" + ("  <- predicted" if label == p["label"] else ""))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bertcls.predict",
+        description="Classify texts with a bertcls checkpoint: texts given on the command line, or a CSV/JSONL file.",
+        epilog='examples:\n  python -m bertcls.predict --checkpoint runs/default/best "a gripping film" "dull"\n'
+        "  python -m bertcls.predict --checkpoint runs/default/best --input new.csv --output labelled.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="a saved bertcls checkpoint folder")
+    parser.add_argument("texts", nargs="*", help="texts to classify (or use --input)")
+    parser.add_argument("--input", help="a CSV/TSV/JSON/JSONL/Parquet file with a text column")
+    parser.add_argument("--output", help="where to write the predictions for --input: a .csv or .jsonl file")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--text-pair-column", default=None)
+    parser.add_argument("--top-k", type=int, default=None, help="show only the K most probable labels")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per text instead of a table")
+    return parser.parse_args(argv)
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if bool(args.texts) == bool(args.input):
+        raise BertclsError("give texts on the command line or --input FILE (one of the two)")
+    if args.output and not args.input:
+        raise BertclsError("--output is for --input files; texts on the command line are printed")
+    # Options are checked before the model loads: a typo costs nothing.
+    check_sizes(args.batch_size, args.top_k)
+    if args.output:
+        check_output_file(Path(args.output), args.overwrite)
+    import transformers
+
+    transformers.logging.disable_progress_bar()
+    model = load_checkpoint(args.checkpoint)
+    if args.output:
+        preds = predict_file(
+            model,
+            args.input,
+            args.output,
+            args.text_column,
+            args.text_pair_column,
+            args.batch_size,
+            args.top_k,
+            args.overwrite,
+        )
+        print(f"{len(preds)} predictions written to {args.output}")
+        return
+    if args.input:
+        _, texts, pairs = read_input(args.input, args.text_column, args.text_pair_column)
+    else:
+        texts, pairs = args.texts, None
+    preds = predict_texts(model, texts, pairs, args.batch_size, args.top_k)
+    for i, (text, p) in enumerate(zip(texts, preds)):
+        print(json.dumps({"text": text, **p}, ensure_ascii=False) if args.json else format_prediction(text, p, i + 1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
