@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import transformers
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -241,6 +243,10 @@ def train(cfg: Config) -> dict[str, Any]:
     """
     start = time.perf_counter()
     precision = resolve_mixed_precision(cfg.train.mixed_precision)
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        # accelerate keeps its state per process and refuses a second Accelerator with another precision; a
+        # notebook or a sweep calls train() many times, so start each single-process run from a clean state.
+        AcceleratorState._reset_state()
     accelerator = Accelerator(
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
@@ -461,6 +467,8 @@ def train(cfg: Config) -> dict[str, Any]:
             f"done in {result['total_time_s']:.0f}s; checkpoints in {out}/best and {out}/last, metrics in "
             f"{out}/metrics.json"
         )
+    # No process tears down the process group while another still writes its last files.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
 

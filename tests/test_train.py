@@ -123,6 +123,13 @@ def test_validation_is_cut_from_train_when_missing(tiny_bert, tiny_data, tmp_pat
     assert result["history"][-1]["validation"]["num_examples"] == 24
 
 
+def test_runs_with_different_precision_in_one_process(tiny_bert, tiny_data, tmp_path):
+    # A notebook calls train() again with other settings; accelerate's per-process state must not block it.
+    train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "a", "train.max_steps=2", "train.mixed_precision=no"))
+    result = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "b", "train.max_steps=2", "train.mixed_precision=bf16"))
+    assert result["mixed_precision"] == "bf16"
+
+
 def test_same_seed_same_metrics(tiny_bert, tiny_data, tmp_path):
     a = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "a", "train.epochs=1"))
     b = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "b", "train.epochs=1"))
@@ -237,7 +244,10 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
             f"model.freeze_backbone={mode}",
             f"train.cache_dir={tmp_path / 'cache'}",
         ]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        except subprocess.TimeoutExpired as e:  # show where it stood, not just that it timed out
+            raise AssertionError(f"2-process run timed out; stderr tail: {str(e.stderr)[-3000:]}") from e
         assert proc.returncode == 0, proc.stderr[-3000:]
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["num_processes"] == 2
