@@ -92,6 +92,8 @@ class TrainConfig:
     mixed_precision: str = doc("auto", "auto | no | bf16 | fp16 (auto: bf16 where the hardware has it)")
     group_by_length: bool = doc(True, "batch texts of similar length together (less padding, same randomness)")
     num_workers: int = doc(0, "DataLoader worker processes")
+    schedule: str = doc("standard", "standard | lp_ft: a head-only phase (train.lp_epochs), then full fine-tuning")
+    lp_epochs: float = doc(3.0, "lp_ft: epochs of the head-only phase (at head_lr, on cached features)")
     cache: bool = doc(True, "frozen backbone: run it once per split and train the head on stored features")
     cache_dir: str | None = doc(None, "feature cache folder (null: $BERTCLS_CACHE or ~/.cache/bertcls/features)")
 
@@ -102,6 +104,8 @@ class TrainConfig:
         _positive("train", "grad_accum_steps", self.grad_accum_steps)
         _positive("train", "max_grad_norm", self.max_grad_norm, allow_zero=True)
         _choice("train", "scheduler", self.scheduler, SCHEDULERS)
+        _choice("train", "schedule", self.schedule, ("standard", "lp_ft"))
+        _positive("train", "lp_epochs", self.lp_epochs)
         # YAML reads a bare `no` as false; it means full precision here.
         if str(self.mixed_precision).lower() in ("false", "off", "none"):
             self.mixed_precision = "no"

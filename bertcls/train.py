@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import transformers
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
+from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -241,6 +241,8 @@ def train(cfg: Config) -> dict[str, Any]:
     Raises:
         BertclsError: bad data, labels, options or output folder (one-line messages).
     """
+    if cfg.train.schedule == "lp_ft":
+        return train_lp_ft(cfg)
     start = time.perf_counter()
     precision = resolve_mixed_precision(cfg.train.mixed_precision)
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -470,6 +472,37 @@ def train(cfg: Config) -> dict[str, Any]:
     # No process tears down the process group while another still writes its last files.
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    return result
+
+
+def train_lp_ft(cfg: Config) -> dict[str, Any]:
+    """Linear probing, then fine-tuning (Kumar et al. 2022, arXiv 2202.10054), as one run.
+
+    Phase 1 trains the head alone on the frozen backbone (on cached features) into ``output.dir/linear_probe``;
+    phase 2 fine-tunes everything starting from that head, into ``output.dir``. A fine-tuned head that starts out
+    good distorts the pretrained features less than a random one.
+    """
+    check_output_dir(cfg)
+    probe_dir = Path(cfg.output.dir) / "linear_probe"
+    t = cfg.train
+    head_lr = t.head_lr if t.head_lr is not None else t.lr
+    probe = replace(
+        cfg,
+        model=replace(cfg.model, freeze_backbone=True, unfreeze_top_k=0),
+        train=replace(t, schedule="standard", epochs=t.lp_epochs, max_steps=-1, lr=head_lr, warmup_ratio=0.0),
+        output=replace(cfg.output, dir=str(probe_dir), overwrite=True),
+    )
+    probe_result = train(probe)
+    full = replace(
+        cfg,
+        model=replace(cfg.model, name_or_path=str(probe_dir / "best"), freeze_backbone=False, unfreeze_top_k=0),
+        train=replace(t, schedule="standard"),
+    )
+    result = train(full)
+    result["schedule"] = "lp_ft"
+    result["linear_probe"] = {k: probe_result.get(k) for k in ("best", "history", "test", "train_time_s")}
+    if PartialState().is_main_process:
+        (Path(cfg.output.dir) / "metrics.json").write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -113,3 +113,30 @@ def test_cache_off_or_unfrozen_layers_use_the_backbone(tiny_bert, tiny_data, tmp
     top = train(frozen_cfg(tiny_bert, tiny_data, tmp_path / "b", tmp_path / "c", "model.unfreeze_top_k=1"))
     assert not top["feature_cache"]["used"]
     assert not (tmp_path / "c").exists()
+
+
+def test_lp_ft_probes_on_the_cache_then_fine_tunes_everything(tiny_bert, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    cfg = tiny_cfg(
+        tiny_bert,
+        tiny_data,
+        out,
+        "train.schedule=lp_ft",
+        "train.lp_epochs=2",
+        "train.epochs=1",
+        f"train.cache_dir={tmp_path / 'cache'}",
+    )
+    result = train(cfg)
+    assert result["schedule"] == "lp_ft"
+    assert [h["step"] for h in result["linear_probe"]["history"]] == [12, 24]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 3  # phase 1 ran on cached features
+    start = BertForTextClassification.from_pretrained(tiny_bert, labels=["negative", "positive"], seed=42)
+    probe = BertForTextClassification.from_pretrained(out / "linear_probe" / "best")
+    final = BertForTextClassification.from_pretrained(out / "best")
+    for k, v in start.backbone.state_dict().items():
+        assert torch.equal(probe.backbone.state_dict()[k], v), k  # phase 1 left the backbone alone
+    w = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(final.backbone.state_dict()[w], start.backbone.state_dict()[w])  # phase 2 did not
+    assert not torch.equal(probe.head.layers[-1].weight, start.head.layers[-1].weight)
+    metrics = __import__("json").loads((out / "metrics.json").read_text())
+    assert metrics["linear_probe"]["test"]["num_examples"] == 40
