@@ -67,10 +67,16 @@ def cache_key(model, split: Split, max_length: int, precision: str) -> str:
 
 
 @torch.inference_mode()
-def compute_features(model, split: Split, max_length: int, accelerator, batch_size: int = 128) -> torch.Tensor:
-    """Pooled backbone outputs for every text of ``split`` (in order), each process doing its share."""
+def compute_features(
+    model, split: Split, max_length: int, accelerator, precision: str = "no", batch_size: int = 128
+) -> torch.Tensor:
+    """Pooled backbone outputs for every text of ``split`` (in order), each process doing its share.
+
+    The backbone runs under ``precision`` autocast (the run's mixed precision); features are stored in float32.
+    """
     model.eval()
     device = accelerator.device
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     indices = list(range(len(split)))
     with accelerator.split_between_processes(indices) as mine:
         mine = list(mine)
@@ -82,7 +88,7 @@ def compute_features(model, split: Split, max_length: int, accelerator, batch_si
         bar = tqdm(total=len(mine), desc="features", unit="text", disable=not accelerator.is_main_process, leave=False)
         for idx, batch in iter_length_sorted_batches(encoded, batch_size, pad_id):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with accelerator.autocast():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 local[idx] = model.features(**batch).float().cpu()
             bar.update(len(idx))
         bar.close()
@@ -120,7 +126,7 @@ def load_or_compute(
             feats = None
     if feats is not None:
         return feats, True
-    feats = compute_features(model, split, max_length, accelerator)
+    feats = compute_features(model, split, max_length, accelerator, precision)
     if path is not None and accelerator.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

@@ -129,9 +129,11 @@ def load_split(
         raise _missing_column(str(label_column), columns, source, option("label_column"))
     if len(table) == 0:
         raise BertclsError(f"{source} has a header but no rows")
-    texts = ["" if t is None else str(t) for t in table[text_column]]
-    pairs = ["" if t is None else str(t) for t in table[text_pair_column]] if text_pair_column else None
-    labels = list(table[label_column]) if has_labels else None
+    # Straight from the Arrow columns: iterating a datasets column formats row by row (~100x slower).
+    column = lambda name: table.data.column(name).to_pylist()  # noqa: E731
+    texts = ["" if t is None else str(t) for t in column(text_column)]
+    pairs = ["" if t is None else str(t) for t in column(text_pair_column)] if text_pair_column else None
+    labels = column(label_column) if has_labels else None
     if labels is not None:
         missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and math.isnan(v))]
         if missing:

@@ -27,13 +27,13 @@ from bertcls.train import load_data, resolve_mixed_precision, train
 
 def forward_pass_seconds(cfg) -> float:
     precision = resolve_mixed_precision(cfg.train.mixed_precision)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     data = load_data(cfg)
     start = time.perf_counter()
     model = BertForTextClassification.from_pretrained(cfg.model.name_or_path, labels=data.labels)
     model.to(accelerator.device)
     for split in (data.train, data.validation):
-        compute_features(model, split, cfg.data.max_length, accelerator)
+        compute_features(model, split, cfg.data.max_length, accelerator, precision)
     return time.perf_counter() - start
 
 
