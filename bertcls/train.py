@@ -376,6 +376,7 @@ def _run(cfg: Config) -> dict[str, Any]:
     running, running_n = torch.zeros((), device=accelerator.device), 0
 
     eval_time = 0.0
+    best_head: dict[str, torch.Tensor] = {}
 
     def run_eval(epoch: float) -> None:
         nonlocal eval_time
@@ -393,7 +394,11 @@ def _run(cfg: Config) -> dict[str, Any]:
             )
             if is_better(cfg.eval.metric, value, best["value"]):
                 best.update(value=value, step=step)
-                if main:
+                if cached:
+                    # Only the head changes: keep its best weights in memory and write best/ once, at the end,
+                    # instead of a 90+ MB checkpoint at every improvement of a seconds-long run.
+                    best_head.update({k: v.detach().clone() for k, v in unwrapped.head.state_dict().items()})
+                elif main:
                     unwrapped.save_pretrained(out / "best")
         history.append(record)
         module.train()
@@ -447,6 +452,10 @@ def _run(cfg: Config) -> dict[str, Any]:
         unwrapped.save_pretrained(out / "last")
         if best["step"] is None:  # no validation split: the last model is the one we keep
             unwrapped.save_pretrained(out / "best")
+    if best_head:
+        unwrapped.head.load_state_dict(best_head)
+        if main:
+            unwrapped.save_pretrained(out / "best")
     accelerator.wait_for_everyone()
 
     result: dict[str, Any] = {
@@ -462,7 +471,7 @@ def _run(cfg: Config) -> dict[str, Any]:
         "feature_cache": {"used": cached, "splits_reused": sum(cache_hits), "splits": len(cache_hits)},
     }
     if test_loader is not None:
-        if best["step"] is not None and best["step"] != step:
+        if best["step"] is not None and best["step"] != step and not best_head:
             from safetensors.torch import load_file
 
             unwrapped.load_state_dict(load_file(out / "best" / "model.safetensors"))

@@ -47,7 +47,7 @@ def initial_stats(cfg, spec, seed: int, hidden: list[int]) -> tuple[float, float
     from accelerate import Accelerator
 
     precision = resolve_mixed_precision(cfg.train.mixed_precision)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # precision goes to the cache explicitly
     data = load_data(cfg)
     model = BertForTextClassification.from_pretrained(
         cfg.model.name_or_path,
