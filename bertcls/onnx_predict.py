@@ -1,0 +1,138 @@
+"""Predict with an ONNX export (``python -m bertcls.export --format onnx``) through ONNX Runtime, without PyTorch.
+
+Tokenization uses the ``tokenizers`` library on the exported ``tokenizer.json`` (what transformers' fast tokenizers
+run underneath), so this module and everything it imports stay free of torch: a deployment installs
+``onnxruntime``, ``tokenizers`` and ``numpy`` only. The output format is ``BertForTextClassification.predict``'s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bertcls.errors import BertclsError
+
+ONNX_CONFIG_NAME = "bertcls_onnx.json"
+ONNX_MODEL_NAME = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def is_onnx_export(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a folder written by ``bertcls.export --format onnx``."""
+    return (Path(path).expanduser() / ONNX_CONFIG_NAME).is_file()
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+class OnnxClassifier:
+    """An exported classifier: ``predict``/``predict_proba`` like ``BertForTextClassification``'s, on ONNX Runtime.
+
+    Build one with :meth:`from_folder`.
+    """
+
+    def __init__(self, folder: Path, config: dict[str, Any], session: Any, tokenizer: Any):
+        self.folder = folder
+        self.config = config
+        self.session = session
+        self.tokenizer = tokenizer
+        self.max_length = int(config["max_length"])
+        self.pad_id = int(config.get("pad_token_id") or 0)
+        self.input_names = [i.name for i in session.get_inputs()]
+
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike, model_file: str | None = None) -> OnnxClassifier:
+        """Load an ONNX export folder (``model_file`` picks another ``.onnx`` file in it).
+
+        Raises:
+            BertclsError: not an export folder, a corrupt config, missing model or tokenizer, no onnxruntime.
+        """
+        folder = Path(path).expanduser()
+        if not is_onnx_export(folder):
+            raise BertclsError(f"{folder} is not a bertcls ONNX export (no {ONNX_CONFIG_NAME})")
+        try:
+            config = json.loads((folder / ONNX_CONFIG_NAME).read_text())
+            labels, max_length = list(config["labels"]), int(config["max_length"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise BertclsError(f"ONNX export {folder}: {ONNX_CONFIG_NAME} is corrupt ({type(e).__name__})") from e
+        model = folder / (model_file or config.get("model_file", ONNX_MODEL_NAME))
+        if not model.is_file():
+            raise BertclsError(f"ONNX export {folder} has no {model.name}; export the checkpoint again")
+        if not (folder / TOKENIZER_FILE).is_file():
+            raise BertclsError(f"ONNX export {folder} has no {TOKENIZER_FILE}; export the checkpoint again")
+        try:
+            import onnxruntime as ort
+        except ImportError as e:
+            raise BertclsError("predicting with an ONNX export needs onnxruntime: pip install 'bertcls[export]'") from e
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        # Same as bertcls.data.encode: truncate to the model's max_length, pad per batch (done here, not by tokenizers).
+        tokenizer.enable_truncation(max_length)
+        tokenizer.no_padding()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initializers are noise to a user
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        config["labels"] = labels
+        return cls(folder, config, session, tokenizer)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.config["labels"])
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.config["labels"])
+
+    def _encode(self, texts: Sequence[str], text_pairs: Sequence[str] | None) -> list[Any]:
+        if text_pairs is None:
+            return self.tokenizer.encode_batch(list(texts))
+        if len(text_pairs) != len(texts):
+            raise BertclsError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
+        return self.tokenizer.encode_batch(list(zip(texts, text_pairs)))
+
+    def predict_proba(
+        self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
+    ) -> np.ndarray:
+        """Class probabilities, (len(texts), num_labels) as float32, in input order. Batches are grouped by length."""
+        encodings = self._encode(texts, text_pairs)
+        probs = np.empty((len(texts), self.num_labels), dtype=np.float32)
+        order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(encodings[i].ids) for i in idx)
+            batch = {
+                "input_ids": np.full((len(idx), width), self.pad_id, dtype=np.int64),
+                "attention_mask": np.zeros((len(idx), width), dtype=np.int64),
+                "token_type_ids": np.zeros((len(idx), width), dtype=np.int64),
+            }
+            for row, i in enumerate(idx):
+                enc = encodings[i]
+                n = len(enc.ids)
+                batch["input_ids"][row, :n] = enc.ids
+                batch["attention_mask"][row, :n] = enc.attention_mask
+                batch["token_type_ids"][row, :n] = enc.type_ids
+            (logits,) = self.session.run(["logits"], {k: batch[k] for k in self.input_names})
+            probs[idx] = _softmax(logits.astype(np.float32))
+        return probs
+
+    def predict(
+        self, texts: str | Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
+    ) -> list[dict[str, Any]]:
+        """Label names with probabilities: ``[{"label": ..., "score": ..., "probabilities": {...}}, ...]``."""
+        if isinstance(texts, str):
+            texts = [texts]
+        labels = self.labels
+        out = []
+        for row in self.predict_proba(list(texts), text_pairs, batch_size).tolist():
+            top = max(range(len(row)), key=row.__getitem__)
+            out.append({"label": labels[top], "score": row[top], "probabilities": dict(zip(labels, row, strict=True))})
+        return out
