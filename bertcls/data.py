@@ -337,6 +337,32 @@ class ShuffledBatchSampler(Sampler[list[int]]):
             yield perm[i : i + self.batch_size]
 
 
+class BalancedBatchSampler(Sampler[list[int]]):
+    """Class-balanced random batches: each epoch draws ``len(labels)`` indices with replacement, every class equally
+    likely (an example's chance is 1 / (num_classes * its class count)), like torch's ``WeightedRandomSampler``.
+
+    Batches are full except the last one, the shape accelerate's sharding across processes expects.
+    """
+
+    def __init__(self, labels: Sequence[int], batch_size: int, seed: int = 0):
+        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        counts = torch.bincount(self.labels).double()
+        self.weights = (1.0 / counts)[self.labels]
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, len(self.labels), replacement=True, generator=g).tolist()
+        for i in range(0, len(draws), self.batch_size):
+            yield draws[i : i + self.batch_size]
+
+
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Batches over indices sorted by length (longest first), for evaluation; callers restore input order."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])

@@ -31,6 +31,7 @@ from transformers import get_scheduler
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
 from bertcls.config import Config, load_config, options_help, to_yaml
 from bertcls.data import (
+    BalancedBatchSampler,
     LengthGroupedBatchSampler,
     ShuffledBatchSampler,
     Split,
@@ -42,6 +43,7 @@ from bertcls.data import (
     split_validation,
 )
 from bertcls.errors import BertclsError, cli_errors
+from bertcls.losses import build_loss, class_weights
 from bertcls.metrics import core_metrics, is_better
 from bertcls.model import BertForTextClassification
 
@@ -88,7 +90,7 @@ def load_data(cfg: Config) -> RunData:
     validation = read(d.validation) if d.validation else None
     test = read(d.test) if d.test else None
     if validation is None and d.validation_fraction > 0:
-        train, validation = split_validation(train, d.validation_fraction, cfg.train.seed)
+        train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
     labels = list(d.labels) if d.labels else build_labels(train.labels)
     if len(set(map(str, train.labels))) < 2:
         raise BertclsError(f"{d.train}: every training example has the same label; a classifier needs two or more")
@@ -147,13 +149,22 @@ def build_optimizer(model: BertForTextClassification, cfg: Config) -> torch.opti
     return torch.optim.AdamW(param_groups, lr=t.lr, fused=fused)
 
 
+def data_seed(cfg: Config) -> int:
+    """The seed of data order and the validation split: ``train.data_seed``, or ``train.seed`` when unset."""
+    return cfg.train.data_seed if cfg.train.data_seed is not None else cfg.train.seed
+
+
 def make_train_loader(ds, cfg: Config, pin: bool) -> DataLoader:
     t = cfg.train
+    seed = data_seed(cfg)
+    if t.sampler == "balanced":
+        labels = ds.labels.tolist() if isinstance(ds, FeatureDataset) else ds.label_ids
+        sampler = BalancedBatchSampler(labels, t.batch_size, seed=seed)
     # Cached features have no length, so length grouping only applies to token batches.
-    if t.group_by_length and not isinstance(ds, FeatureDataset):
-        sampler = LengthGroupedBatchSampler(ds.lengths, t.batch_size, seed=t.seed)
+    elif t.group_by_length and not isinstance(ds, FeatureDataset):
+        sampler = LengthGroupedBatchSampler(ds.lengths, t.batch_size, seed=seed)
     else:
-        sampler = ShuffledBatchSampler(len(ds), t.batch_size, seed=t.seed)
+        sampler = ShuffledBatchSampler(len(ds), t.batch_size, seed=seed)
     return DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate, num_workers=t.num_workers, pin_memory=pin)
 
 
@@ -323,6 +334,10 @@ def train(cfg: Config) -> dict[str, Any]:
     train_sampler = train_loader.batch_sampler
     eval_loaders = [make_eval_loader(ds, cfg.eval.batch_size, pin) for ds in (val_ds, test_ds) if ds is not None]
     optimizer = build_optimizer(model, cfg)
+    weights = class_weights(cfg.loss.class_weights, data.labels, label_ids(data.train.labels, data.labels))
+    if weights is not None:
+        log(f"class weights: {dict(zip(data.labels, [round(w, 4) for w in weights.tolist()], strict=True))}")
+    loss_fn = build_loss(weights, cfg.loss.label_smoothing)
 
     module, optimizer, train_loader, *eval_loaders = accelerator.prepare(module, optimizer, train_loader, *eval_loaders)
     val_loader = eval_loaders.pop(0) if val_ds is not None else None
@@ -395,7 +410,7 @@ def train(cfg: Config) -> dict[str, Any]:
             labels = batch.pop("labels")
             batch.pop("index", None)
             with accelerator.accumulate(module):
-                loss = torch.nn.functional.cross_entropy(forward(module, batch).float(), labels)
+                loss = loss_fn(forward(module, batch), labels)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm)

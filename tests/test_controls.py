@@ -1,0 +1,112 @@
+"""Training controls (issue #6): class weights, balanced sampling, label smoothing, data seed, early stopping,
+learning rates by depth, re-initialization, gradual unfreezing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bertcls import BertclsError, BertForTextClassification
+from bertcls.data import BalancedBatchSampler, TextClassificationDataset, load_split
+from bertcls.losses import build_loss, class_weights
+from bertcls.train import load_data, make_train_loader, train
+
+from .test_train import tiny_cfg
+
+LABELS = ["negative", "positive"]
+
+
+def first_batch(tiny_bert, tiny_data, cfg):
+    """Logits and labels of the first training batch of ``cfg``'s run, computed outside the loop (eval mode)."""
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, seed=cfg.train.seed, dropout=0).eval()
+    split = load_split(str(tiny_data["train"]))
+    ds = TextClassificationDataset(split.texts, split.labels, model.tokenizer, cfg.data.max_length, label_names=LABELS)
+    sampler = make_train_loader(ds, cfg, False).batch_sampler
+    sampler.set_epoch(0)
+    batch = ds.collate([ds[i] for i in next(iter(sampler))])
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        return model(**batch).logits.float(), labels
+
+
+def first_step_loss(tiny_bert, tiny_data, tmp_path, *extra):
+    # A frozen backbone (eval mode) and a head without dropout make the first step deterministic.
+    frozen = ("model.freeze_backbone=true", "train.cache=false", "model.dropout=0", "train.max_steps=1")
+    cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", *frozen, *extra)
+    result = train(cfg)
+    logits, labels = first_batch(tiny_bert, tiny_data, cfg)
+    return result["train_loss_curve"][0][1], logits, labels
+
+
+def test_class_weights_balanced_and_by_name():
+    w = class_weights("balanced", ["a", "b"], [0, 0, 0, 1])
+    assert w.tolist() == pytest.approx([4 / (2 * 3), 4 / (2 * 1)])
+    assert class_weights({"b": 2.5}, ["a", "b"], [0, 1]).tolist() == [1.0, 2.5]
+    assert class_weights(None, ["a", "b"], [0, 1]) is None
+    with pytest.raises(BertclsError, match="unknown label"):
+        class_weights({"c": 2.0}, ["a", "b"], [0, 1])
+    with pytest.raises(BertclsError, match="no training example"):
+        class_weights("balanced", ["a", "b", "c"], [0, 1])
+
+
+def test_class_weights_change_the_training_loss_exactly(tiny_bert, tiny_data, tmp_path):
+    loss, logits, labels = first_step_loss(tiny_bert, tiny_data, tmp_path, "loss.class_weights={negative: 3.0}")
+    nll = -logits.log_softmax(-1)[torch.arange(len(labels)), labels]
+    w = torch.tensor([3.0, 1.0])[labels]
+    assert loss == pytest.approx(float((w * nll).sum() / w.sum()), rel=1e-5)
+    assert loss != pytest.approx(float(nll.mean()), rel=1e-3)  # the batch holds both classes
+    assert build_loss(None)(logits, labels).item() == pytest.approx(float(nll.mean()), rel=1e-6)
+
+
+def test_label_smoothing_matches_the_formula(tiny_bert, tiny_data, tmp_path):
+    eps = 0.2
+    loss, logits, labels = first_step_loss(tiny_bert, tiny_data, tmp_path, f"loss.label_smoothing={eps}")
+    logp = logits.log_softmax(-1)
+    nll = -logp[torch.arange(len(labels)), labels]
+    uniform = -logp.mean(-1)  # cross-entropy against the uniform distribution over classes
+    expected = ((1 - eps) * nll + eps * uniform).mean()
+    assert loss == pytest.approx(float(expected), rel=1e-5)
+    assert loss != pytest.approx(float(nll.mean()), rel=1e-3)
+
+
+def test_balanced_sampler_evens_out_classes_in_full_batches():
+    labels = [0] * 90 + [1] * 10
+    sampler = BalancedBatchSampler(labels, batch_size=16, seed=0)
+    drawn = []
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert [len(b) for b in batches] == [16] * 6 + [4]  # only the last batch is short
+        drawn += [i for b in batches for i in b]
+    share = sum(labels[i] for i in drawn) / len(drawn)
+    assert 0.4 < share < 0.6  # 10% of the data, about half of what is drawn
+
+
+def test_train_sampler_option_selects_the_balanced_sampler(tiny_bert, tiny_data, tmp_path):
+    cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path, "train.sampler=balanced")
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
+    split = load_split(str(tiny_data["train"]))
+    ds = TextClassificationDataset(split.texts, split.labels, model.tokenizer, 32, label_names=LABELS)
+    assert isinstance(make_train_loader(ds, cfg, False).batch_sampler, BalancedBatchSampler)
+    result = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", "train.sampler=balanced", "train.max_steps=3"))
+    assert result["history"][-1]["step"] == 3
+
+
+def test_data_seed_changes_data_order_and_split_alone(tiny_bert, tiny_data, tmp_path):
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
+    split = load_split(str(tiny_data["train"]))
+    ds = TextClassificationDataset(split.texts, split.labels, model.tokenizer, 32, label_names=LABELS)
+
+    def order(*extra: str) -> list[list[int]]:
+        cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path, *extra)
+        return list(make_train_loader(ds, cfg, False).batch_sampler)
+
+    assert order("train.data_seed=1") == order("train.data_seed=1", "train.seed=7")
+    assert order("train.data_seed=1") != order("train.data_seed=2")
+    assert order() == order("train.data_seed=42")  # null means train.seed
+
+    def val(*extra: str) -> list[str]:
+        return load_data(tiny_cfg(tiny_bert, tiny_data, tmp_path, "data.validation=null", *extra)).validation.texts
+
+    assert val("train.data_seed=1") != val("train.data_seed=2")
+    assert val("train.data_seed=1") == val("train.data_seed=1", "train.seed=3")
