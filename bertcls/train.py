@@ -275,6 +275,8 @@ def train(cfg: Config) -> dict[str, Any]:
     # Output folder, data and model are checked before anything is written, so a typo costs nothing there.
     check_output_dir(cfg)
     data = load_data(cfg)
+    if cfg.train.early_stopping_patience and data.validation is None:
+        raise BertclsError("train.early_stopping_patience needs a validation split (data.validation or a fraction)")
     m = cfg.model
     model = BertForTextClassification.from_pretrained(
         m.name_or_path,
@@ -373,6 +375,10 @@ def train(cfg: Config) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     loss_curve: list[list[float]] = []
     best: dict[str, Any] = {"metric": cfg.eval.metric, "value": None, "step": None}
+    # Early stopping counts evaluations since the last improvement of more than min_delta (best/ still follows
+    # every improvement, however small).
+    stopping: dict[str, Any] = {"patience": t.early_stopping_patience, "min_delta": t.early_stopping_min_delta}
+    stopping.update(stopped=False, step=None, reference=None, evals_without_improvement=0)
     step, examples = 0, 0
     running, running_n = torch.zeros((), device=accelerator.device), 0
 
@@ -396,6 +402,16 @@ def train(cfg: Config) -> dict[str, Any]:
                 best.update(value=value, step=step)
                 if main:
                     unwrapped.save_pretrained(out / "best")
+            if is_better(cfg.eval.metric, value, stopping["reference"], t.early_stopping_min_delta):
+                stopping.update(reference=value, evals_without_improvement=0)
+            else:
+                stopping["evals_without_improvement"] += 1
+            if t.early_stopping_patience and stopping["evals_without_improvement"] >= t.early_stopping_patience:
+                stopping.update(stopped=True, step=step)
+                log(
+                    f"early stopping at step {step}: no {cfg.eval.metric} gain > {t.early_stopping_min_delta} in "
+                    f"{t.early_stopping_patience} evaluation(s); best step {best['step']}"
+                )
         history.append(record)
         module.train()
         eval_time += time.perf_counter() - eval_start
@@ -434,12 +450,15 @@ def train(cfg: Config) -> dict[str, Any]:
                 progress.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{rate:.0f}")
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < total_steps:
                 run_eval(step / updates_per_epoch)
-            if step >= total_steps:
+            if step >= total_steps or stopping["stopped"]:
                 break
-        if step >= total_steps or epoch == num_epochs - 1:
+        if step >= total_steps or epoch == num_epochs - 1 or stopping["stopped"]:
             break
         run_eval(epoch + 1)
-    run_eval(step / updates_per_epoch)
+        if stopping["stopped"]:
+            break
+    if not stopping["stopped"]:  # a stopped run was just evaluated at this step
+        run_eval(step / updates_per_epoch)
     progress.close()
     train_time = time.perf_counter() - tick - eval_time
 
@@ -461,12 +480,15 @@ def train(cfg: Config) -> dict[str, Any]:
         "mixed_precision": precision,
         "num_processes": accelerator.num_processes,
         "feature_cache": {"used": cached, "splits_reused": sum(cache_hits), "splits": len(cache_hits)},
+        "early_stopping": {k: v for k, v in stopping.items() if k != "reference"},
     }
-    if test_loader is not None:
-        if best["step"] is not None and best["step"] != step:
-            from safetensors.torch import load_file
+    if best["step"] is not None and best["step"] != step and (test_loader is not None or stopping["stopped"]):
+        from safetensors.torch import load_file
 
-            unwrapped.load_state_dict(load_file(out / "best" / "model.safetensors"))
+        # The model left in memory (and tested) is the best one, as after early stopping in other tools.
+        unwrapped.load_state_dict(load_file(out / "best" / "model.safetensors"))
+        log(f"restored the best checkpoint (step {best['step']}, validation {cfg.eval.metric} {best['value']:.4f})")
+    if test_loader is not None:
         result["test"] = evaluate_split(module, test_loader, accelerator, test_ds, forward)
         tst = result["test"]
         log(

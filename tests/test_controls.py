@@ -3,6 +3,8 @@ learning rates by depth, re-initialization, gradual unfreezing."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -110,3 +112,17 @@ def test_data_seed_changes_data_order_and_split_alone(tiny_bert, tiny_data, tmp_
 
     assert val("train.data_seed=1") != val("train.data_seed=2")
     assert val("train.data_seed=1") == val("train.data_seed=1", "train.seed=3")
+
+
+def test_early_stopping_stops_before_max_steps_and_restores_the_best(tiny_bert, tiny_data, tmp_path):
+    out = tmp_path / "run"
+    # accuracy can never rise by more than 1.0, so the second evaluation is the first without improvement
+    extra = ("train.max_steps=20", "eval.every_steps=1", "train.early_stopping_patience=1")
+    result = train(tiny_cfg(tiny_bert, tiny_data, out, *extra, "train.early_stopping_min_delta=1.0"))
+    assert [h["step"] for h in result["history"]] == [1, 2]
+    assert result["early_stopping"]["stopped"] and result["early_stopping"]["step"] == 2
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["early_stopping"]["stopped"] and saved["best"]["step"] in (1, 2)
+    assert "restored the best checkpoint" in (out / "train.log").read_text() or saved["best"]["step"] == 2
+    full = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "full", "train.max_steps=4", "eval.every_steps=1"))
+    assert [h["step"] for h in full["history"]] == [1, 2, 3, 4] and not full["early_stopping"]["stopped"]
