@@ -26,7 +26,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from bertcls.errors import BertclsError
-from bertcls.init import InitSpec, init_tensor, parse_init, warn_if_symmetric
+from bertcls.init import InitSpec, apply_init, init_tensor, parse_init, warn_if_symmetric
 from bertcls.resources import is_packaged, packaged_model_dir
 
 CONFIG_NAME = "bertcls_config.json"
@@ -218,6 +218,38 @@ class BertForTextClassification(nn.Module):
             # An unused pooler that wants gradients trips DDP's unused-parameter check under several processes.
             pooler.requires_grad_(False)
         self.train(self.training)
+
+    def encoder_layers(self) -> list[nn.Module]:
+        """The backbone's transformer layers, bottom to top.
+
+        Raises:
+            BertclsError: the layer list of this backbone cannot be found.
+        """
+        layers = _encoder_layers(self.backbone)
+        if layers is None:
+            raise BertclsError(f"cannot find the encoder layers of {type(self.backbone).__name__}")
+        return list(layers)
+
+    def reinit_top_layers(self, k: int, generator: torch.Generator | None = None) -> None:
+        """Re-initialize the top ``k`` encoder layers and the pooler the way BERT initializes new weights: Linear
+        weights N(0, initializer_range²), biases 0, LayerNorm weight 1 and bias 0 (Zhang et al. 2020, "Revisiting
+        Few-sample BERT Fine-tuning", arXiv 2006.05987: the top layers are specific to pretraining and fine-tune
+        better from scratch).
+
+        Raises:
+            BertclsError: ``k`` is negative or more than the number of layers.
+        """
+        layers = self.encoder_layers()
+        if not 0 <= k <= len(layers):
+            raise BertclsError(f"reinit_top_k must be between 0 and the number of layers ({len(layers)}), got {k}")
+        std = getattr(self.backbone.config, "initializer_range", 0.02)
+        rules = {
+            nn.Linear: {"weight": {"name": "normal", "std": std}, "bias": "zeros"},
+            nn.LayerNorm: {"weight": "ones", "bias": "zeros"},
+        }
+        pooler = getattr(self.backbone, "pooler", None)
+        for module in [*layers[len(layers) - k :], *([pooler] if k and pooler is not None else [])]:
+            apply_init(module, rules, generator)
 
     @property
     def backbone_fully_frozen(self) -> bool:

@@ -129,20 +129,41 @@ def prepare_output_dir(cfg: Config) -> Path:
     return out
 
 
+def layer_lr_scales(model: BertForTextClassification, decay: float) -> dict[int, float]:
+    """Learning-rate multiplier per backbone parameter (by ``id``) for layer-wise decay (Sun et al. 2019, arXiv
+    1905.05583): the top layer and the pooler get 1, each layer below one more factor of ``decay``, and the
+    embeddings (everything below the first layer) ``decay ** num_layers``."""
+    layers = model.encoder_layers()
+    n = len(layers)
+    scales = {id(p): decay**n for p in model.backbone.parameters()}
+    for i, layer in enumerate(layers):
+        scales |= {id(p): decay ** (n - 1 - i) for p in layer.parameters()}
+    pooler = getattr(model.backbone, "pooler", None)
+    if pooler is not None:
+        scales |= {id(p): 1.0 for p in pooler.parameters()}
+    return scales
+
+
 def build_optimizer(model: BertForTextClassification, cfg: Config) -> torch.optim.Optimizer:
-    """torch AdamW with no decay on biases and LayerNorm weights, and the head on its own learning rate."""
+    """torch AdamW with no decay on biases and LayerNorm weights, the head on its own learning rate, and (with
+    ``train.layer_lr_decay`` < 1) lower rates for lower backbone layers."""
     t = cfg.train
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    scales = layer_lr_scales(model, t.layer_lr_decay) if t.layer_lr_decay != 1.0 else {}
+    groups: dict[tuple[bool, bool, float], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_head = name.startswith("head.")
         no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
-        groups.setdefault((is_head, no_decay), []).append(p)
+        groups.setdefault((is_head, no_decay, scales.get(id(p), 1.0)), []).append(p)
     head_lr = t.head_lr if t.head_lr is not None else t.lr
     param_groups = [
-        {"params": ps, "lr": head_lr if is_head else t.lr, "weight_decay": 0.0 if no_decay else t.weight_decay}
-        for (is_head, no_decay), ps in groups.items()
+        {
+            "params": ps,
+            "lr": head_lr if is_head else t.lr * scale,
+            "weight_decay": 0.0 if no_decay else t.weight_decay,
+        }
+        for (is_head, no_decay, scale), ps in groups.items()
     ]
     # fused AdamW is the fast path on CUDA; on CPU the default (foreach) implementation is used.
     fused = torch.cuda.is_available()
@@ -152,6 +173,19 @@ def build_optimizer(model: BertForTextClassification, cfg: Config) -> torch.opti
 def data_seed(cfg: Config) -> int:
     """The seed of data order and the validation split: ``train.data_seed``, or ``train.seed`` when unset."""
     return cfg.train.data_seed if cfg.train.data_seed is not None else cfg.train.seed
+
+
+def unfreeze_for_epoch(model: BertForTextClassification, epoch: int, log=print) -> None:
+    """Gradual unfreezing (Howard & Ruder 2018, ULMFiT): epoch 0 trains the head alone, epoch k also the top k
+    layers, and once every layer is trainable the embeddings join. The optimizer holds every parameter from the
+    start; frozen ones get no gradient, so AdamW leaves them (and their weight decay) alone."""
+    n = len(model.encoder_layers())
+    if epoch > n:
+        model.set_trainable(False)
+    else:
+        model.set_trainable(True, epoch)
+    what = "everything" if epoch > n else (f"head + top {epoch} layer(s)" if epoch else "head only")
+    log(f"gradual unfreezing, epoch {epoch}: training {what}")
 
 
 def make_train_loader(ds, cfg: Config, pin: bool) -> DataLoader:
@@ -292,6 +326,11 @@ def train(cfg: Config) -> dict[str, Any]:
         max_length=cfg.data.max_length,
         seed=cfg.train.seed,
     )
+    if m.reinit_top_k:
+        model.reinit_top_layers(m.reinit_top_k, torch.Generator().manual_seed(cfg.train.seed))
+    if cfg.train.gradual_unfreeze and (m.freeze_backbone or accelerator.num_processes > 1):
+        # Under DDP the frozen layers would be unused parameters in the reducer; one process keeps it simple.
+        raise BertclsError("train.gradual_unfreeze needs model.freeze_backbone=false and a single process")
     out = prepare_output_dir(cfg) if main else Path(cfg.output.dir)
     accelerator.wait_for_everyone()
     log = RunLog(out / "train.log", main)
@@ -422,6 +461,8 @@ def train(cfg: Config) -> dict[str, Any]:
     for epoch in range(num_epochs):
         # accelerate's sharded batch sampler does not pass set_epoch on to ours, so set it directly.
         train_sampler.set_epoch(epoch)
+        if t.gradual_unfreeze:
+            unfreeze_for_epoch(unwrapped, epoch, log)
         for batch in train_loader:
             labels = batch.pop("labels")
             batch.pop("index", None)

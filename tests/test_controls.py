@@ -11,7 +11,7 @@ import torch
 from bertcls import BertclsError, BertForTextClassification
 from bertcls.data import BalancedBatchSampler, TextClassificationDataset, load_split
 from bertcls.losses import build_loss, class_weights
-from bertcls.train import load_data, make_train_loader, train
+from bertcls.train import build_optimizer, load_data, make_train_loader, train, unfreeze_for_epoch
 
 from .test_train import tiny_cfg
 
@@ -126,3 +126,72 @@ def test_early_stopping_stops_before_max_steps_and_restores_the_best(tiny_bert, 
     assert "restored the best checkpoint" in (out / "train.log").read_text() or saved["best"]["step"] == 2
     full = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "full", "train.max_steps=4", "eval.every_steps=1"))
     assert [h["step"] for h in full["history"]] == [1, 2, 3, 4] and not full["early_stopping"]["stopped"]
+
+
+def test_layer_lr_decay_gives_each_depth_its_rate(tiny_bert, tiny_data, tmp_path):
+    lrs = ("train.lr=1e-3", "train.head_lr=1e-2")
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, pooling="pooler")
+    opt = build_optimizer(model, tiny_cfg(tiny_bert, tiny_data, tmp_path, *lrs, "train.layer_lr_decay=0.5"))
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    expected = {"head.": 1e-2, "backbone.pooler.": 1e-3, "backbone.encoder.layer.1.": 1e-3}
+    expected |= {"backbone.encoder.layer.0.": 5e-4, "backbone.embeddings.": 2.5e-4}
+    seen = set()
+    for name, p in model.named_parameters():
+        prefix = next(k for k in expected if name.startswith(k))
+        assert lr_of[id(p)] == pytest.approx(expected[prefix]), name
+        seen.add(prefix)
+    assert seen == set(expected)
+    flat = build_optimizer(model, tiny_cfg(tiny_bert, tiny_data, tmp_path, *lrs))
+    assert {g["lr"] for g in flat.param_groups} == {1e-3, 1e-2}
+
+
+def changed(a: BertForTextClassification, b: BertForTextClassification) -> set[str]:
+    """Backbone parameter prefixes (up to the layer number) whose weights differ between two models."""
+    sa, sb = a.backbone.state_dict(), b.backbone.state_dict()
+    return {".".join(k.split(".")[:3]) for k in sa if not torch.equal(sa[k], sb[k])}
+
+
+def test_reinit_top_k_changes_exactly_the_top_layers(tiny_bert, tiny_data, tmp_path):
+    start = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
+    with torch.no_grad():  # make the LayerNorms and biases differ from their re-initialized values
+        for name, p in model.backbone.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                p.add_(0.5)
+    start.load_state_dict(model.state_dict())
+    model.reinit_top_layers(1, torch.Generator().manual_seed(0))
+    assert changed(start, model) == {"encoder.layer.1", "pooler.dense.weight", "pooler.dense.bias"}
+    top = model.backbone.encoder.layer[1]
+    assert torch.equal(top.output.LayerNorm.weight, torch.ones(32)) and not top.output.dense.bias.any()
+    std = model.backbone.config.initializer_range
+    assert top.intermediate.dense.weight.std().item() == pytest.approx(std, rel=0.2)
+    # through the config: a frozen backbone keeps whatever the run started from, so last/ shows the re-init
+    out = tmp_path / "run"
+    frozen = ("model.freeze_backbone=true", "train.cache=false", "train.max_steps=1", "model.reinit_top_k=1")
+    train(tiny_cfg(tiny_bert, tiny_data, out, *frozen))
+    plain = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
+    assert changed(plain, BertForTextClassification.from_pretrained(out / "last")) >= {"encoder.layer.1"}
+    assert "encoder.layer.0" not in changed(plain, BertForTextClassification.from_pretrained(out / "last"))
+
+
+def test_gradual_unfreezing_adds_one_layer_per_epoch(tiny_bert, tiny_data, tmp_path):
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
+
+    def trainable() -> set[str]:
+        return {".".join(n.split(".")[:4]) for n, p in model.named_parameters() if p.requires_grad}
+
+    head = {"head.layers.1.weight", "head.layers.1.bias"}
+    unfreeze_for_epoch(model, 0, log=lambda _: None)
+    assert trainable() == head
+    unfreeze_for_epoch(model, 1, log=lambda _: None)
+    assert trainable() == head | {"backbone.encoder.layer.1"}
+    unfreeze_for_epoch(model, 2, log=lambda _: None)
+    assert trainable() == head | {"backbone.encoder.layer.1", "backbone.encoder.layer.0"}
+    unfreeze_for_epoch(model, 3, log=lambda _: None)
+    assert any(n.startswith("backbone.embeddings") for n in trainable())
+    # a 2-epoch run: the top layer trained (epoch 1), the lower layer and embeddings never did
+    out = tmp_path / "run"
+    train(tiny_cfg(tiny_bert, tiny_data, out, "train.gradual_unfreeze=true", "train.epochs=2"))
+    plain = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
+    assert changed(plain, BertForTextClassification.from_pretrained(out / "last")) == {"encoder.layer.1"}
+    assert "epoch 1: training head + top 1 layer(s)" in (out / "train.log").read_text()
