@@ -36,6 +36,7 @@ from bertcls.data import (
     ShuffledBatchSampler,
     Split,
     TextClassificationDataset,
+    average_windows,
     build_labels,
     label_ids,
     length_sorted_batches,
@@ -257,6 +258,11 @@ def predict_loader(
 
 def evaluate_split(model, loader, accelerator, ds, forward=None) -> dict[str, float]:
     probs, gold, gathered = predict_loader(model, loader, accelerator, len(ds), forward)
+    doc_ids = getattr(ds, "doc_ids", None)
+    if doc_ids is not None:  # windows of long texts: a text's probabilities are the mean over its windows
+        probs = average_windows(torch.from_numpy(probs), doc_ids, ds.num_docs).numpy()
+        gold = np.asarray(ds.doc_label_ids)
+        gathered = ds.num_docs if gathered == len(ds) else gathered
     result = core_metrics(gold, probs)
     result["num_examples"] = gathered
     return result
@@ -331,6 +337,8 @@ def train(cfg: Config) -> dict[str, Any]:
     if cfg.train.gradual_unfreeze and (m.freeze_backbone or accelerator.num_processes > 1):
         # Under DDP the frozen layers would be unused parameters in the reducer; one process keeps it simple.
         raise BertclsError("train.gradual_unfreeze needs model.freeze_backbone=false and a single process")
+    # Set after loading, so a checkpoint given as name_or_path (lp_ft's second phase) reads texts as configured too.
+    model.truncation, model.window_stride = cfg.data.truncation, cfg.data.window_stride
     out = prepare_output_dir(cfg) if main else Path(cfg.output.dir)
     accelerator.wait_for_everyone()
     log = RunLog(out / "train.log", main)
@@ -338,6 +346,8 @@ def train(cfg: Config) -> dict[str, Any]:
         (out / "config.yaml").write_text(to_yaml(cfg))
 
     cached = cfg.train.cache and model.backbone_fully_frozen
+    if cached and cfg.data.window_stride:
+        raise BertclsError("data.window_stride does not work with the feature cache; set train.cache=false")
     if cached:
         # Head-only epochs on stored backbone features: the backbone runs once per split, or never on a warm cache.
         model.to(accelerator.device)
@@ -360,6 +370,9 @@ def train(cfg: Config) -> dict[str, Any]:
                 split.text_pairs,
                 data.labels,
                 with_index=with_index,
+                truncation=cfg.data.truncation,
+                # evaluation always reads whole texts as windows when they are on; training only if asked
+                window_stride=cfg.data.window_stride if (with_index or cfg.data.train_windows) else 0,
             )
 
         module, forward = model, forward_tokens
