@@ -47,9 +47,10 @@ from bertcls.errors import BertclsError, cli_errors
 from bertcls.losses import build_loss, class_weights
 from bertcls.metrics import core_metrics, is_better
 from bertcls.model import BertForTextClassification
+from bertcls.tracking import check_trackers, flat_config
 
 # What a run writes into output.dir; only these are removed by output.overwrite=true.
-RUN_FILES = ("best", "last", "metrics.json", "config.yaml", "train.log", "curves.png")
+RUN_FILES = ("best", "last", "metrics.json", "config.yaml", "train.log", "curves.png", "tracking")
 RUN_RESULTS = ("best", "last", "metrics.json")  # a folder with any of these holds a run worth keeping
 
 
@@ -300,7 +301,11 @@ def train(cfg: Config) -> dict[str, Any]:
         # accelerate keeps its state per process and refuses a second Accelerator with another precision; a
         # notebook or a sweep calls train() many times, so start each single-process run from a clean state.
         AcceleratorState._reset_state()
+    trackers = check_trackers(cfg.output.tracking)
     accelerator = Accelerator(
+        # Trackers write under output.dir/tracking (TensorBoard: an event file per run).
+        log_with=trackers or None,
+        project_dir=cfg.output.dir if trackers else None,
         mixed_precision=precision,
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         # accelerate only sets up several CPU processes (gloo) when told it is on CPU.
@@ -344,6 +349,8 @@ def train(cfg: Config) -> dict[str, Any]:
     log = RunLog(out / "train.log", main)
     if main:
         (out / "config.yaml").write_text(to_yaml(cfg))
+    if trackers:
+        accelerator.init_trackers("tracking", config=flat_config(cfg))
 
     cached = cfg.train.cache and model.backbone_fully_frozen
     if cached and cfg.data.window_stride:
@@ -446,6 +453,7 @@ def train(cfg: Config) -> dict[str, Any]:
             record["validation"] = evaluate_split(module, val_loader, accelerator, val_ds, forward)
             value = record["validation"][cfg.eval.metric]
             v = record["validation"]
+            accelerator.log({f"validation/{k}": x for k, x in v.items() if k != "num_examples"}, step=step)
             log(
                 f"step {step} epoch {epoch:.2f}: validation loss {v['loss']:.4f} accuracy {v['accuracy']:.4f}"
                 f" macro_f1 {v['macro_f1']:.4f}"
@@ -498,6 +506,7 @@ def train(cfg: Config) -> dict[str, Any]:
             if step % 10 == 0 or step == total_steps:
                 mean_loss = accelerator.reduce(running, "mean").item() / running_n
                 loss_curve.append([step, mean_loss])
+                accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
                 running.zero_()
                 running_n = 0
                 rate = examples * accelerator.num_processes / (time.perf_counter() - tick - eval_time)
@@ -545,6 +554,7 @@ def train(cfg: Config) -> dict[str, Any]:
     if test_loader is not None:
         result["test"] = evaluate_split(module, test_loader, accelerator, test_ds, forward)
         tst = result["test"]
+        accelerator.log({f"test/{k}": x for k, x in tst.items() if k != "num_examples"}, step=step)
         log(
             f"test (best checkpoint, step {best['step'] or step}): loss {tst['loss']:.4f}"
             f" accuracy {tst['accuracy']:.4f} macro_f1 {tst['macro_f1']:.4f}"
