@@ -590,13 +590,24 @@ def train_lp_ft(cfg: Config) -> dict[str, Any]:
     probe = replace(
         cfg,
         model=replace(cfg.model, freeze_backbone=True, unfreeze_top_k=0),
-        train=replace(t, schedule="standard", epochs=t.lp_epochs, max_steps=-1, lr=head_lr, warmup_ratio=0.0),
+        train=replace(
+            t,
+            schedule="standard",
+            epochs=t.lp_epochs,
+            max_steps=-1,
+            lr=head_lr,
+            warmup_ratio=0.0,
+            gradual_unfreeze=False,
+        ),
         output=replace(cfg.output, dir=str(probe_dir), overwrite=True),
     )
     probe_result = train(probe)
     full = replace(
         cfg,
-        model=replace(cfg.model, name_or_path=str(probe_dir / "best"), freeze_backbone=False, unfreeze_top_k=0),
+        # reinit_top_k already happened in the probe phase, whose features the head was fitted on.
+        model=replace(
+            cfg.model, name_or_path=str(probe_dir / "best"), freeze_backbone=False, unfreeze_top_k=0, reinit_top_k=0
+        ),
         train=replace(t, schedule="standard"),
     )
     result = train(full)
