@@ -61,6 +61,9 @@ def backbone_fingerprint(model) -> str:
 def cache_key(model, split: Split, max_length: int, precision: str) -> str:
     h = hashlib.blake2b(digest_size=20)
     h.update(f"v{CACHE_VERSION}|{backbone_fingerprint(model)}|{model.spec.pooling}|{max_length}|{precision}".encode())
+    truncation = getattr(model, "truncation", "head")
+    if truncation != "head":  # keys of head-truncated features stay what they were before truncation existed
+        h.update(f"|truncation={truncation}".encode())
     _update_strings(h, split.texts)
     _update_strings(h, split.text_pairs)
     return h.hexdigest()
@@ -82,7 +85,7 @@ def compute_features(
         mine = list(mine)
         texts = [split.texts[i] for i in mine]
         pairs = [split.text_pairs[i] for i in mine] if split.text_pairs is not None else None
-        encoded = encode(model.tokenizer, texts, pairs, max_length)
+        encoded = encode(model.tokenizer, texts, pairs, max_length, getattr(model, "truncation", "head"))
         pad_id = model.tokenizer.pad_token_id or 0
         local = torch.empty(len(mine), model.backbone.config.hidden_size)
         bar = tqdm(total=len(mine), desc="features", unit="text", disable=not accelerator.is_main_process, leave=False)

@@ -21,6 +21,8 @@ from bertcls.errors import BertclsError
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 METRICS = ("accuracy", "macro_f1", "loss")
+SAMPLERS = ("random", "balanced")
+TRUNCATIONS = ("head", "tail", "head+tail")
 
 
 def doc(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None) -> Any:  # noqa: A002
@@ -53,9 +55,11 @@ class ModelConfig:
     activation: str = doc("gelu", "activation between head layers")
     freeze_backbone: bool = doc(False, "train the head only (backbone frozen, in eval mode)")
     unfreeze_top_k: int = doc(0, "with freeze_backbone: also train the top k encoder layers")
+    reinit_top_k: int = doc(0, "re-initialize the top k encoder layers (and pooler) before fine-tuning")
 
     def __post_init__(self) -> None:
         _positive("model", "unfreeze_top_k", self.unfreeze_top_k, allow_zero=True)
+        _positive("model", "reinit_top_k", self.reinit_top_k, allow_zero=True)
 
 
 @dataclass
@@ -69,9 +73,14 @@ class DataConfig:
     labels: list[str] | None = doc(None, "label set and order (default: sorted labels found in train)")
     max_length: int = doc(128, "tokens per text after truncation")
     validation_fraction: float = doc(0.1, "share of train held out when no validation split is given")
+    truncation: str = doc("head", "which tokens a long text keeps: head | tail | head+tail (first 1/4, last 3/4)")
+    window_stride: int = doc(0, "evaluate/predict long texts as windows this many tokens apart, averaged (0: off)")
+    train_windows: bool = doc(False, "with window_stride: also train on every window (each with the text's label)")
 
     def __post_init__(self) -> None:
         _positive("data", "max_length", self.max_length)
+        _choice("data", "truncation", self.truncation, TRUNCATIONS)
+        _positive("data", "window_stride", self.window_stride, allow_zero=True)
         if not 0.0 <= self.validation_fraction < 1.0:
             raise BertclsError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
 
@@ -89,6 +98,12 @@ class TrainConfig:
     grad_accum_steps: int = doc(1, "gradient accumulation steps")
     max_grad_norm: float = doc(1.0, "gradient clipping norm (0: off)")
     seed: int = doc(42, "seed for head init, dropout, data order and splitting")
+    data_seed: int | None = doc(None, "seed for data order and the validation split alone (null: train.seed)")
+    sampler: str = doc("random", "random | balanced (batches drawn with replacement, classes equally likely)")
+    early_stopping_patience: int = doc(0, "stop after this many evaluations without improvement (0: off)")
+    early_stopping_min_delta: float = doc(0.0, "improvement of eval.metric smaller than this counts as none")
+    layer_lr_decay: float = doc(1.0, "each encoder layer below the top gets lr times this once more (1: off)")
+    gradual_unfreeze: bool = doc(False, "epoch 0 trains the head only; each epoch unfreezes one more top layer")
     mixed_precision: str = doc("auto", "auto | no | bf16 | fp16 (auto: bf16 where the hardware has it)")
     group_by_length: bool = doc(True, "batch texts of similar length together (less padding, same randomness)")
     num_workers: int = doc(0, "DataLoader worker processes")
@@ -106,12 +121,37 @@ class TrainConfig:
         _choice("train", "scheduler", self.scheduler, SCHEDULERS)
         _choice("train", "schedule", self.schedule, ("standard", "lp_ft"))
         _positive("train", "lp_epochs", self.lp_epochs)
+        _choice("train", "sampler", self.sampler, SAMPLERS)
+        _positive("train", "early_stopping_patience", self.early_stopping_patience, allow_zero=True)
+        _positive("train", "early_stopping_min_delta", self.early_stopping_min_delta, allow_zero=True)
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise BertclsError(f"train.layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
         # YAML reads a bare `no` as false; it means full precision here.
         if str(self.mixed_precision).lower() in ("false", "off", "none"):
             self.mixed_precision = "no"
         _choice("train", "mixed_precision", self.mixed_precision, MIXED_PRECISION)
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise BertclsError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class LossConfig:
+    class_weights: Any = doc(None, "null | balanced (sklearn, from train labels) | {label name: weight}")
+    label_smoothing: float = doc(0.0, "cross-entropy label smoothing (0: off)")
+
+    def __post_init__(self) -> None:
+        w = self.class_weights
+        if isinstance(w, str) and w != "balanced":
+            raise BertclsError(f"loss.class_weights: '{w}' is not one of null, balanced, or a {{label: weight}} map")
+        if w is not None and not isinstance(w, str):
+            if not hasattr(w, "items"):
+                raise BertclsError(f"loss.class_weights must be null, balanced or a {{label: weight}} map, got {w!r}")
+            self.class_weights = {str(k): v for k, v in w.items()}
+            for k, v in self.class_weights.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                    raise BertclsError(f"loss.class_weights.{k} must be a number >= 0, got {v!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise BertclsError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass
@@ -130,6 +170,7 @@ class EvalConfig:
 class OutputConfig:
     dir: str = doc("runs/default", "output folder: best/, last/, metrics.json, config.yaml, train.log")
     overwrite: bool = doc(False, "replace a finished run already in output.dir")
+    tracking: list[str] = doc(help="experiment trackers for accelerate's log_with, e.g. [tensorboard]", factory=list)
 
 
 @dataclass
@@ -137,6 +178,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 

@@ -122,19 +122,110 @@ def split_validation(data: Split, fraction: float, seed: int) -> tuple[Split, Sp
 # ---------------------------------------------------------------- tokenization
 
 
+TRUNCATIONS = ("head", "tail", "head+tail")
+
+
 def encode(
-    tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None, max_length: int
+    tokenizer,
+    texts: Sequence[str],
+    text_pairs: Sequence[str] | None,
+    max_length: int,
+    truncation: str = "head",
 ) -> dict[str, list[list[int]]]:
-    """Tokenize everything at once with the fast tokenizer; no padding (that happens per batch)."""
-    out = tokenizer(
-        list(texts),
-        list(text_pairs) if text_pairs is not None else None,
-        truncation=True,
-        max_length=max_length,
-        padding=False,
-    )
-    keep = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in out]
-    return {k: out[k] for k in keep}
+    """Tokenize everything at once with the fast tokenizer; no padding (that happens per batch).
+
+    ``truncation`` says which tokens of a too-long text survive: ``head`` (the first), ``tail`` (the last) or
+    ``head+tail`` (the first quarter and the last three quarters of the budget: Sun et al. 2019, "How to Fine-Tune
+    BERT for Text Classification?", arXiv 1905.05583, keep 128 + 382 of 510). Special tokens always stay; with a
+    pair the budget is shared as the tokenizer's longest-first truncation shares it.
+    """
+    if truncation not in TRUNCATIONS:
+        raise BertclsError(f"unknown truncation '{truncation}'; valid: {', '.join(TRUNCATIONS)}")
+    pairs = list(text_pairs) if text_pairs is not None else None
+    if truncation == "head":
+        out = tokenizer(list(texts), pairs, truncation=True, max_length=max_length, padding=False)
+        return {k: out[k] for k in _keys(out)}
+    out = tokenizer(list(texts), pairs, truncation=False, padding=False, verbose=False)
+    encoded: dict[str, list[list[int]]] = {k: [] for k in _keys(out)}
+    for i in range(len(texts)):
+        seq = out.sequence_ids(i)
+        parts = [[j for j, s in enumerate(seq) if s == part] for part in (0, 1)]
+        specials = [j for j, s in enumerate(seq) if s is None]
+        sizes = _share_budget(len(parts[0]), len(parts[1]), max_length - len(specials))
+        keep = sorted(specials + _keep(parts[0], sizes[0], truncation) + _keep(parts[1], sizes[1], truncation))
+        for k in encoded:
+            encoded[k].append([out[k][i][j] for j in keep])
+    return encoded
+
+
+def encode_windows(
+    tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None, max_length: int, stride: int
+) -> tuple[dict[str, list[list[int]]], list[int]]:
+    """Cut each text into windows of up to ``max_length`` tokens whose starts are ``stride`` tokens apart (the last
+    one reaches the end); a second text, if any, is repeated whole in every window. Returns the encodings, one row
+    per window, and for each window the index of its text.
+
+    Raises:
+        BertclsError: ``stride`` is not in 1..(tokens per window), or a second text leaves no room for the first.
+    """
+    pairs = list(text_pairs) if text_pairs is not None else None
+    out = tokenizer(list(texts), pairs, truncation=False, padding=False, verbose=False)
+    encoded: dict[str, list[list[int]]] = {k: [] for k in _keys(out)}
+    doc_ids: list[int] = []
+    for i in range(len(texts)):
+        seq = out.sequence_ids(i)
+        first = [j for j, s in enumerate(seq) if s == 0]
+        rest = [j for j, s in enumerate(seq) if s != 0]  # specials and the second text
+        width = max_length - len(rest)
+        if width < 1:
+            raise BertclsError(f"text {i}: its second text alone fills data.max_length={max_length}")
+        if not 1 <= stride <= width:
+            raise BertclsError(f"data.window_stride must be between 1 and {width} (tokens per window), got {stride}")
+        start = 0
+        while True:
+            keep = sorted(rest + first[start : start + width])
+            for k in encoded:
+                encoded[k].append([out[k][i][j] for j in keep])
+            doc_ids.append(i)
+            if start + width >= len(first):
+                break
+            start += stride
+    return encoded, doc_ids
+
+
+def average_windows(probs: torch.Tensor, doc_ids: Sequence[int], num_docs: int) -> torch.Tensor:
+    """Mean of the window probabilities of each text: (num_windows, C) -> (num_docs, C)."""
+    index = torch.as_tensor(list(doc_ids), dtype=torch.long)
+    sums = torch.zeros(num_docs, probs.shape[-1], dtype=probs.dtype).index_add_(0, index, probs)
+    counts = torch.bincount(index, minlength=num_docs).clamp(min=1).to(probs.dtype)
+    return sums / counts.unsqueeze(-1)
+
+
+def _keys(out) -> list[str]:
+    return [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in out]
+
+
+def _share_budget(a: int, b: int, budget: int) -> tuple[int, int]:
+    """How many tokens each of two texts keeps: the shorter keeps all it can, the longer the rest."""
+    if a + b <= budget:
+        return a, b
+    half = budget // 2
+    if b <= half:
+        return budget - b, b
+    if a <= half:
+        return a, budget - a
+    return budget - half, half
+
+
+def _keep(positions: list[int], n: int, truncation: str) -> list[int]:
+    if len(positions) <= n:
+        return positions
+    if truncation == "head":
+        return positions[:n]
+    if truncation == "tail":
+        return positions[len(positions) - n :]
+    head = n // 4
+    return positions[:head] + positions[len(positions) - (n - head) :]
 
 
 def pad_batch(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -168,6 +259,8 @@ class TextClassificationDataset(Dataset):
         text_pairs: Sequence[str] | None = None,
         label_names: Sequence[str] | None = None,
         with_index: bool = False,
+        truncation: str = "head",
+        window_stride: int = 0,
     ):
         if tokenizer is None:
             raise BertclsError("TextClassificationDataset needs a tokenizer (e.g. model.tokenizer)")
@@ -179,13 +272,22 @@ class TextClassificationDataset(Dataset):
             raise BertclsError(f"{len(texts)} texts but {len(labels)} labels")
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.encodings = encode(tokenizer, texts, text_pairs, max_length)
+        # With windows every item is one window; doc_ids maps it back to its text (None: one item per text).
+        self.doc_ids: list[int] | None = None
+        self.num_docs = len(texts)
+        if window_stride:
+            self.encodings, self.doc_ids = encode_windows(tokenizer, texts, text_pairs, max_length, window_stride)
+        else:
+            self.encodings = encode(tokenizer, texts, text_pairs, max_length, truncation)
         self.label_names = list(label_names) if label_names is not None else None
         self.label_ids: list[int] | None = None
+        self.doc_label_ids: list[int] | None = None
         if labels is not None:
             if self.label_names is None:
                 self.label_names = build_labels(labels)
-            self.label_ids = label_ids(labels, self.label_names)
+            self.doc_label_ids = label_ids(labels, self.label_names)
+            ids = self.doc_label_ids
+            self.label_ids = ids if self.doc_ids is None else [ids[d] for d in self.doc_ids]
         self.with_index = with_index
         self.lengths = [len(ids) for ids in self.encodings["input_ids"]]
 
@@ -267,6 +369,32 @@ class ShuffledBatchSampler(Sampler[list[int]]):
         perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
         for i in range(0, self.n, self.batch_size):
             yield perm[i : i + self.batch_size]
+
+
+class BalancedBatchSampler(Sampler[list[int]]):
+    """Class-balanced random batches: each epoch draws ``len(labels)`` indices with replacement, every class equally
+    likely (an example's chance is 1 / (num_classes * its class count)), like torch's ``WeightedRandomSampler``.
+
+    Batches are full except the last one, the shape accelerate's sharding across processes expects.
+    """
+
+    def __init__(self, labels: Sequence[int], batch_size: int, seed: int = 0):
+        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        counts = torch.bincount(self.labels).double()
+        self.weights = (1.0 / counts)[self.labels]
+        self.batch_size, self.seed, self.epoch = batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, len(self.labels), replacement=True, generator=g).tolist()
+        for i in range(0, len(draws), self.batch_size):
+            yield draws[i : i + self.batch_size]
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

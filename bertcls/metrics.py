@@ -27,10 +27,11 @@ def core_metrics(y_true: Sequence[int], probs: np.ndarray) -> dict[str, float]:
     }
 
 
-def is_better(metric: str, value: float, best: float | None) -> bool:
+def is_better(metric: str, value: float, best: float | None, min_delta: float = 0.0) -> bool:
+    """True if ``value`` beats ``best`` by more than ``min_delta`` (lower is better for loss, higher otherwise)."""
     if best is None:
         return True
-    return value < best if metric == "loss" else value > best
+    return value < best - min_delta if metric == "loss" else value > best + min_delta
 
 
 # ---------------------------------------------------------------- full evaluation report

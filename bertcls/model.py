@@ -27,7 +27,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from bertcls.card import write_model_card
 from bertcls.errors import BertclsError
-from bertcls.init import InitSpec, init_tensor, parse_init, warn_if_symmetric
+from bertcls.init import InitSpec, apply_init, init_tensor, parse_init, warn_if_symmetric
 from bertcls.resources import is_packaged, packaged_model_dir
 
 CONFIG_NAME = "bertcls_config.json"
@@ -164,6 +164,8 @@ class BertForTextClassification(nn.Module):
         unfreeze_top_k: int = 0,
         max_length: int | None = None,
         seed: int | None = None,
+        truncation: str = "head",
+        window_stride: int = 0,
     ):
         super().__init__()
         self.backbone = backbone
@@ -175,6 +177,9 @@ class BertForTextClassification(nn.Module):
         self._takes_token_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
         model_max = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         self.max_length = int(max_length or model_max)
+        # How texts longer than max_length are read; saved with the model so predict reads them as training did.
+        self.truncation = truncation
+        self.window_stride = int(window_stride)
         self.set_trainable(freeze_backbone, unfreeze_top_k)
 
     # -- labels and trainability
@@ -219,6 +224,38 @@ class BertForTextClassification(nn.Module):
             # An unused pooler that wants gradients trips DDP's unused-parameter check under several processes.
             pooler.requires_grad_(False)
         self.train(self.training)
+
+    def encoder_layers(self) -> list[nn.Module]:
+        """The backbone's transformer layers, bottom to top.
+
+        Raises:
+            BertclsError: the layer list of this backbone cannot be found.
+        """
+        layers = _encoder_layers(self.backbone)
+        if layers is None:
+            raise BertclsError(f"cannot find the encoder layers of {type(self.backbone).__name__}")
+        return list(layers)
+
+    def reinit_top_layers(self, k: int, generator: torch.Generator | None = None) -> None:
+        """Re-initialize the top ``k`` encoder layers and the pooler the way BERT initializes new weights: Linear
+        weights N(0, initializer_range²), biases 0, LayerNorm weight 1 and bias 0 (Zhang et al. 2020, "Revisiting
+        Few-sample BERT Fine-tuning", arXiv 2006.05987: the top layers are specific to pretraining and fine-tune
+        better from scratch).
+
+        Raises:
+            BertclsError: ``k`` is negative or more than the number of layers.
+        """
+        layers = self.encoder_layers()
+        if not 0 <= k <= len(layers):
+            raise BertclsError(f"reinit_top_k must be between 0 and the number of layers ({len(layers)}), got {k}")
+        std = getattr(self.backbone.config, "initializer_range", 0.02)
+        rules = {
+            nn.Linear: {"weight": {"name": "normal", "std": std}, "bias": "zeros"},
+            nn.LayerNorm: {"weight": "ones", "bias": "zeros"},
+        }
+        pooler = getattr(self.backbone, "pooler", None)
+        for module in [*layers[len(layers) - k :], *([pooler] if k and pooler is not None else [])]:
+            apply_init(module, rules, generator)
 
     @property
     def backbone_fully_frozen(self) -> bool:
@@ -267,19 +304,25 @@ class BertForTextClassification(nn.Module):
     def predict_proba(
         self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
     ) -> torch.Tensor:
-        """Class probabilities, (len(texts), num_labels), in input order. Batches are grouped by length."""
-        from bertcls.data import encode, iter_length_sorted_batches
+        """Class probabilities, (len(texts), num_labels), in input order. Batches are grouped by length; long texts
+        are truncated (or read as windows) as the model was trained (``model.truncation``, ``model.window_stride``)."""
+        from bertcls.data import average_windows, encode, encode_windows, iter_length_sorted_batches
 
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        encoded = encode(self.tokenizer, texts, text_pairs, self.max_length)
-        probs = torch.empty(len(texts), self.num_labels)
+        doc_ids = None
+        if self.window_stride:
+            encoded, doc_ids = encode_windows(self.tokenizer, texts, text_pairs, self.max_length, self.window_stride)
+        else:
+            encoded = encode(self.tokenizer, texts, text_pairs, self.max_length, self.truncation)
+        probs = torch.empty(len(encoded["input_ids"]), self.num_labels)
         for idx, batch in iter_length_sorted_batches(encoded, batch_size, self.tokenizer.pad_token_id or 0):
             batch = {k: v.to(device) for k, v in batch.items()}
             probs[idx] = self(**batch).logits.float().softmax(-1).cpu()
         self.train(was_training)
-        return probs
+        # A long text read as windows gets the mean of its windows' probabilities.
+        return probs if doc_ids is None else average_windows(probs, doc_ids, len(texts))
 
     def predict(
         self, texts: str | Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
@@ -320,6 +363,8 @@ class BertForTextClassification(nn.Module):
                 "format_version": FORMAT_VERSION,
                 "head": asdict(self.spec),
                 "max_length": self.max_length,
+                "truncation": self.truncation,
+                "window_stride": self.window_stride,
                 "freeze_backbone": self.freeze_backbone,
                 "unfreeze_top_k": self.unfreeze_top_k,
                 "backbone_config": self.backbone.config.to_dict(),
@@ -471,6 +516,8 @@ def _load_checkpoint(path: Path) -> BertForTextClassification:
         freeze_backbone=config.get("freeze_backbone", False),
         unfreeze_top_k=config.get("unfreeze_top_k", 0),
         max_length=config.get("max_length"),
+        truncation=config.get("truncation", "head"),
+        window_stride=config.get("window_stride", 0),
     )
     expected = set(model.state_dict())
     got = set(state)

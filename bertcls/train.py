@@ -31,10 +31,12 @@ from transformers import get_scheduler
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
 from bertcls.config import Config, load_config, options_help, to_yaml
 from bertcls.data import (
+    BalancedBatchSampler,
     LengthGroupedBatchSampler,
     ShuffledBatchSampler,
     Split,
     TextClassificationDataset,
+    average_windows,
     build_labels,
     label_ids,
     length_sorted_batches,
@@ -42,11 +44,13 @@ from bertcls.data import (
     split_validation,
 )
 from bertcls.errors import BertclsError, cli_errors
+from bertcls.losses import build_loss, class_weights
 from bertcls.metrics import core_metrics, is_better
 from bertcls.model import BertForTextClassification
+from bertcls.tracking import check_trackers, flat_config
 
 # What a run writes into output.dir; only these are removed by output.overwrite=true.
-RUN_FILES = ("best", "last", "metrics.json", "config.yaml", "train.log", "curves.png")
+RUN_FILES = ("best", "last", "metrics.json", "config.yaml", "train.log", "curves.png", "tracking")
 RUN_RESULTS = ("best", "last", "metrics.json")  # a folder with any of these holds a run worth keeping
 
 
@@ -88,7 +92,7 @@ def load_data(cfg: Config) -> RunData:
     validation = read(d.validation) if d.validation else None
     test = read(d.test) if d.test else None
     if validation is None and d.validation_fraction > 0:
-        train, validation = split_validation(train, d.validation_fraction, cfg.train.seed)
+        train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
     labels = list(d.labels) if d.labels else build_labels(train.labels)
     if len(set(map(str, train.labels))) < 2:
         raise BertclsError(f"{d.train}: every training example has the same label; a classifier needs two or more")
@@ -127,33 +131,76 @@ def prepare_output_dir(cfg: Config) -> Path:
     return out
 
 
+def layer_lr_scales(model: BertForTextClassification, decay: float) -> dict[int, float]:
+    """Learning-rate multiplier per backbone parameter (by ``id``) for layer-wise decay (Sun et al. 2019, arXiv
+    1905.05583): the top layer and the pooler get 1, each layer below one more factor of ``decay``, and the
+    embeddings (everything below the first layer) ``decay ** num_layers``."""
+    layers = model.encoder_layers()
+    n = len(layers)
+    scales = {id(p): decay**n for p in model.backbone.parameters()}
+    for i, layer in enumerate(layers):
+        scales |= {id(p): decay ** (n - 1 - i) for p in layer.parameters()}
+    pooler = getattr(model.backbone, "pooler", None)
+    if pooler is not None:
+        scales |= {id(p): 1.0 for p in pooler.parameters()}
+    return scales
+
+
 def build_optimizer(model: BertForTextClassification, cfg: Config) -> torch.optim.Optimizer:
-    """torch AdamW with no decay on biases and LayerNorm weights, and the head on its own learning rate."""
+    """torch AdamW with no decay on biases and LayerNorm weights, the head on its own learning rate, and (with
+    ``train.layer_lr_decay`` < 1) lower rates for lower backbone layers."""
     t = cfg.train
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    scales = layer_lr_scales(model, t.layer_lr_decay) if t.layer_lr_decay != 1.0 else {}
+    groups: dict[tuple[bool, bool, float], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         is_head = name.startswith("head.")
         no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
-        groups.setdefault((is_head, no_decay), []).append(p)
+        groups.setdefault((is_head, no_decay, scales.get(id(p), 1.0)), []).append(p)
     head_lr = t.head_lr if t.head_lr is not None else t.lr
     param_groups = [
-        {"params": ps, "lr": head_lr if is_head else t.lr, "weight_decay": 0.0 if no_decay else t.weight_decay}
-        for (is_head, no_decay), ps in groups.items()
+        {
+            "params": ps,
+            "lr": head_lr if is_head else t.lr * scale,
+            "weight_decay": 0.0 if no_decay else t.weight_decay,
+        }
+        for (is_head, no_decay, scale), ps in groups.items()
     ]
     # fused AdamW is the fast path on CUDA; on CPU the default (foreach) implementation is used.
     fused = torch.cuda.is_available()
     return torch.optim.AdamW(param_groups, lr=t.lr, fused=fused)
 
 
+def data_seed(cfg: Config) -> int:
+    """The seed of data order and the validation split: ``train.data_seed``, or ``train.seed`` when unset."""
+    return cfg.train.data_seed if cfg.train.data_seed is not None else cfg.train.seed
+
+
+def unfreeze_for_epoch(model: BertForTextClassification, epoch: int, log=print) -> None:
+    """Gradual unfreezing (Howard & Ruder 2018, ULMFiT): epoch 0 trains the head alone, epoch k also the top k
+    layers, and once every layer is trainable the embeddings join. The optimizer holds every parameter from the
+    start; frozen ones get no gradient, so AdamW leaves them (and their weight decay) alone."""
+    n = len(model.encoder_layers())
+    if epoch > n:
+        model.set_trainable(False)
+    else:
+        model.set_trainable(True, epoch)
+    what = "everything" if epoch > n else (f"head + top {epoch} layer(s)" if epoch else "head only")
+    log(f"gradual unfreezing, epoch {epoch}: training {what}")
+
+
 def make_train_loader(ds, cfg: Config, pin: bool) -> DataLoader:
     t = cfg.train
+    seed = data_seed(cfg)
+    if t.sampler == "balanced":
+        labels = ds.labels.tolist() if isinstance(ds, FeatureDataset) else ds.label_ids
+        sampler = BalancedBatchSampler(labels, t.batch_size, seed=seed)
     # Cached features have no length, so length grouping only applies to token batches.
-    if t.group_by_length and not isinstance(ds, FeatureDataset):
-        sampler = LengthGroupedBatchSampler(ds.lengths, t.batch_size, seed=t.seed)
+    elif t.group_by_length and not isinstance(ds, FeatureDataset):
+        sampler = LengthGroupedBatchSampler(ds.lengths, t.batch_size, seed=seed)
     else:
-        sampler = ShuffledBatchSampler(len(ds), t.batch_size, seed=t.seed)
+        sampler = ShuffledBatchSampler(len(ds), t.batch_size, seed=seed)
     return DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate, num_workers=t.num_workers, pin_memory=pin)
 
 
@@ -212,6 +259,11 @@ def predict_loader(
 
 def evaluate_split(model, loader, accelerator, ds, forward=None) -> dict[str, float]:
     probs, gold, gathered = predict_loader(model, loader, accelerator, len(ds), forward)
+    doc_ids = getattr(ds, "doc_ids", None)
+    if doc_ids is not None:  # windows of long texts: a text's probabilities are the mean over its windows
+        probs = average_windows(torch.from_numpy(probs), doc_ids, ds.num_docs).numpy()
+        gold = np.asarray(ds.doc_label_ids)
+        gathered = ds.num_docs if gathered == len(ds) else gathered
     result = core_metrics(gold, probs)
     result["num_examples"] = gathered
     return result
@@ -258,7 +310,11 @@ def _run(cfg: Config) -> dict[str, Any]:
         # notebook or a sweep calls train() many times, so start each single-process run from a clean state.
         AcceleratorState._reset_state()
     will_cache = cfg.train.cache and cfg.model.freeze_backbone and cfg.model.unfreeze_top_k == 0
+    trackers = check_trackers(cfg.output.tracking)
     accelerator = Accelerator(
+        # Trackers write under output.dir/tracking (TensorBoard: an event file per run).
+        log_with=trackers or None,
+        project_dir=cfg.output.dir if trackers else None,
         # On cached features only the tiny head trains: autocast would only add casts (2x slower per step on CPU).
         # The backbone still runs under `precision` when the features are computed.
         mixed_precision="no" if will_cache else precision,
@@ -275,6 +331,8 @@ def _run(cfg: Config) -> dict[str, Any]:
     # Output folder, data and model are checked before anything is written, so a typo costs nothing there.
     check_output_dir(cfg)
     data = load_data(cfg)
+    if cfg.train.early_stopping_patience and data.validation is None:
+        raise BertclsError("train.early_stopping_patience needs a validation split (data.validation or a fraction)")
     m = cfg.model
     model = BertForTextClassification.from_pretrained(
         m.name_or_path,
@@ -290,13 +348,24 @@ def _run(cfg: Config) -> dict[str, Any]:
         max_length=cfg.data.max_length,
         seed=cfg.train.seed,
     )
+    if m.reinit_top_k:
+        model.reinit_top_layers(m.reinit_top_k, torch.Generator().manual_seed(cfg.train.seed))
+    if cfg.train.gradual_unfreeze and (m.freeze_backbone or accelerator.num_processes > 1):
+        # Under DDP the frozen layers would be unused parameters in the reducer; one process keeps it simple.
+        raise BertclsError("train.gradual_unfreeze needs model.freeze_backbone=false and a single process")
+    # Set after loading, so a checkpoint given as name_or_path (lp_ft's second phase) reads texts as configured too.
+    model.truncation, model.window_stride = cfg.data.truncation, cfg.data.window_stride
     out = prepare_output_dir(cfg) if main else Path(cfg.output.dir)
     accelerator.wait_for_everyone()
     log = RunLog(out / "train.log", main)
     if main:
         (out / "config.yaml").write_text(to_yaml(cfg))
+    if trackers:
+        accelerator.init_trackers("tracking", config=flat_config(cfg))
 
     cached = cfg.train.cache and model.backbone_fully_frozen
+    if cached and cfg.data.window_stride:
+        raise BertclsError("data.window_stride does not work with the feature cache; set train.cache=false")
     if cached:
         # Head-only epochs on stored backbone features: the backbone runs once per split, or never on a warm cache.
         model.to(accelerator.device)
@@ -319,6 +388,9 @@ def _run(cfg: Config) -> dict[str, Any]:
                 split.text_pairs,
                 data.labels,
                 with_index=with_index,
+                truncation=cfg.data.truncation,
+                # evaluation always reads whole texts as windows when they are on; training only if asked
+                window_stride=cfg.data.window_stride if (with_index or cfg.data.train_windows) else 0,
             )
 
         module, forward = model, forward_tokens
@@ -337,6 +409,10 @@ def _run(cfg: Config) -> dict[str, Any]:
     train_sampler = train_loader.batch_sampler
     eval_loaders = [make_eval_loader(ds, cfg.eval.batch_size, pin) for ds in (val_ds, test_ds) if ds is not None]
     optimizer = build_optimizer(model, cfg)
+    weights = class_weights(cfg.loss.class_weights, data.labels, label_ids(data.train.labels, data.labels))
+    if weights is not None:
+        log(f"class weights: {dict(zip(data.labels, [round(w, 4) for w in weights.tolist()], strict=True))}")
+    loss_fn = build_loss(weights, cfg.loss.label_smoothing)
 
     module, optimizer, train_loader, *eval_loaders = accelerator.prepare(module, optimizer, train_loader, *eval_loaders)
     val_loader = eval_loaders.pop(0) if val_ds is not None else None
@@ -372,6 +448,10 @@ def _run(cfg: Config) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     loss_curve: list[list[float]] = []
     best: dict[str, Any] = {"metric": cfg.eval.metric, "value": None, "step": None}
+    # Early stopping counts evaluations since the last improvement of more than min_delta (best/ still follows
+    # every improvement, however small).
+    stopping: dict[str, Any] = {"patience": t.early_stopping_patience, "min_delta": t.early_stopping_min_delta}
+    stopping.update(stopped=False, step=None, reference=None, evals_without_improvement=0)
     step, examples = 0, 0
     running, running_n = torch.zeros((), device=accelerator.device), 0
 
@@ -388,6 +468,7 @@ def _run(cfg: Config) -> dict[str, Any]:
             record["validation"] = evaluate_split(module, val_loader, accelerator, val_ds, forward)
             value = record["validation"][cfg.eval.metric]
             v = record["validation"]
+            accelerator.log({f"validation/{k}": x for k, x in v.items() if k != "num_examples"}, step=step)
             log(
                 f"step {step} epoch {epoch:.2f}: validation loss {v['loss']:.4f} accuracy {v['accuracy']:.4f}"
                 f" macro_f1 {v['macro_f1']:.4f}"
@@ -400,6 +481,16 @@ def _run(cfg: Config) -> dict[str, Any]:
                     best_head.update({k: v.detach().clone() for k, v in unwrapped.head.state_dict().items()})
                 elif main:
                     unwrapped.save_pretrained(out / "best")
+            if is_better(cfg.eval.metric, value, stopping["reference"], t.early_stopping_min_delta):
+                stopping.update(reference=value, evals_without_improvement=0)
+            else:
+                stopping["evals_without_improvement"] += 1
+            if t.early_stopping_patience and stopping["evals_without_improvement"] >= t.early_stopping_patience:
+                stopping.update(stopped=True, step=step)
+                log(
+                    f"early stopping at step {step}: no {cfg.eval.metric} gain > {t.early_stopping_min_delta} in "
+                    f"{t.early_stopping_patience} evaluation(s); best step {best['step']}"
+                )
         history.append(record)
         module.train()
         eval_time += time.perf_counter() - eval_start
@@ -410,11 +501,13 @@ def _run(cfg: Config) -> dict[str, Any]:
     for epoch in range(num_epochs):
         # accelerate's sharded batch sampler does not pass set_epoch on to ours, so set it directly.
         train_sampler.set_epoch(epoch)
+        if t.gradual_unfreeze:
+            unfreeze_for_epoch(unwrapped, epoch, log)
         for batch in train_loader:
             labels = batch.pop("labels")
             batch.pop("index", None)
             with accelerator.accumulate(module):
-                loss = torch.nn.functional.cross_entropy(forward(module, batch).float(), labels)
+                loss = loss_fn(forward(module, batch), labels)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm)
@@ -432,18 +525,22 @@ def _run(cfg: Config) -> dict[str, Any]:
             if step % 10 == 0 or step == total_steps:
                 mean_loss = accelerator.reduce(running, "mean").item() / running_n
                 loss_curve.append([step, mean_loss])
+                accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
                 running.zero_()
                 running_n = 0
                 rate = examples * accelerator.num_processes / (time.perf_counter() - tick - eval_time)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{rate:.0f}")
             if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < total_steps:
                 run_eval(step / updates_per_epoch)
-            if step >= total_steps:
+            if step >= total_steps or stopping["stopped"]:
                 break
-        if step >= total_steps or epoch == num_epochs - 1:
+        if step >= total_steps or epoch == num_epochs - 1 or stopping["stopped"]:
             break
         run_eval(epoch + 1)
-    run_eval(step / updates_per_epoch)
+        if stopping["stopped"]:
+            break
+    if not stopping["stopped"]:  # a stopped run was just evaluated at this step
+        run_eval(step / updates_per_epoch)
     progress.close()
     train_time = time.perf_counter() - tick - eval_time
 
@@ -469,14 +566,19 @@ def _run(cfg: Config) -> dict[str, Any]:
         "mixed_precision": precision,
         "num_processes": accelerator.num_processes,
         "feature_cache": {"used": cached, "splits_reused": sum(cache_hits), "splits": len(cache_hits)},
+        "early_stopping": {k: v for k, v in stopping.items() if k != "reference"},
     }
-    if test_loader is not None:
-        if best["step"] is not None and best["step"] != step and not best_head:
-            from safetensors.torch import load_file
+    restore = best["step"] is not None and best["step"] != step and (test_loader is not None or stopping["stopped"])
+    if restore and not best_head:  # (a cached run already holds its best head, loaded above)
+        from safetensors.torch import load_file
 
-            unwrapped.load_state_dict(load_file(out / "best" / "model.safetensors"))
+        # The model left in memory (and tested) is the best one, as after early stopping in other tools.
+        unwrapped.load_state_dict(load_file(out / "best" / "model.safetensors"))
+        log(f"restored the best checkpoint (step {best['step']}, validation {cfg.eval.metric} {best['value']:.4f})")
+    if test_loader is not None:
         result["test"] = evaluate_split(module, test_loader, accelerator, test_ds, forward)
         tst = result["test"]
+        accelerator.log({f"test/{k}": x for k, x in tst.items() if k != "num_examples"}, step=step)
         log(
             f"test (best checkpoint, step {best['step'] or step}): loss {tst['loss']:.4f}"
             f" accuracy {tst['accuracy']:.4f} macro_f1 {tst['macro_f1']:.4f}"
@@ -517,13 +619,24 @@ def train_lp_ft(cfg: Config) -> dict[str, Any]:
     probe = replace(
         cfg,
         model=replace(cfg.model, freeze_backbone=True, unfreeze_top_k=0),
-        train=replace(t, schedule="standard", epochs=t.lp_epochs, max_steps=-1, lr=head_lr, warmup_ratio=0.0),
+        train=replace(
+            t,
+            schedule="standard",
+            epochs=t.lp_epochs,
+            max_steps=-1,
+            lr=head_lr,
+            warmup_ratio=0.0,
+            gradual_unfreeze=False,
+        ),
         output=replace(cfg.output, dir=str(probe_dir), overwrite=True),
     )
     probe_result = train(probe)
     full = replace(
         cfg,
-        model=replace(cfg.model, name_or_path=str(probe_dir / "best"), freeze_backbone=False, unfreeze_top_k=0),
+        # reinit_top_k already happened in the probe phase, whose features the head was fitted on.
+        model=replace(
+            cfg.model, name_or_path=str(probe_dir / "best"), freeze_backbone=False, unfreeze_top_k=0, reinit_top_k=0
+        ),
         train=replace(t, schedule="standard"),
     )
     result = train(full)

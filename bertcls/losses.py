@@ -1,0 +1,57 @@
+"""The training loss: cross-entropy with optional class weights and label smoothing.
+
+Kept apart from the loop so the loop reads ``loss = loss_fn(logits, labels)`` and tests can check the exact formula.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from bertcls.errors import BertclsError
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def class_weights(spec: str | Mapping[str, float] | None, labels: Sequence[str], train_ids: Sequence[int]):
+    """Per-class loss weights in label order, or None.
+
+    ``spec`` is ``"balanced"`` (sklearn's ``n_samples / (n_classes * count(class))`` over the train labels) or a
+    mapping from label *name* to weight (labels left out weigh 1), so the order of labels can never be confused.
+
+    Raises:
+        BertclsError: an unknown label name, or ``balanced`` with a label that has no training example.
+    """
+    if spec is None:
+        return None
+    if spec == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        present = set(train_ids)
+        missing = [labels[i] for i in range(len(labels)) if i not in present]
+        if missing:
+            raise BertclsError(
+                f"loss.class_weights=balanced: label(s) {missing} have no training example; give weights by name"
+            )
+        w = compute_class_weight("balanced", classes=np.arange(len(labels)), y=np.asarray(train_ids))
+        return torch.tensor(w, dtype=torch.float32)
+    unknown = sorted(set(spec) - set(labels))
+    if unknown:
+        raise BertclsError(f"loss.class_weights: unknown label(s) {unknown}; labels are {list(labels)}")
+    return torch.tensor([float(spec.get(name, 1.0)) for name in labels], dtype=torch.float32)
+
+
+def build_loss(weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> LossFn:
+    """``loss_fn(logits, labels)``: mean cross-entropy in float32, weighted and smoothed as torch defines it.
+
+    With weights ``w`` the mean is ``sum_i w[y_i] * l_i / sum_i w[y_i]``; with smoothing ``e`` each target becomes
+    ``(1 - e) * onehot + e / num_classes``.
+    """
+
+    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        w = weights.to(logits.device) if weights is not None else None
+        return torch.nn.functional.cross_entropy(logits.float(), labels, weight=w, label_smoothing=label_smoothing)
+
+    return loss_fn
