@@ -16,13 +16,13 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bertcls.data import TRUNCATIONS
 from bertcls.errors import BertclsError
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 METRICS = ("accuracy", "macro_f1", "loss")
 SAMPLERS = ("random", "balanced")
-TRUNCATIONS = ("head", "tail", "head+tail")
 
 
 def doc(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None) -> Any:  # noqa: A002

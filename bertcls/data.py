@@ -309,7 +309,20 @@ class TextClassificationDataset(Dataset):
 # ---------------------------------------------------------------- batching by length
 
 
-class LengthGroupedBatchSampler(Sampler[list[int]]):
+class EpochSampler(Sampler[list[int]]):
+    """A batch sampler whose random order is a function of (seed, epoch): call ``set_epoch`` each epoch."""
+
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + self.epoch)
+
+
+class LengthGroupedBatchSampler(EpochSampler):
     """Random batches of similar lengths, so little compute goes to padding.
 
     Shuffle all indices, cut them into windows of ``window`` batches, sort each window by length and cut it into
@@ -325,14 +338,11 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.window = window
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        g = self.generator()
         perm = torch.randperm(len(self.lengths), generator=g).tolist()
         span = self.batch_size * self.window
         batches: list[list[int]] = []
@@ -353,25 +363,22 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             yield short
 
 
-class ShuffledBatchSampler(Sampler[list[int]]):
+class ShuffledBatchSampler(EpochSampler):
     """Plain random batches (no length grouping), reshuffled per ``set_epoch``; the short batch comes last."""
 
     def __init__(self, n: int, batch_size: int, seed: int = 0):
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        perm = torch.randperm(self.n, generator=self.generator()).tolist()
         for i in range(0, self.n, self.batch_size):
             yield perm[i : i + self.batch_size]
 
 
-class BalancedBatchSampler(Sampler[list[int]]):
+class BalancedBatchSampler(EpochSampler):
     """Class-balanced random batches: each epoch draws ``len(labels)`` indices with replacement, every class equally
     likely (an example's chance is 1 / (num_classes * its class count)), like torch's ``WeightedRandomSampler``.
 
@@ -384,15 +391,11 @@ class BalancedBatchSampler(Sampler[list[int]]):
         self.weights = (1.0 / counts)[self.labels]
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        draws = torch.multinomial(self.weights, len(self.labels), replacement=True, generator=g).tolist()
+        draws = torch.multinomial(self.weights, len(self.labels), replacement=True, generator=self.generator()).tolist()
         for i in range(0, len(draws), self.batch_size):
             yield draws[i : i + self.batch_size]
 

@@ -75,12 +75,12 @@ def steps_to_95(history: list[dict]) -> int | None:
     return None
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 4) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.4f} ± {sd:.4f}"
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def plot(rows: list[dict], histories: dict, path: Path) -> None:
@@ -200,8 +200,8 @@ def main() -> None:
                 "test_macro_f1": mean_std([r["test_macro_f1"] for r in group]),
                 "loss_step0": mean_std([r["loss_step0"] for r in group]),
                 "logits_std_step0": mean_std([r["logits_std_step0"] for r in group]),
-                "steps_to_95pct": mean_std([r["steps_to_95pct"] for r in group]),
-                "wall_s": mean_std([r["wall_s"] for r in group]),
+                "steps_to_95pct": mean_std([r["steps_to_95pct"] for r in group], 0),
+                "wall_s": mean_std([r["wall_s"] for r in group], 1),
             }
         )
     with (out / "summary.csv").open("w", newline="") as f:
