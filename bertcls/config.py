@@ -23,6 +23,8 @@ MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 METRICS = ("accuracy", "macro_f1", "loss")
 SAMPLERS = ("random", "balanced")
+NAN_POLICIES = ("stop", "skip")
+EMPTY_TEXTS = ("skip", "error")
 
 
 def doc(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None) -> Any:  # noqa: A002
@@ -76,10 +78,12 @@ class DataConfig:
     truncation: str = doc("head", "which tokens a long text keeps: head | tail | head+tail (first 1/4, last 3/4)")
     window_stride: int = doc(0, "evaluate/predict long texts as windows this many tokens apart, averaged (0: off)")
     train_windows: bool = doc(False, "with window_stride: also train on every window (each with the text's label)")
+    empty_texts: str = doc("skip", "empty or whitespace-only texts: skip (counted in the log) | error")
 
     def __post_init__(self) -> None:
         _positive("data", "max_length", self.max_length)
         _choice("data", "truncation", self.truncation, TRUNCATIONS)
+        _choice("data", "empty_texts", self.empty_texts, EMPTY_TEXTS)
         _positive("data", "window_stride", self.window_stride, allow_zero=True)
         if not 0.0 <= self.validation_fraction < 1.0:
             raise BertclsError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
@@ -111,6 +115,8 @@ class TrainConfig:
     lp_epochs: float = doc(3.0, "lp_ft: epochs of the head-only phase (at head_lr, on cached features)")
     cache: bool = doc(True, "frozen backbone: run it once per split and train the head on stored features")
     cache_dir: str | None = doc(None, "feature cache folder (null: $BERTCLS_CACHE or ~/.cache/bertcls/features)")
+    resume_from: str | None = doc(None, "null | latest (newest checkpoint in output.dir/checkpoints) | a step-N folder")
+    nan_policy: str = doc("stop", "non-finite loss: stop (one-line error) | skip (no optimizer step for that batch)")
 
     def __post_init__(self) -> None:
         _positive("train", "epochs", self.epochs)
@@ -122,6 +128,7 @@ class TrainConfig:
         _choice("train", "schedule", self.schedule, ("standard", "lp_ft"))
         _positive("train", "lp_epochs", self.lp_epochs)
         _choice("train", "sampler", self.sampler, SAMPLERS)
+        _choice("train", "nan_policy", self.nan_policy, NAN_POLICIES)
         _positive("train", "early_stopping_patience", self.early_stopping_patience, allow_zero=True)
         _positive("train", "early_stopping_min_delta", self.early_stopping_min_delta, allow_zero=True)
         if not 0.0 < self.layer_lr_decay <= 1.0:
@@ -167,6 +174,16 @@ class EvalConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every_steps: int = doc(0, "write a resumable checkpoint every N optimizer steps to output.dir/checkpoints (0: off)")
+    keep_last: int = doc(2, "resumable checkpoints kept (older ones are removed, never the one at the best step)")
+
+    def __post_init__(self) -> None:
+        _positive("checkpoint", "every_steps", self.every_steps, allow_zero=True)
+        _positive("checkpoint", "keep_last", self.keep_last)
+
+
+@dataclass
 class OutputConfig:
     dir: str = doc("runs/default", "output folder: best/, last/, metrics.json, config.yaml, train.log")
     overwrite: bool = doc(False, "replace a finished run already in output.dir")
@@ -180,6 +197,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

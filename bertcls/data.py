@@ -75,6 +75,26 @@ def load_split(
     return Split(texts, labels, pairs, source)
 
 
+def drop_empty_texts(split: Split, policy: str = "skip", log=print) -> Split:
+    """Drop rows whose text is empty or whitespace only (``policy="skip"``, counted in the log), or refuse them.
+
+    Raises:
+        BertclsError: ``policy="error"`` and some texts are empty.
+    """
+    empty = [i for i, t in enumerate(split.texts) if not t.strip()]
+    if not empty:
+        return split
+    where = f"{split.source}: {len(empty)} of {len(split)} text(s) are empty or whitespace only"
+    if policy == "error":
+        rows = ", ".join(str(i + 2) for i in empty[:5])  # +2: 1-based, after the header line
+        raise BertclsError(f"{where} (file lines {rows}...); fill or drop them, or set data.empty_texts=skip")
+    if len(empty) == len(split):
+        raise BertclsError(f"{where}: nothing left to use")
+    log(f"{where}; skipped them (data.empty_texts=skip)")
+    keep = set(empty)
+    return split.subset([i for i in range(len(split)) if i not in keep])
+
+
 def _normalize_label(v: Any) -> Any:
     # 1.0 read from a float column is the label 1, not "1.0".
     if isinstance(v, float) and v.is_integer():

@@ -23,7 +23,7 @@ def cli_errors(main: F) -> F:
             return main(*args, **kwargs)
         except BertclsError as e:
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(getattr(e, "exit_code", 2))
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)

@@ -29,6 +29,15 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
+from bertcls.checkpoint import (
+    CHECKPOINTS,
+    StopSignals,
+    TrainingStopped,
+    load_checkpoint,
+    resolve_resume,
+    resume_command,
+    save_checkpoint,
+)
 from bertcls.config import Config, load_config, options_help, to_yaml
 from bertcls.data import (
     BalancedBatchSampler,
@@ -38,6 +47,7 @@ from bertcls.data import (
     TextClassificationDataset,
     average_windows,
     build_labels,
+    drop_empty_texts,
     label_ids,
     length_sorted_batches,
     load_split,
@@ -50,8 +60,8 @@ from bertcls.model import BertForTextClassification
 from bertcls.tracking import check_trackers, flat_config
 
 # What a run writes into output.dir; only these are removed by output.overwrite=true.
-RUN_FILES = ("best", "last", "metrics.json", "config.yaml", "train.log", "curves.png", "tracking")
-RUN_RESULTS = ("best", "last", "metrics.json")  # a folder with any of these holds a run worth keeping
+RUN_FILES = ("best", "last", "metrics.json", "config.yaml", "train.log", "curves.png", "tracking", CHECKPOINTS)
+RUN_RESULTS = ("best", "last", "metrics.json", CHECKPOINTS)  # a folder with any of these holds a run worth keeping
 
 
 # ---------------------------------------------------------------- setup helpers
@@ -84,10 +94,14 @@ class RunData:
     test: Split | None
 
 
-def load_data(cfg: Config) -> RunData:
+def load_data(cfg: Config, log=print) -> RunData:
     """Read the splits, fix the label set, cut a validation split if none is given, and check labels agree."""
     d = cfg.data
-    read = lambda src: load_split(src, d.text_column, d.label_column, d.text_pair_column)  # noqa: E731
+
+    def read(src: str) -> Split:
+        split = load_split(src, d.text_column, d.label_column, d.text_pair_column)
+        return drop_empty_texts(split, d.empty_texts, log)
+
     train = read(d.train)
     validation = read(d.validation) if d.validation else None
     test = read(d.test) if d.test else None
@@ -109,10 +123,15 @@ def check_output_dir(cfg: Config) -> list[Path]:
     if out.exists() and not out.is_dir():
         raise BertclsError(f"output.dir {out} is a file, not a folder")
     existing = [p for p in (out.iterdir() if out.exists() else []) if p.name in RUN_FILES]
+    if cfg.train.resume_from:
+        # Resuming continues the interrupted run in place: nothing is removed, but a finished run stays finished.
+        if (out / "metrics.json").exists() and not cfg.output.overwrite:
+            raise BertclsError(f"output.dir {out} holds a finished run (metrics.json); there is nothing to resume")
+        return []
     if any(p.name in RUN_RESULTS for p in existing) and not cfg.output.overwrite:
         raise BertclsError(
             f"output.dir {out} already holds a run ({', '.join(sorted(p.name for p in existing))}); "
-            "choose another output.dir or set output.overwrite=true"
+            "choose another output.dir, set output.overwrite=true, or continue it with train.resume_from=latest"
         )
     return existing
 
@@ -201,13 +220,26 @@ def make_train_loader(ds, cfg: Config, pin: bool) -> DataLoader:
         sampler = LengthGroupedBatchSampler(ds.lengths, t.batch_size, seed=seed)
     else:
         sampler = ShuffledBatchSampler(len(ds), t.batch_size, seed=seed)
-    return DataLoader(ds, batch_sampler=sampler, collate_fn=ds.collate, num_workers=t.num_workers, pin_memory=pin)
+    # Its own generator: each pass over a DataLoader draws a base seed, which would otherwise come from the global
+    # RNG that dropout uses, and a resumed run (one more pass: the skipping loader) would see other dropout masks.
+    return DataLoader(
+        ds,
+        batch_sampler=sampler,
+        collate_fn=ds.collate,
+        num_workers=t.num_workers,
+        pin_memory=pin,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def make_eval_loader(ds, batch_size: int, pin: bool) -> DataLoader:
     # Length-sorted batches; every item carries its index so predictions are put back in input order.
     return DataLoader(
-        ds, batch_sampler=length_sorted_batches(ds.lengths, batch_size), collate_fn=ds.collate, pin_memory=pin
+        ds,
+        batch_sampler=length_sorted_batches(ds.lengths, batch_size),
+        collate_fn=ds.collate,
+        pin_memory=pin,
+        generator=torch.Generator(),  # leaves the global RNG (dropout's) alone, as in make_train_loader
     )
 
 
@@ -267,6 +299,30 @@ def evaluate_split(model, loader, accelerator, ds, forward=None) -> dict[str, fl
     result = core_metrics(gold, probs)
     result["num_examples"] = gathered
     return result
+
+
+def nonfinite_loss(accelerator: Accelerator, count: torch.Tensor) -> bool:
+    """Whether any process saw a non-finite loss since the last optimizer step (all processes must agree, or one
+    would step while another skips). One host sync per optimizer step."""
+    if accelerator.num_processes > 1:
+        count = accelerator.reduce(count.clone(), "sum")
+    return bool(count.item())
+
+
+def nan_message(loss: torch.Tensor, step: int, lr: float, out: Path) -> str:
+    return (
+        f"the training loss became {loss.item()} at step {step} (learning rate {lr:.3g}); stopped without updating "
+        f"the model, so {out}/best and {out}/{CHECKPOINTS} keep the last good state. Try a lower train.lr, "
+        "train.mixed_precision=no (fp32), gradient clipping (train.max_grad_norm=1.0), or train.nan_policy=skip"
+    )
+
+
+def stop_requested(accelerator: Accelerator, signals: StopSignals) -> bool:
+    """Whether any process got SIGTERM/SIGINT; checked after each optimizer step so all processes stop together."""
+    if accelerator.num_processes == 1:
+        return signals.received is not None
+    flag = torch.tensor(int(signals.received is not None), device=accelerator.device)
+    return bool(accelerator.reduce(flag, "sum").item())
 
 
 # ---------------------------------------------------------------- the run
@@ -330,7 +386,8 @@ def _run(cfg: Config) -> dict[str, Any]:
 
     # Output folder, data and model are checked before anything is written, so a typo costs nothing there.
     check_output_dir(cfg)
-    data = load_data(cfg)
+    resume_dir = resolve_resume(cfg.train.resume_from, Path(cfg.output.dir))
+    data = load_data(cfg, print if main else lambda _msg: None)
     if cfg.train.early_stopping_patience and data.validation is None:
         raise BertclsError("train.early_stopping_patience needs a validation split (data.validation or a fraction)")
     m = cfg.model
@@ -360,6 +417,8 @@ def _run(cfg: Config) -> dict[str, Any]:
     log = RunLog(out / "train.log", main)
     if main:
         (out / "config.yaml").write_text(to_yaml(cfg))
+        if resume_dir is not None:
+            log(f"resuming from {resume_dir}")
     if trackers:
         accelerator.init_trackers("tracking", config=flat_config(cfg))
 
@@ -452,8 +511,9 @@ def _run(cfg: Config) -> dict[str, Any]:
     # every improvement, however small).
     stopping: dict[str, Any] = {"patience": t.early_stopping_patience, "min_delta": t.early_stopping_min_delta}
     stopping.update(stopped=False, step=None, reference=None, evals_without_improvement=0)
-    step, examples = 0, 0
+    step, examples, nan_skipped = 0, 0, 0
     running, running_n = torch.zeros((), device=accelerator.device), 0
+    start_epoch, skip_batches = 0, 0
 
     eval_time = 0.0
     best_head: dict[str, torch.Tensor] = {}
@@ -473,7 +533,8 @@ def _run(cfg: Config) -> dict[str, Any]:
                 f"step {step} epoch {epoch:.2f}: validation loss {v['loss']:.4f} accuracy {v['accuracy']:.4f}"
                 f" macro_f1 {v['macro_f1']:.4f}"
             )
-            if is_better(cfg.eval.metric, value, best["value"]):
+            # A model that has gone non-finite never becomes best/, whatever its accuracy looks like.
+            if math.isfinite(v["loss"]) and is_better(cfg.eval.metric, value, best["value"]):
                 best.update(value=value, step=step)
                 if cached:
                     # Only the head changes: keep its best weights in memory and write best/ once, at the end,
@@ -495,50 +556,116 @@ def _run(cfg: Config) -> dict[str, Any]:
         module.train()
         eval_time += time.perf_counter() - eval_start
 
-    progress = tqdm(total=total_steps, disable=not main, desc="training", unit="step", dynamic_ncols=True)
+    def snapshot(epoch: int, batch_in_epoch: int) -> dict[str, Any]:
+        """What the loop has done so far, for state.json (every process calls it: the loss is reduced)."""
+        return {
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "examples": examples,
+            "nan_skipped_steps": nan_skipped,
+            "running_loss": accelerator.reduce(running.clone(), "mean").item(),
+            "running_n": running_n,
+            "history": history,
+            "train_loss_curve": loss_curve,
+            "best": best,
+            "early_stopping": stopping,
+        }
+
+    def checkpoint(epoch: int, batch_in_epoch: int) -> Path:
+        head = best_head if cached and best_head else None
+        path = save_checkpoint(accelerator, out, snapshot(epoch, batch_in_epoch), cfg.checkpoint.keep_last, head)
+        log(f"checkpoint {path}")
+        return path
+
+    if resume_dir is not None:
+        saved, saved_head = load_checkpoint(accelerator, resume_dir)
+        step, examples, nan_skipped = saved["step"], saved["examples"], saved["nan_skipped_steps"]
+        running.fill_(saved["running_loss"])
+        running_n = saved["running_n"]
+        history[:], loss_curve[:] = saved["history"], saved["train_loss_curve"]
+        best.update(saved["best"])
+        stopping.update(saved["early_stopping"])
+        best_head.update(saved_head or {})
+        start_epoch, skip_batches = saved["epoch"], saved["batch_in_epoch"]
+        log(f"resumed at step {step} (epoch {start_epoch}, batch {skip_batches})")
+
+    signals = StopSignals()
+    progress = tqdm(total=total_steps, initial=step, disable=not main, desc="training", unit="step", dynamic_ncols=True)
     tick = time.perf_counter()
     module.train()
-    for epoch in range(num_epochs):
-        # accelerate's sharded batch sampler does not pass set_epoch on to ours, so set it directly.
-        train_sampler.set_epoch(epoch)
-        if t.gradual_unfreeze:
-            unfreeze_for_epoch(unwrapped, epoch, log)
-        for batch in train_loader:
-            labels = batch.pop("labels")
-            batch.pop("index", None)
-            with accelerator.accumulate(module):
-                loss = loss_fn(forward(module, batch), labels)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            # Summed on the device: reading the loss every step would force a host sync each step.
-            running += loss.detach()
-            running_n += 1
-            examples += len(labels)
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            progress.update(1)
-            if step % 10 == 0 or step == total_steps:
-                mean_loss = accelerator.reduce(running, "mean").item() / running_n
-                loss_curve.append([step, mean_loss])
-                accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
-                running.zero_()
-                running_n = 0
-                rate = examples * accelerator.num_processes / (time.perf_counter() - tick - eval_time)
-                progress.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{rate:.0f}")
-            if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < total_steps:
-                run_eval(step / updates_per_epoch)
-            if step >= total_steps or stopping["stopped"]:
+    with signals:
+        for epoch in range(start_epoch, num_epochs):
+            # accelerate's sharded batch sampler does not pass set_epoch on to ours, so set it directly.
+            train_sampler.set_epoch(epoch)
+            if t.gradual_unfreeze:
+                unfreeze_for_epoch(unwrapped, epoch, log)
+            # On resume, the batches of this epoch seen before the checkpoint are skipped (same order: same epoch seed).
+            skip = skip_batches if epoch == start_epoch else 0
+            loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+            # accelerate's loader re-sets its epoch counter on the sampler at each pass; a resumed run's (and the
+            # skipping loader's) counter starts at 0, so it is told the true epoch too.
+            loader.set_epoch(epoch)
+            nonfinite = torch.zeros((), dtype=torch.long, device=accelerator.device)
+            for batch_in_epoch, batch in enumerate(loader, start=skip + 1):
+                labels = batch.pop("labels")
+                batch.pop("index", None)
+                with accelerator.accumulate(module):
+                    loss = loss_fn(forward(module, batch), labels)
+                    accelerator.backward(loss)
+                    nonfinite += (~torch.isfinite(loss.detach())).long()
+                    if accelerator.sync_gradients and t.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm)
+                    bad = accelerator.sync_gradients and nonfinite_loss(accelerator, nonfinite)
+                    if bad and t.nan_policy == "stop":
+                        progress.close()  # so the error is the last line on the terminal
+                        raise TrainingStopped(nan_message(loss, step + 1, scheduler.get_last_lr()[0], out))
+                    if not bad:
+                        optimizer.step()
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                # Summed on the device: reading the loss every step would force a host sync each step.
+                running += torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0)
+                running_n += 1
+                examples += len(labels)
+                if not accelerator.sync_gradients:
+                    continue
+                if bad:  # nan_policy=skip: no update was made, and the non-finite losses stay out of the curve
+                    nan_skipped += 1
+                    running_n -= int(nonfinite.item())
+                    log(f"non-finite loss at step {step + 1}: skipped the optimizer step ({nan_skipped} so far)")
+                nonfinite.zero_()
+                step += 1
+                progress.update(1)
+                if step % 10 == 0 or step == total_steps:
+                    mean_loss = accelerator.reduce(running, "mean").item() / running_n
+                    loss_curve.append([step, mean_loss])
+                    accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
+                    running.zero_()
+                    running_n = 0
+                    rate = examples * accelerator.num_processes / (time.perf_counter() - tick - eval_time)
+                    progress.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{rate:.0f}")
+                if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < total_steps:
+                    run_eval(step / updates_per_epoch)
+                every = cfg.checkpoint.every_steps
+                saved_now = bool(every and step % every == 0 and step < total_steps and not stopping["stopped"])
+                if saved_now:
+                    checkpoint(epoch, batch_in_epoch)
+                if stop_requested(accelerator, signals):
+                    path = checkpoint(epoch, batch_in_epoch) if not saved_now else out / CHECKPOINTS / f"step-{step}"
+                    progress.close()
+                    raise TrainingStopped(
+                        f"stopped by signal {signals.received} at step {step}; checkpoint {path}; resume with: "
+                        f"{resume_command(sys.argv[1:])}",
+                        exit_code=128 + (signals.received or 15),
+                    )
+                if step >= total_steps or stopping["stopped"]:
+                    break
+            if step >= total_steps or epoch == num_epochs - 1 or stopping["stopped"]:
                 break
-        if step >= total_steps or epoch == num_epochs - 1 or stopping["stopped"]:
-            break
-        run_eval(epoch + 1)
-        if stopping["stopped"]:
-            break
+            run_eval(epoch + 1)
+            if stopping["stopped"]:
+                break
     if not stopping["stopped"]:  # a stopped run was just evaluated at this step
         run_eval(step / updates_per_epoch)
     progress.close()
@@ -567,6 +694,7 @@ def _run(cfg: Config) -> dict[str, Any]:
         "num_processes": accelerator.num_processes,
         "feature_cache": {"used": cached, "splits_reused": sum(cache_hits), "splits": len(cache_hits)},
         "early_stopping": {k: v for k, v in stopping.items() if k != "reference"},
+        "nan_skipped_steps": nan_skipped,
     }
     restore = best["step"] is not None and best["step"] != step and (test_loader is not None or stopping["stopped"])
     if restore and not best_head:  # (a cached run already holds its best head, loaded above)

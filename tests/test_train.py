@@ -243,6 +243,7 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
             "output.overwrite=true",
             f"model.freeze_backbone={mode}",
             f"train.cache_dir={tmp_path / 'cache'}",
+            "checkpoint.every_steps=2",
         ]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -256,6 +257,20 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
         # 50 examples, 8 per process per step, 2 processes: 4 steps
         assert metrics["history"][-1]["step"] == 4
         assert BertForTextClassification.from_pretrained(out / "best").labels == ["negative", "positive"]
+        # one checkpoint (step 2), written whole by the main process, with each process's RNG state
+        ck = out / "checkpoints" / "step-2"
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2"]
+        assert {"model.safetensors", "state.json", "random_states_0.pkl", "random_states_1.pkl"} <= {
+            p.name for p in ck.iterdir()
+        }
+        if mode == "false":  # resume from step 2 under 2 processes: the same numbers as the run straight through
+            proc = subprocess.run(
+                [*cmd, "train.resume_from=latest"], env=env, capture_output=True, text=True, timeout=240
+            )
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            resumed = json.loads((out / "metrics.json").read_text())
+            assert resumed["test"] == pytest.approx(metrics["test"], rel=1e-5)
+            assert [h["step"] for h in resumed["history"]] == [h["step"] for h in metrics["history"]]
 
 
 def test_accelerate_config_example_is_valid():
