@@ -755,6 +755,8 @@ def train_lp_ft(cfg: Config) -> dict[str, Any]:
             lr=head_lr,
             warmup_ratio=0.0,
             gradual_unfreeze=False,
+            # Resuming an lp_ft run reruns the probe (seconds on the cache); only phase 2 resumes.
+            resume_from=None,
         ),
         output=replace(cfg.output, dir=str(probe_dir), overwrite=True),
     )

@@ -102,7 +102,8 @@ def plot(rows: list[dict], histories: dict, path: Path) -> None:
             mean, sd = accs.mean(0), accs.std(0)
             (line,) = ax.plot(steps, mean, label=init, linewidth=1.6)
             ax.fill_between(steps, mean - sd, mean + sd, color=line.get_color(), alpha=0.15)
-        ax.set_title(f"{mode} backbone, {head} head (mean ± std over seeds)")
+        what = "frozen backbone" if mode == "frozen" else "full fine-tuning"
+        ax.set_title(f"{what}, {head} head (mean ± std over seeds)")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("validation accuracy")
         ax.grid(alpha=0.3)
