@@ -19,31 +19,15 @@ from bertcls.checkpoint import CHECKPOINTS, TrainingStopped, list_checkpoints, p
 from bertcls.train import load_data, train
 
 from .conftest import make_rows, write_csv
-from .test_train import ROOT, tiny_cfg
+from .test_train import ROOT, tiny_cfg, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 TIMING = ("train_examples_per_s", "train_time_s", "eval_time_s", "total_time_s")
 
 
 def cli_args(tiny_bert, tiny_data, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bertcls.train",
-        f"model.name_or_path={tiny_bert}",
-        f"data.train={tiny_data['train']}",
-        f"data.validation={tiny_data['validation']}",
-        f"data.test={tiny_data['test']}",
-        "data.max_length=32",
-        "train.batch_size=8",
-        "train.epochs=3",
-        "train.mixed_precision=no",
-        "eval.batch_size=40",
-        "eval.every_steps=6",
-        "checkpoint.every_steps=4",
-        f"output.dir={out}",
-        *extra,
-    ]
+    run = ("train.epochs=3", "eval.batch_size=40", "eval.every_steps=6", "checkpoint.every_steps=4")
+    return [sys.executable, "-m", "bertcls.train", *tiny_overrides(tiny_bert, tiny_data, out, *run, *extra)]
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, out: Path, after: int = 0, timeout: float = 240) -> int:

@@ -23,23 +23,25 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
+def tiny_overrides(tiny_bert, tiny_data, out: Path, *extra: str) -> list[str]:
+    """key=value overrides for a small run of the tiny model; ``extra`` come last and win."""
+    return [
+        f"model.name_or_path={tiny_bert}",
+        f"data.train={tiny_data['train']}",
+        f"data.validation={tiny_data['validation']}",
+        f"data.test={tiny_data['test']}",
+        "data.max_length=32",
+        "train.batch_size=8",
+        "train.epochs=2",
+        "train.mixed_precision=no",
+        "eval.batch_size=16",
+        f"output.dir={out}",
+        *extra,
+    ]
+
+
 def tiny_cfg(tiny_bert, tiny_data, out: Path, *extra: str) -> Config:
-    return load_config(
-        None,
-        [
-            f"model.name_or_path={tiny_bert}",
-            f"data.train={tiny_data['train']}",
-            f"data.validation={tiny_data['validation']}",
-            f"data.test={tiny_data['test']}",
-            "data.max_length=32",
-            "train.batch_size=8",
-            "train.epochs=2",
-            "train.mixed_precision=no",
-            "eval.batch_size=16",
-            f"output.dir={out}",
-            *extra,
-        ],
-    )
+    return load_config(None, tiny_overrides(tiny_bert, tiny_data, out, *extra))
 
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
