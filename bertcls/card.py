@@ -58,14 +58,16 @@ def _metrics_table(rows: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
 
 def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None = None) -> str:
     """The card as Markdown. ``run_info`` (from a training run) may hold ``base_model``, ``data`` (split name ->
-    source), ``config`` (YAML text), ``validation`` and ``test`` (metric dicts), ``checkpoint`` (which one this is)."""
+    source), ``config`` (YAML text), ``validation`` and ``test`` (metric dicts), ``checkpoint`` (which one this is),
+    ``thresholds`` (multi-label: the folder's, when they are not the model's in memory)."""
     info = run_info or {}
     spec = model.spec
     head = " -> ".join([f"dropout({spec.dropout})"] + [f"Linear({h}) -> {spec.activation}" for h in spec.hidden_sizes])
     multi = model.multi_label
     kind = f"multi-label text classifier over {len(spec.labels)} labels" if multi else None
     kind = kind or f"{len(spec.labels)}-class text classifier"
-    thresholds = ", ".join(f"`{label}` {t:.4g}" for label, t in zip(spec.labels, model.thresholds or []))
+    saved = info.get("thresholds") or model.thresholds or []
+    thresholds = ", ".join(f"`{label}` {t:.4g}" for label, t in zip(spec.labels, saved))
     lines = [
         "---",
         "library_name: bertcls",

@@ -729,6 +729,7 @@ def _run(cfg: Config) -> dict[str, Any]:
     train_time = time.perf_counter() - tick - eval_time
 
     accelerator.wait_for_everyone()
+    last_thresholds = unwrapped.thresholds
     if main:
         unwrapped.save_pretrained(out / "last")
         if best["step"] is None:  # no validation split: the last model is the one we keep
@@ -776,7 +777,11 @@ def _run(cfg: Config) -> dict[str, Any]:
 
         # The cards of best/ and last/ were written when they were saved; only now are the final metrics known.
         for name in ("best", "last"):
-            write_model_card(out / name, unwrapped, run_card_info(cfg, result, name))
+            info = run_card_info(cfg, result, name)
+            if multi:  # each folder's own thresholds, whichever model is in memory now
+                best_thresholds = list(best["thresholds"].values()) if "thresholds" in best else last_thresholds
+                info["thresholds"] = last_thresholds if name == "last" else best_thresholds
+            write_model_card(out / name, unwrapped, info)
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
         from bertcls.plots import plot_curves  # here, not at the top: matplotlib loads only when a run is done
 
