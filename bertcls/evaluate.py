@@ -349,12 +349,12 @@ def format_multilabel_report(m: dict[str, Any]) -> str:
     )
     lines.append("")
     w = max(12, *(len(label) for label in labels)) + 2
-    lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}{'threshold':>10}")
+    lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}{'threshold':>11}")
     for label in labels:
         c = m["per_class"][label]
         lines.append(
             f"{label:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}"
-            f"{c['threshold']:>10.4f}"
+            f"{c['threshold']:>11.4f}"
         )
     for avg in ("micro", "macro", "weighted", "samples"):
         a = m[avg]

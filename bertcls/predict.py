@@ -177,7 +177,7 @@ def format_prediction(text: str, p: dict[str, Any], number: int, thresholds: dic
     for label, prob in p["probabilities"].items():
         line = f"    {label:<{w}}  {prob:.4f}"
         if thresholds:
-            line += f"  (threshold {thresholds[label]:.2f})"
+            line += f"  (threshold {thresholds[label]:.4f})"
         lines.append(line + ("  <- predicted" if label in chosen else ""))
     if not chosen:
         lines.append("    (no label reaches its threshold)")

@@ -328,7 +328,7 @@ def test_thresholds_saved_are_the_ones_predict_and_its_cli_apply(ml_model, tmp_p
     assert set(json.loads(capsys.readouterr().out)["labels"]) == {"bad", "good"}
     main(["--checkpoint", str(ckpts["above"]), TEXTS[0], "fun"])
     lines = capsys.readouterr().out.splitlines()
-    assert any("(threshold 0.99)" in line for line in lines)
+    assert any("(threshold 0.9900)" in line for line in lines)
     assert [line for line in lines if "<- predicted" in line][0].split()[0] == "bad"
 
     # files: the CSV holds the label set joined by the checkpoint's delimiter, JSONL a list
@@ -409,6 +409,15 @@ def test_end_to_end_with_tuned_thresholds(tiny_bert, ml_data, tmp_path):
     assert f"`good` {tuned[2]:.4g}" in card
     assert f"`good` {last.thresholds[2]:.4g}" in (out / "last" / "README.md").read_text()
     assert (out / "curves.png").is_file()
+
+
+def test_shipped_multilabel_config_runs_on_given_files(tiny_bert, ml_data, tmp_path):
+    cfg = load_config(
+        ROOT / "configs" / "multilabel.yaml", tiny_overrides(tiny_bert, ml_data, tmp_path, "train.max_steps=2")
+    )
+    assert (cfg.data.task, cfg.eval.threshold, cfg.loss.pos_weight) == ("multi_label", "tune", "balanced")
+    result = train(cfg)
+    assert set(result["best"]["thresholds"]) == set(LABELS) and result["test"]["num_examples"] == 40
 
 
 def test_frozen_cached_path_agrees_with_the_uncached_one(tiny_bert, ml_data, tmp_path):
