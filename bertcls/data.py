@@ -142,13 +142,18 @@ def label_targets(values: Sequence[Any], labels: Sequence[str], task: str = "sin
 
 
 def split_validation(data: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Cut a seeded, stratified validation split from ``data``; falls back to random if a class is too small."""
+    """Cut a seeded, stratified validation split from ``data``; falls back to random if a class is too small, or
+    there are more classes than either side has rows. Multi-label data is stratified by label combination."""
     from sklearn.model_selection import train_test_split
 
     indices = list(range(len(data)))
-    labels = [str(v) for v in data.labels] if data.labels is not None else None
+    canonical = lambda v: "|".join(sorted(map(str, v))) if isinstance(v, list) else str(v)  # noqa: E731
+    labels = [canonical(v) for v in data.labels] if data.labels is not None else None
     stratify = labels
     if labels is not None and min(labels.count(c) for c in set(labels)) < 2:
+        stratify = None
+    n_val = math.ceil(fraction * len(data))  # how train_test_split sizes the two sides
+    if labels is not None and len(set(labels)) > min(n_val, len(data) - n_val):
         stratify = None
     train_idx, val_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
     return data.subset(sorted(train_idx)), data.subset(sorted(val_idx))

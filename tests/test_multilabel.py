@@ -133,6 +133,20 @@ def test_load_data_builds_the_label_set_and_names_unknown_labels(tiny_bert, ml_d
         load_data(ml_cfg(tiny_bert, ml_data, tmp_path, f"data.train={one}", "data.validation=null"))
 
 
+def test_validation_cut_from_multilabel_train_data():
+    from bertcls.data import Split, split_validation
+
+    # 12 label combinations, each twice: more strata than the 3 validation rows, so the cut is random (no error)
+    combos = [[f"l{i}"] for i in range(6)] + [[f"l{i}", f"l{i + 1}"] for i in range(6)]
+    data = Split([f"t{i}" for i in range(24)], [c for c in combos for _ in range(2)])
+    train_part, val = split_validation(data, 0.1, seed=0)
+    assert len(val) == 3 and len(train_part) == 21
+    # few combinations: stratified, each combination (in any order) keeps its share
+    data = Split([f"t{i}" for i in range(40)], [["a", "b"], ["b", "a"], ["a"], []] * 10)
+    _, val = split_validation(data, 0.2, seed=0)
+    assert [sorted(v) for v in val.labels].count(["a", "b"]) == 4 and val.labels.count([]) == 2
+
+
 def test_dataset_and_collate_give_float_multi_hot_rows(tiny_model):
     ds = TextClassificationDataset(
         ["a", "b c"], [["y"], []], tiny_model.tokenizer, label_names=["x", "y"], task="multi_label"
@@ -518,6 +532,24 @@ def test_onnx_export_carries_task_and_thresholds(ml_model, tmp_path):
     assert got[0]["labels"] == ["bad"]
     for g, e in zip(got, expected):
         assert g["probabilities"] == pytest.approx(e["probabilities"], abs=1e-4)
+
+
+def test_hf_export_applies_a_sigmoid_per_label(tiny_bert, tmp_path):
+    from transformers import pipeline
+
+    from bertcls.export import export_hf
+
+    model = BertForTextClassification.from_pretrained(
+        tiny_bert, labels=LABELS, task="multi_label", pooling="pooler", seed=0
+    ).eval()
+    model.thresholds = [0.3, 0.5, 0.7]
+    out = export_hf(model, tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["problem_type"] == "multi_label_classification"
+    assert config["bertcls_thresholds"] == dict(zip(LABELS, [0.3, 0.5, 0.7]))
+    got = pipeline("text-classification", model=str(out), top_k=None)(TEXTS)
+    for g, e in zip(got, model.predict(TEXTS)):
+        assert {d["label"]: d["score"] for d in g} == pytest.approx(e["probabilities"], abs=1e-5)
 
 
 def test_two_processes_with_torchrun(tiny_bert, tmp_path):
