@@ -142,11 +142,14 @@ def load_or_compute(
 
 
 class FeatureDataset(Dataset):
-    """Cached features with label ids; items carry their index so evaluation can restore input order."""
+    """Cached features with label ids (or multi-hot rows, as floats, for a multi-label task); items carry their index
+    so evaluation can restore input order."""
 
-    def __init__(self, features: torch.Tensor, labels: Sequence[int] | None):
+    def __init__(self, features: torch.Tensor, labels: Sequence[int] | Sequence[Sequence[int]] | None):
         self.features = features
         self.labels = torch.tensor(labels, dtype=torch.long) if labels is not None else None
+        if self.labels is not None and self.labels.ndim == 2:
+            self.labels = self.labels.float()
         self.lengths = [1] * len(features)
 
     def __len__(self) -> int:
@@ -155,7 +158,7 @@ class FeatureDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         item: dict[str, Any] = {"features": self.features[i], "index": i}
         if self.labels is not None:
-            item["labels"] = int(self.labels[i])
+            item["labels"] = int(self.labels[i]) if self.labels.ndim == 1 else self.labels[i]
         return item
 
     @staticmethod
@@ -165,5 +168,6 @@ class FeatureDataset(Dataset):
             "index": torch.tensor([it["index"] for it in items]),
         }
         if "labels" in items[0]:
-            batch["labels"] = torch.tensor([it["labels"] for it in items])
+            labels = [it["labels"] for it in items]
+            batch["labels"] = torch.stack(labels) if isinstance(labels[0], torch.Tensor) else torch.tensor(labels)
         return batch

@@ -44,8 +44,10 @@ def _fmt(value: Any) -> str:
 
 
 def _metrics_table(rows: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
-    keys = ("accuracy", "macro_f1", "loss", "num_examples")
     present = [(name, m) for name, m in rows if m]
+    multi = any("micro_f1" in m for _, m in present)
+    keys = ("micro_f1", "macro_f1", "subset_accuracy", "hamming_loss", "loss", "num_examples") if multi else None
+    keys = keys or ("accuracy", "macro_f1", "loss", "num_examples")
     if not present:
         return []
     lines = ["| split | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
@@ -56,10 +58,16 @@ def _metrics_table(rows: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
 
 def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None = None) -> str:
     """The card as Markdown. ``run_info`` (from a training run) may hold ``base_model``, ``data`` (split name ->
-    source), ``config`` (YAML text), ``validation`` and ``test`` (metric dicts), ``checkpoint`` (which one this is)."""
+    source), ``config`` (YAML text), ``validation`` and ``test`` (metric dicts), ``checkpoint`` (which one this is),
+    ``thresholds`` (multi-label: the folder's, when they are not the model's in memory)."""
     info = run_info or {}
     spec = model.spec
     head = " -> ".join([f"dropout({spec.dropout})"] + [f"Linear({h}) -> {spec.activation}" for h in spec.hidden_sizes])
+    multi = model.multi_label
+    kind = f"multi-label text classifier over {len(spec.labels)} labels" if multi else None
+    kind = kind or f"{len(spec.labels)}-class text classifier"
+    saved = info.get("thresholds") or model.thresholds or []
+    thresholds = ", ".join(f"`{label}` {t:.4g}" for label, t in zip(spec.labels, saved))
     lines = [
         "---",
         "library_name: bertcls",
@@ -69,14 +77,15 @@ def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None
         "",
         "# Text classifier (bertcls)",
         "",
-        f"A {len(spec.labels)}-class text classifier fine-tuned with bertcls."
+        f"A {kind} fine-tuned with bertcls."
         + (f" This is the {info['checkpoint']} checkpoint of a training run." if info.get("checkpoint") else ""),
         "",
         "## Model",
         "",
         f"- **Base model:** {_base_model(model, info)}",
         f"- **Labels ({len(spec.labels)}):** " + ", ".join(f"`{label}`" for label in spec.labels),
-        f"- **Head:** {head} -> Linear({len(spec.labels)})",
+        f"- **Head:** {head} -> Linear({len(spec.labels)})" + (" -> sigmoid per label" if multi else ""),
+        *([f"- **Thresholds** (a label is predicted at probability >= its threshold): {thresholds}"] if multi else []),
         f"- **Head initializer:** `{_init_name(spec.head_init)}` (bias: `{_init_name(spec.bias_init)}`)",
         f"- **Pooling:** `{spec.pooling}`",
         f"- **Dropout:** {spec.dropout}",
@@ -115,8 +124,13 @@ def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None
         "## Intended use and limits",
         "",
         f"Intended for classifying short texts into the labels above ({', '.join(spec.labels)}), in the language and "
-        "domain of the training data. It knows no other labels: every input gets one of them, however unrelated. "
-        f"Texts longer than {model.max_length} tokens are truncated. Accuracy on data unlike the training data "
+        "domain of the training data. It knows no other labels: "
+        + (
+            "every input gets each label whose probability reaches its threshold (possibly none). "
+            if multi
+            else "every input gets one of them, however unrelated. "
+        )
+        + f"Texts longer than {model.max_length} tokens are truncated. Accuracy on data unlike the training data "
         "(other domains, languages, registers) is unknown and likely lower than the results above; it may reproduce "
         "biases of the training data and of the base model. Check it on your own data before relying on it.",
         "",

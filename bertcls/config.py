@@ -18,10 +18,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bertcls.data import TRUNCATIONS
 from bertcls.errors import BertclsError
+from bertcls.multilabel import TASKS
 
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 METRICS = ("accuracy", "macro_f1", "loss")
+MULTI_LABEL_METRICS = ("micro_f1", "macro_f1", "subset_accuracy", "hamming_loss", "loss")
 SAMPLERS = ("random", "balanced")
 NAN_POLICIES = ("stop", "skip")
 EMPTY_TEXTS = ("skip", "error")
@@ -37,6 +39,20 @@ def doc(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None)
 def _choice(section: str, key: str, value: Any, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise BertclsError(f"{section}.{key}: '{value}' is not one of {', '.join(valid)}")
+
+
+def _weights_by_name(section: str, key: str, w: Any) -> Any:
+    """null, ``balanced``, or a {label name: number >= 0} map (returned as a plain dict)."""
+    if isinstance(w, str) and w != "balanced":
+        raise BertclsError(f"{section}.{key}: '{w}' is not one of null, balanced, or a {{label: weight}} map")
+    if w is not None and not isinstance(w, str):
+        if not hasattr(w, "items"):
+            raise BertclsError(f"{section}.{key} must be null, balanced or a {{label: weight}} map, got {w!r}")
+        w = {str(k): v for k, v in w.items()}
+        for k, v in w.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise BertclsError(f"{section}.{key}.{k} must be a number >= 0, got {v!r}")
+    return w
 
 
 def _positive(section: str, key: str, value: float, allow_zero: bool = False) -> None:
@@ -73,6 +89,8 @@ class DataConfig:
     text_pair_column: str | None = doc(None, "column with the second text of a sentence pair")
     label_column: str = doc("label", "column with the label")
     labels: list[str] | None = doc(None, "label set and order (default: sorted labels found in train)")
+    task: str = doc("single_label", "single_label (one label per text) | multi_label (a set of labels per text)")
+    label_delimiter: str = doc("|", "multi_label: separator of the labels in a string cell, e.g. news|sport")
     max_length: int = doc(128, "tokens per text after truncation")
     validation_fraction: float = doc(0.1, "share of train held out when no validation split is given")
     truncation: str = doc("head", "which tokens a long text keeps: head | tail | head+tail (first 1/4, last 3/4)")
@@ -84,6 +102,9 @@ class DataConfig:
         _positive("data", "max_length", self.max_length)
         _choice("data", "truncation", self.truncation, TRUNCATIONS)
         _choice("data", "empty_texts", self.empty_texts, EMPTY_TEXTS)
+        _choice("data", "task", self.task, TASKS)
+        if not self.label_delimiter:
+            raise BertclsError("data.label_delimiter must not be empty (e.g. '|')")
         _positive("data", "window_stride", self.window_stride, allow_zero=True)
         if not 0.0 <= self.validation_fraction < 1.0:
             raise BertclsError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
@@ -145,18 +166,11 @@ class TrainConfig:
 class LossConfig:
     class_weights: Any = doc(None, "null | balanced (sklearn, from train labels) | {label name: weight}")
     label_smoothing: float = doc(0.0, "cross-entropy label smoothing (0: off)")
+    pos_weight: Any = doc(None, "multi_label: null | balanced (negatives/positives per label) | {label name: weight}")
 
     def __post_init__(self) -> None:
-        w = self.class_weights
-        if isinstance(w, str) and w != "balanced":
-            raise BertclsError(f"loss.class_weights: '{w}' is not one of null, balanced, or a {{label: weight}} map")
-        if w is not None and not isinstance(w, str):
-            if not hasattr(w, "items"):
-                raise BertclsError(f"loss.class_weights must be null, balanced or a {{label: weight}} map, got {w!r}")
-            self.class_weights = {str(k): v for k, v in w.items()}
-            for k, v in self.class_weights.items():
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                    raise BertclsError(f"loss.class_weights.{k} must be a number >= 0, got {v!r}")
+        self.class_weights = _weights_by_name("loss", "class_weights", self.class_weights)
+        self.pos_weight = _weights_by_name("loss", "pos_weight", self.pos_weight)
         if not 0.0 <= self.label_smoothing < 1.0:
             raise BertclsError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -165,12 +179,23 @@ class LossConfig:
 class EvalConfig:
     batch_size: int = doc(128, "examples per evaluation batch")
     every_steps: int = doc(0, "also evaluate every N optimizer steps (0: once per epoch)")
-    metric: str = doc("accuracy", "validation metric that picks the best checkpoint: accuracy | macro_f1 | loss")
+    metric: str = doc(
+        "auto",
+        "validation metric that picks the best checkpoint (auto: accuracy, or micro_f1 for multi_label): "
+        "accuracy | macro_f1 | loss; multi_label: micro_f1 | macro_f1 | subset_accuracy | hamming_loss | loss",
+    )
+    threshold: Any = doc(0.5, "multi_label: a label is predicted at probability >= this, or tune (per label)")
 
     def __post_init__(self) -> None:
         _positive("eval", "batch_size", self.batch_size)
         _positive("eval", "every_steps", self.every_steps, allow_zero=True)
-        _choice("eval", "metric", self.metric, METRICS)
+        _choice("eval", "metric", self.metric, ("auto", *dict.fromkeys(METRICS + MULTI_LABEL_METRICS)))
+        t = self.threshold
+        if isinstance(t, str):
+            if t != "tune":
+                raise BertclsError(f"eval.threshold: '{t}' is not a number in (0, 1) or tune")
+        elif isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 < t < 1.0:
+            raise BertclsError(f"eval.threshold must be a number in (0, 1) or tune, got {t!r}")
 
 
 @dataclass
@@ -199,6 +224,36 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        # Options that only mean something for one of the two tasks: refused for the other, never silently ignored.
+        multi = self.data.task == "multi_label"
+        if multi:
+            single_only = {
+                "loss.class_weights": self.loss.class_weights is not None,
+                "loss.label_smoothing": self.loss.label_smoothing > 0,
+                "train.sampler=balanced": self.train.sampler == "balanced",
+            }
+            for key, used in single_only.items():
+                if used:
+                    raise BertclsError(
+                        f"{key} is for data.task=single_label (one label per text); with multi_label, weigh rare "
+                        "labels with loss.pos_weight instead"
+                    )
+        else:
+            if self.loss.pos_weight is not None:
+                raise BertclsError("loss.pos_weight is for data.task=multi_label; single_label uses loss.class_weights")
+            if self.eval.threshold != 0.5:
+                raise BertclsError(
+                    "eval.threshold is for data.task=multi_label; single_label predicts the most probable label"
+                )
+        valid = MULTI_LABEL_METRICS if multi else METRICS
+        if self.eval.metric == "auto":
+            self.eval.metric = "micro_f1" if multi else "accuracy"
+        elif self.eval.metric not in valid:
+            raise BertclsError(
+                f"eval.metric: '{self.eval.metric}' is not a {self.data.task} metric; valid: auto, {', '.join(valid)}"
+            )
 
 
 def _valid_keys(section: str) -> list[str]:

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from bertcls.errors import BertclsError
+from bertcls.multilabel import DEFAULT_DELIMITER, multi_hot, parse_label_set
 from bertcls.tables import COMPRESSIONS, FORMATS, _missing_column, read_table  # noqa: F401 (re-exported)
 
 # ---------------------------------------------------------------- reading files and hub datasets
@@ -18,7 +19,8 @@ from bertcls.tables import COMPRESSIONS, FORMATS, _missing_column, read_table  #
 
 @dataclass
 class Split:
-    """One split as plain columns: texts, optional second texts, and raw label values (or None)."""
+    """One split as plain columns: texts, optional second texts, and raw label values (or None); for a multi-label
+    task each label value is a list of labels (possibly empty)."""
 
     texts: list[str]
     labels: list[Any] | None
@@ -41,8 +43,13 @@ def load_split(
     split: str = "train",
     require_labels: bool = True,
     option_names: Mapping[str, str] | None = None,
+    task: str = "single_label",
+    label_delimiter: str = DEFAULT_DELIMITER,
 ) -> Split:
     """Read ``source`` and pull out the text, pair and label columns, with one-line errors for what is wrong.
+
+    With ``task="multi_label"`` every label cell is read as a set of labels (``bertcls.multilabel.parse_label_set``:
+    a list, or a string joined by ``label_delimiter``); an empty cell is the empty set, not a missing label.
 
     ``option_names`` maps ``text_column`` / ``text_pair_column`` / ``label_column`` to the option a user sets them
     with (default: the config keys ``data.text_column`` ...), so an error names the option of the tool in use.
@@ -64,7 +71,9 @@ def load_split(
     texts = ["" if t is None else str(t) for t in column(text_column)]
     pairs = ["" if t is None else str(t) for t in column(text_pair_column)] if text_pair_column else None
     labels = column(label_column) if has_labels else None
-    if labels is not None:
+    if labels is not None and task == "multi_label":
+        labels = [parse_label_set(v, label_delimiter) for v in labels]
+    elif labels is not None:
         missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and math.isnan(v))]
         if missing:
             rows = ", ".join(str(i + 2) for i in missing[:5])  # +2: 1-based, after the header line
@@ -126,14 +135,25 @@ def label_ids(values: Sequence[Any], labels: Sequence[str], source: str = "data"
     return [index[str(v)] for v in values]
 
 
+def label_targets(values: Sequence[Any], labels: Sequence[str], task: str = "single_label", source: str = "data"):
+    """What the loss compares against: label indices (single-label) or multi-hot rows (multi-label, ``values`` are
+    label sets). Unknown labels are an error naming them."""
+    return multi_hot(values, labels, source) if task == "multi_label" else label_ids(values, labels, source)
+
+
 def split_validation(data: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Cut a seeded, stratified validation split from ``data``; falls back to random if a class is too small."""
+    """Cut a seeded, stratified validation split from ``data``; falls back to random if a class is too small, or
+    there are more classes than either side has rows. Multi-label data is stratified by label combination."""
     from sklearn.model_selection import train_test_split
 
     indices = list(range(len(data)))
-    labels = [str(v) for v in data.labels] if data.labels is not None else None
+    canonical = lambda v: "|".join(sorted(map(str, v))) if isinstance(v, list) else str(v)  # noqa: E731
+    labels = [canonical(v) for v in data.labels] if data.labels is not None else None
     stratify = labels
     if labels is not None and min(labels.count(c) for c in set(labels)) < 2:
+        stratify = None
+    n_val = math.ceil(fraction * len(data))  # how train_test_split sizes the two sides
+    if labels is not None and len(set(labels)) > min(n_val, len(data) - n_val):
         stratify = None
     train_idx, val_idx = train_test_split(indices, test_size=fraction, random_state=seed, stratify=stratify)
     return data.subset(sorted(train_idx)), data.subset(sorted(val_idx))
@@ -259,6 +279,8 @@ def pad_batch(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torc
     for key in ("labels", "index"):
         if key in features[0]:
             batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+    if "labels" in batch and batch["labels"].ndim == 2:  # multi-hot rows: the BCE target is float
+        batch["labels"] = batch["labels"].float()
     return batch
 
 
@@ -267,7 +289,8 @@ class TextClassificationDataset(Dataset):
 
     Items are dicts of ``input_ids``, ``attention_mask``, (``token_type_ids``), ``labels`` as Python lists;
     ``collate`` pads a list of items into tensors. ``labels`` may be names or integers; ``label_names`` fixes the
-    label set and order (default: the sorted unique labels).
+    label set and order (default: the sorted unique labels). With ``task="multi_label"`` each label is a list of
+    labels, and an item's ``labels`` is a multi-hot row (a float tensor after ``collate``).
     """
 
     def __init__(
@@ -281,6 +304,7 @@ class TextClassificationDataset(Dataset):
         with_index: bool = False,
         truncation: str = "head",
         window_stride: int = 0,
+        task: str = "single_label",
     ):
         if tokenizer is None:
             raise BertclsError("TextClassificationDataset needs a tokenizer (e.g. model.tokenizer)")
@@ -300,12 +324,13 @@ class TextClassificationDataset(Dataset):
         else:
             self.encodings = encode(tokenizer, texts, text_pairs, max_length, truncation)
         self.label_names = list(label_names) if label_names is not None else None
-        self.label_ids: list[int] | None = None
-        self.doc_label_ids: list[int] | None = None
+        # Label indices, or multi-hot rows for a multi-label task.
+        self.label_ids: list[Any] | None = None
+        self.doc_label_ids: list[Any] | None = None
         if labels is not None:
             if self.label_names is None:
-                self.label_names = build_labels(labels)
-            self.doc_label_ids = label_ids(labels, self.label_names)
+                self.label_names = build_labels([v for s in labels for v in s] if task == "multi_label" else labels)
+            self.doc_label_ids = label_targets(labels, self.label_names, task)
             ids = self.doc_label_ids
             self.label_ids = ids if self.doc_ids is None else [ids[d] for d in self.doc_ids]
         self.with_index = with_index

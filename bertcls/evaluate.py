@@ -24,8 +24,9 @@ import torch
 
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
 from bertcls.errors import BertclsError, cli_errors
-from bertcls.metrics import classification_report, paired_bootstrap
-from bertcls.model import BertForTextClassification, load_checkpoint
+from bertcls.metrics import classification_report, multilabel_report, paired_bootstrap
+from bertcls.model import BertForTextClassification, checkpoint_task, load_checkpoint
+from bertcls.multilabel import decide, join_labels, multi_hot, parse_label_set
 from bertcls.resources import is_packaged
 
 UNKNOWN_LABEL_CHOICES = ("error", "skip")
@@ -34,26 +35,42 @@ CLI_OPTIONS = {
     "text_pair_column": "--text-pair-column",
     "label_column": "--label-column",
 }
+# The score that compares checkpoints row by row (paired bootstrap), and the columns of the comparison, per task.
+COMPARED = {"single_label": "accuracy", "multi_label": "subset_accuracy"}
+SUMMARY_KEYS = {
+    "single_label": ("accuracy", "macro_f1", "loss", "ece"),
+    "multi_label": ("subset_accuracy", "micro_f1", "macro_f1", "hamming_loss", "loss"),
+}
 
 
 @dataclass
 class CheckpointResult:
     """One checkpoint scored on one split: its metrics, and per input row the probabilities and gold label index
-    (-1 where the checkpoint does not know the row's label; those rows are left out of ``metrics``)."""
+    (-1 where the checkpoint does not know the row's label; those rows are left out of ``metrics``). For a
+    multi-label checkpoint ``gold`` holds multi-hot rows (all -1 for a row with an unknown label) and ``thresholds``
+    the checkpoint's per-label thresholds."""
 
     checkpoint: str
     labels: list[str]
     metrics: dict[str, Any]
     probs: np.ndarray
     gold: np.ndarray
+    thresholds: list[float] | None = None
 
     @property
     def known(self) -> np.ndarray:
-        return self.gold >= 0
+        return self.gold >= 0 if self.gold.ndim == 1 else (self.gold >= 0).all(-1)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """Predicted label indices, or multi-hot rows (labels at or above their thresholds) for multi-label."""
+        return self.probs.argmax(-1) if self.thresholds is None else decide(self.probs, self.thresholds)
 
     @property
     def correct(self) -> np.ndarray:
-        return (self.probs.argmax(-1) == self.gold) & self.known
+        """Per row: the predicted label (multi-label: the whole label set) is the gold one."""
+        hit = self.predicted == self.gold
+        return (hit if hit.ndim == 1 else hit.all(-1)) & self.known
 
 
 def evaluate_checkpoint(
@@ -66,7 +83,9 @@ def evaluate_checkpoint(
     """Predict every row of ``data`` with a checkpoint (a folder or a loaded model) and compute the metrics.
 
     Rows whose gold label the checkpoint does not know are an error naming them, or with ``unknown_labels="skip"``
-    are left out of the metrics and counted in ``metrics["unknown_labels"]``.
+    are left out of the metrics and counted in ``metrics["unknown_labels"]``. For a multi-label checkpoint each gold
+    label is a set (a list, or a string joined by the checkpoint's ``label_delimiter``), a row with any unknown
+    label counts as unknown, and predictions use the checkpoint's thresholds.
 
     Raises:
         BertclsError: unreadable checkpoint, unknown labels, no labelled rows, bad options.
@@ -82,15 +101,25 @@ def evaluate_checkpoint(
     else:
         model, name = load_checkpoint(checkpoint), str(checkpoint)
     index = {label: i for i, label in enumerate(model.labels)}
-    gold = np.array([index.get(str(v), -1) for v in data.labels], dtype=np.int64)
-    unknown = Counter(str(v) for v, g in zip(data.labels, gold) if g < 0)
+    if model.multi_label:
+        sets = [parse_label_set(v, model.label_delimiter) for v in data.labels]
+        unknown = Counter(str(v) for s in sets for v in s if str(v) not in index)
+        gold = np.full((len(sets), model.num_labels), -1, dtype=np.int64)
+        for i, s in enumerate(sets):
+            if all(str(v) in index for v in s):
+                gold[i] = multi_hot([s], model.labels)[0]
+        known = (gold >= 0).all(-1)
+    else:
+        gold = np.array([index.get(str(v), -1) for v in data.labels], dtype=np.int64)
+        unknown = Counter(str(v) for v, g in zip(data.labels, gold) if g < 0)
+        known = gold >= 0
     if unknown and unknown_labels == "error":
         names = ", ".join(f"'{k}' ({n} rows)" for k, n in sorted(unknown.items())[:10])
         raise BertclsError(
             f"{data.source} has label(s) {names} that checkpoint {name} does not know (its labels: {model.labels}); "
             "pass --unknown-labels skip to leave those rows out"
         )
-    if not (gold >= 0).any():
+    if not known.any():
         raise BertclsError(f"{data.source}: no row has a label that checkpoint {name} knows ({model.labels})")
 
     if device is None:
@@ -98,11 +127,15 @@ def evaluate_checkpoint(
     model.to(device)
     # predict_proba batches by length, moves each batch's output to the CPU and returns rows in input order.
     probs = model.predict_proba(data.texts, data.text_pairs, batch_size).numpy().astype(np.float64)
-    known = gold >= 0
     metrics = {"checkpoint": name, "data": data.source, "labels": model.labels, "num_rows": len(data)}
-    metrics.update(classification_report(gold[known], probs[known], model.labels))
+    metrics["task"] = model.task
+    if model.multi_label:
+        metrics.update(multilabel_report(gold[known], probs[known], model.labels, model.thresholds))
+        metrics["label_delimiter"] = model.label_delimiter
+    else:
+        metrics.update(classification_report(gold[known], probs[known], model.labels))
     metrics["unknown_labels"] = {"count": int((~known).sum()), "labels": dict(sorted(unknown.items()))}
-    return CheckpointResult(name, model.labels, metrics, probs, gold)
+    return CheckpointResult(name, model.labels, metrics, probs, gold, model.thresholds)
 
 
 def evaluate(
@@ -113,6 +146,7 @@ def evaluate(
     text_column: str = "text",
     text_pair_column: str | None = None,
     label_column: str = "label",
+    label_delimiter: str | None = None,
     output: str | os.PathLike | None = None,
     overwrite: bool = False,
     batch_size: int = 64,
@@ -129,17 +163,34 @@ def evaluate(
     ``metrics.json`` comparing them, with a paired bootstrap interval for each one's accuracy gain over the first.
     Prints readable tables when ``verbose``. Returns what the top-level ``metrics.json`` holds.
 
+    Multi-label checkpoints read each gold label as a set (``label_delimiter``, default: the checkpoint's) and
+    report subset accuracy, Hamming loss and F1 instead (see ``bertcls.metrics.multilabel_report``); the PNG holds
+    one 2x2 confusion matrix per label. All checkpoints must be of the same task.
+
     Raises:
         BertclsError: missing files or columns, unreadable checkpoints, unknown labels, an existing report folder.
     """
     paths = [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
     if not paths:
         raise BertclsError("give at least one checkpoint")
+    tasks = {checkpoint_task(p) for p in paths}
+    if len({task for task, _ in tasks}) > 1:
+        raise BertclsError("the checkpoints mix single-label and multi-label classifiers; evaluate them separately")
+    task, saved_delimiter = next(iter(tasks))
     if isinstance(data, Split):
         source = data.source or "data"
     else:
         source = str(data)
-        data = load_split(source, text_column, label_column, text_pair_column, split=split, option_names=CLI_OPTIONS)
+        data = load_split(
+            source,
+            text_column,
+            label_column,
+            text_pair_column,
+            split=split,
+            option_names=CLI_OPTIONS,
+            task=task,
+            label_delimiter=label_delimiter or saved_delimiter,
+        )
     out = Path(output) if output is not None else Path(paths[0]) / f"eval-{data_name(source, split)}"
     check_report_dir(out, overwrite)
 
@@ -156,24 +207,18 @@ def evaluate(
     for name, result in zip(names, results):
         write_report(result, data, out / name)
         m = result.metrics
-        summary["checkpoints"].append(
-            {
-                "checkpoint": result.checkpoint,
-                "report": name,
-                "num_examples": m["num_examples"],
-                "accuracy": m["accuracy"],
-                "macro_f1": m["macro_f1"],
-                "loss": m["loss"],
-                "ece": m["ece"],
-                "unknown_labels": m["unknown_labels"]["count"],
-            }
-        )
+        row = {"checkpoint": result.checkpoint, "report": name, "num_examples": m["num_examples"]}
+        row.update({k: m[k] for k in SUMMARY_KEYS[task]})
+        row["unknown_labels"] = m["unknown_labels"]["count"]
+        summary["checkpoints"].append(row)
     base = results[0]
     for result in results[1:]:
         # Paired: both models on the same rows, those whose label both checkpoints know.
         both = base.known & result.known
         ci = paired_bootstrap(base.correct[both], result.correct[both], n_resamples=n_resamples, seed=seed)
-        summary["comparisons"].append({"baseline": base.checkpoint, "checkpoint": result.checkpoint, **ci})
+        summary["comparisons"].append(
+            {"baseline": base.checkpoint, "checkpoint": result.checkpoint, "metric": COMPARED[task], **ci}
+        )
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     say(format_comparison(summary))
     say(f"reports written to {out} (one subfolder per checkpoint)")
@@ -218,24 +263,38 @@ def unique_names(paths: Sequence[str]) -> list[str]:
 
 
 def write_report(result: CheckpointResult, data: Split, out: Path) -> None:
-    """``metrics.json``, ``predictions.csv`` (one row per input row, in input order) and ``confusion_matrix.png``."""
-    from bertcls.plots import plot_confusion_matrix
+    """``metrics.json``, ``predictions.csv`` (one row per input row, in input order) and ``confusion_matrix.png``.
+
+    For multi-label, ``gold`` and ``predicted`` are label sets joined by the checkpoint's delimiter, and the PNG
+    holds one 2x2 matrix per label.
+    """
+    from bertcls.plots import plot_confusion_matrix, plot_multilabel_confusion
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     columns = ["text", *(["text_pair"] if data.text_pairs is not None else []), "gold", "predicted"]
     columns += [f"prob_{label}" for label in result.labels]
-    predicted = result.probs.argmax(-1)
+    predicted = result.predicted
+    multi = result.thresholds is not None
+    delimiter = result.metrics.get("label_delimiter", "|")
     with (out / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for i, text in enumerate(data.texts):
             pair = [data.text_pairs[i]] if data.text_pairs is not None else []
             probs = [repr(float(p)) for p in result.probs[i]]
-            writer.writerow([text, *pair, data.labels[i], result.labels[predicted[i]], *probs])
+            if multi:
+                gold = join_labels(parse_label_set(data.labels[i], delimiter), delimiter)
+                guess = join_labels([result.labels[j] for j in np.flatnonzero(predicted[i])], delimiter)
+            else:
+                gold, guess = data.labels[i], result.labels[predicted[i]]
+            writer.writerow([text, *pair, gold, guess, *probs])
     m = result.metrics
     title = f"{'/'.join(Path(result.checkpoint).parts[-2:])} on {m['data']}"
-    plot_confusion_matrix(m["confusion_matrix"], result.labels, out / "confusion_matrix.png", title=title)
+    if multi:
+        plot_multilabel_confusion(m["confusion_matrices"], out / "confusion_matrix.png", title=title)
+    else:
+        plot_confusion_matrix(m["confusion_matrix"], result.labels, out / "confusion_matrix.png", title=title)
 
 
 # ---------------------------------------------------------------- printed tables
@@ -249,6 +308,8 @@ def _fmt(value: float | None, width: int = 9) -> str:
 
 def format_report(m: dict[str, Any]) -> str:
     """A readable summary of one checkpoint's metrics: headline numbers, per-class table, confusion matrix."""
+    if m.get("task") == "multi_label":
+        return format_multilabel_report(m)
     labels = list(m["labels"])
     lines = [f"{m['checkpoint']} on {m['data']}: {m['num_examples']} examples"]
     if m["unknown_labels"]["count"]:
@@ -275,14 +336,56 @@ def format_report(m: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_multilabel_report(m: dict[str, Any]) -> str:
+    """Headline numbers, per-label precision / recall / F1 / support / threshold, and per-label decision counts."""
+    labels = list(m["labels"])
+    lines = [f"{m['checkpoint']} on {m['data']}: {m['num_examples']} examples (multi-label)"]
+    if m["unknown_labels"]["count"]:
+        skipped = ", ".join(f"'{k}' x{n}" for k, n in m["unknown_labels"]["labels"].items())
+        lines[0] += f" ({m['unknown_labels']['count']} rows skipped, labels unknown to the checkpoint: {skipped})"
+    lines.append(
+        f"micro F1 {m['micro_f1']:.4f}   macro F1 {m['macro_f1']:.4f}   subset accuracy {m['subset_accuracy']:.4f}"
+        f"   Hamming loss {m['hamming_loss']:.4f}   loss {m['loss']:.4f}"
+    )
+    lines.append("")
+    w = max(12, *(len(label) for label in labels)) + 2
+    lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}{'threshold':>11}")
+    for label in labels:
+        c = m["per_class"][label]
+        lines.append(
+            f"{label:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}"
+            f"{c['threshold']:>11.4f}"
+        )
+    for avg in ("micro", "macro", "weighted", "samples"):
+        a = m[avg]
+        lines.append(f"{avg + ' avg':<{w}}{a['precision']:>10.4f}{a['recall']:>10.4f}{a['f1']:>10.4f}")
+    lines += ["", "per label (tp = predicted and gold, fp = predicted only, fn = gold only, tn = neither):"]
+    lines.append(f"{'':<{w}}{'tp':>8}{'fp':>8}{'fn':>8}{'tn':>8}")
+    for label in labels:
+        (tn, fp), (fn, tp) = m["confusion_matrices"][label]
+        lines.append(f"{label:<{w}}{tp:>8}{fp:>8}{fn:>8}{tn:>8}")
+    return "\n".join(lines)
+
+
 def format_comparison(summary: dict[str, Any]) -> str:
-    """One row per checkpoint, and the accuracy difference to the first with its bootstrap interval."""
+    """One row per checkpoint, and the accuracy (multi-label: subset accuracy) difference to the first with its
+    bootstrap interval."""
     rows = summary["checkpoints"]
     w = max(10, *(len(r["checkpoint"]) for r in rows)) + 2
     lines = [f"{len(rows)} checkpoints on {summary['data']}:"]
-    lines.append(f"{'checkpoint':<{w}}{'accuracy':>9}{'macro F1':>9}{'loss':>9}{'ECE':>9}   accuracy vs first [95% CI]")
+    if "subset_accuracy" in rows[0]:
+        keys, names, compared = (
+            SUMMARY_KEYS["multi_label"],
+            ("subset acc", "micro F1", "macro F1", "Hamming", "loss"),
+            "subset accuracy",
+        )
+    else:
+        keys, names, compared = SUMMARY_KEYS["single_label"], ("accuracy", "macro F1", "loss", "ECE"), "accuracy"
+    width = max(9, *(len(n) + 1 for n in names))
+    header = "".join(f"{n:>{width}}" for n in names)
+    lines.append(f"{'checkpoint':<{w}}{header}   {compared} vs first [95% CI]")
     for i, r in enumerate(rows):
-        line = f"{r['checkpoint']:<{w}}{_fmt(r['accuracy'])}{_fmt(r['macro_f1'])}{_fmt(r['loss'])}{_fmt(r['ece'])}"
+        line = f"{r['checkpoint']:<{w}}" + "".join(_fmt(r[k], width) for k in keys)
         if i == 0:
             line += "   (baseline)"
         else:
@@ -312,6 +415,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--text-pair-column", default=None)
     parser.add_argument("--label-column", default="label")
+    parser.add_argument(
+        "--label-delimiter", default=None, help="multi-label: separator of labels in a cell (default: the checkpoint's)"
+    )
     parser.add_argument("--output", help="report folder (default: <first checkpoint>/eval-<data name>)")
     parser.add_argument("--overwrite", action="store_true", help="write into an output folder that holds a report")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -339,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         text_column=args.text_column,
         text_pair_column=args.text_pair_column,
         label_column=args.label_column,
+        label_delimiter=args.label_delimiter,
         output=args.output,
         overwrite=args.overwrite,
         batch_size=args.batch_size,

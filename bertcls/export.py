@@ -136,6 +136,8 @@ def export_onnx(
             "labels": model.labels,
             "max_length": model.max_length,
             "pooling": model.spec.pooling,
+            "task": model.task,
+            **({"thresholds": model.thresholds, "label_delimiter": model.label_delimiter} if model.multi_label else {}),
             "inputs": list(batch),
             "outputs": ["logits"],
             "pad_token_id": model.tokenizer.pad_token_id or 0,
@@ -170,7 +172,8 @@ def export_onnx(
     if "quantization_report" in config:
         r = config["quantization_report"]
         say(
-            f"int8 quantization on {r['data']} ({r['num_examples']} rows): accuracy {r['accuracy_fp32']:.4f} -> "
+            f"int8 quantization on {r['data']} ({r['num_examples']} rows): "
+            f"{r.get('metric', 'accuracy').replace('_', ' ')} {r['accuracy_fp32']:.4f} -> "
             f"{r['accuracy_int8']:.4f} ({r['accuracy_change']:+.4f}); predictions agree on {r['agreement']:.1%}"
         )
     elif quantize:
@@ -227,9 +230,11 @@ def _compare_accuracy(
 ) -> dict[str, Any]:
     from bertcls.data import load_split
 
-    split = load_split(data, text_column, label_column, text_pair_column, split="test")
     fp32 = OnnxClassifier.from_folder(folder, model_file=fp32_file)
     int8 = OnnxClassifier.from_folder(folder)
+    if fp32.multi_label:
+        return _compare_multilabel(fp32, int8, data, text_column, text_pair_column, label_column)
+    split = load_split(data, text_column, label_column, text_pair_column, split="test")
     index = {label: i for i, label in enumerate(fp32.labels)}
     gold = np.array([index.get(str(v), -1) for v in split.labels])
     if (gold < 0).any():
@@ -245,6 +250,45 @@ def _compare_accuracy(
         "accuracy_int8": acc8,
         "accuracy_change": acc8 - acc32,
         "agreement": float((p32.argmax(1) == p8.argmax(1)).mean()),
+        "max_probability_difference": float(np.abs(p32 - p8).max()),
+    }
+
+
+def _compare_multilabel(
+    fp32: OnnxClassifier,
+    int8: OnnxClassifier,
+    data: str,
+    text_column: str,
+    text_pair_column: str | None,
+    label_column: str,
+) -> dict[str, Any]:
+    """``_compare_accuracy`` for a multi-label export: "accuracy" is subset accuracy (the whole label set right) at
+    the exported thresholds, and "agreement" the share of texts whose predicted label sets are equal."""
+    from bertcls.data import load_split
+    from bertcls.multilabel import decide, multi_hot
+
+    split = load_split(
+        data,
+        text_column,
+        label_column,
+        text_pair_column,
+        split="test",
+        task="multi_label",
+        label_delimiter=fp32.label_delimiter,
+    )
+    gold = np.asarray(multi_hot(split.labels, fp32.labels, data))
+    p32 = fp32.predict_proba(split.texts, split.text_pairs)
+    p8 = int8.predict_proba(split.texts, split.text_pairs)
+    d32, d8 = decide(p32, fp32.thresholds), decide(p8, fp32.thresholds)
+    acc32, acc8 = float((d32 == gold).all(1).mean()), float((d8 == gold).all(1).mean())
+    return {
+        "data": data,
+        "num_examples": len(gold),
+        "metric": "subset_accuracy",
+        "accuracy_fp32": acc32,
+        "accuracy_int8": acc8,
+        "accuracy_change": acc8 - acc32,
+        "agreement": float((d32 == d8).all(1).mean()),
         "max_probability_difference": float(np.abs(p32 - p8).max()),
     }
 
@@ -288,7 +332,10 @@ def export_hf(
     config.architectures = ["BertForSequenceClassification"]
     config.id2label = dict(enumerate(model.labels))
     config.label2id = {label: i for i, label in enumerate(model.labels)}
-    config.problem_type = "single_label_classification"  # softmax in the pipeline, as in bertcls
+    # softmax (single-label) or a sigmoid per label (multi-label) in the pipeline, as in bertcls
+    config.problem_type = "multi_label_classification" if model.multi_label else "single_label_classification"
+    if model.multi_label:  # the pipeline ignores them; kept so the decision rule travels with the weights
+        config.bertcls_thresholds = dict(zip(model.labels, model.thresholds))
     config.classifier_dropout = model.spec.dropout
     hf = BertForSequenceClassification(config)
     final = len(model.head.layers) - 1  # Sequential(Dropout, Linear): the Linear is the classifier

@@ -1,4 +1,5 @@
-"""The training loss: cross-entropy with optional class weights and label smoothing.
+"""The training loss: cross-entropy with optional class weights and label smoothing, or for a multi-label task
+binary cross-entropy per label with optional ``pos_weight``.
 
 Kept apart from the loop so the loop reads ``loss = loss_fn(logits, labels)`` and tests can check the exact formula.
 """
@@ -53,5 +54,45 @@ def build_loss(weights: torch.Tensor | None = None, label_smoothing: float = 0.0
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         w = weights.to(logits.device) if weights is not None else None
         return torch.nn.functional.cross_entropy(logits.float(), labels, weight=w, label_smoothing=label_smoothing)
+
+    return loss_fn
+
+
+def pos_weights(spec: str | Mapping[str, float] | None, labels: Sequence[str], train_rows: Sequence[Sequence[int]]):
+    """Per-label weights of the positive term of the multi-label BCE, in label order, or None.
+
+    ``spec`` is ``"balanced"`` (``negatives / positives`` of each label over the train examples, so both terms of a
+    label weigh the same in total) or a mapping from label *name* to weight (labels left out weigh 1).
+
+    Raises:
+        BertclsError: an unknown label name, or ``balanced`` with a label that no training example has.
+    """
+    if spec is None:
+        return None
+    if spec == "balanced":
+        rows = np.asarray(train_rows, dtype=np.float64).reshape(-1, len(labels))
+        pos = rows.sum(0)
+        missing = [labels[i] for i in range(len(labels)) if pos[i] == 0]
+        if missing:
+            raise BertclsError(
+                f"loss.pos_weight=balanced: label(s) {missing} have no positive training example; give weights by name"
+            )
+        return torch.tensor((len(rows) - pos) / pos, dtype=torch.float32)
+    unknown = sorted(set(spec) - set(labels))
+    if unknown:
+        raise BertclsError(f"loss.pos_weight: unknown label(s) {unknown}; labels are {list(labels)}")
+    return torch.tensor([float(spec.get(name, 1.0)) for name in labels], dtype=torch.float32)
+
+
+def build_multilabel_loss(pos_weight: torch.Tensor | None = None) -> LossFn:
+    """``loss_fn(logits, targets)``: binary cross-entropy with logits in float32, averaged over examples and labels.
+
+    With ``pos_weight`` ``w`` each element is ``-(w[c] * y * log(sigmoid(x)) + (1 - y) * log(1 - sigmoid(x)))``,
+    as torch's ``binary_cross_entropy_with_logits`` defines it.
+    """
+
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        w = pos_weight.to(logits.device) if pos_weight is not None else None
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=w)
 
     return loss_fn

@@ -27,11 +27,40 @@ def core_metrics(y_true: Sequence[int], probs: np.ndarray) -> dict[str, float]:
     }
 
 
+def binary_log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean binary cross-entropy over examples and labels (the multi-label training loss without pos_weight);
+    probabilities clipped so one confident mistake stays finite."""
+    p = np.clip(probs, 1e-12, 1 - 1e-12)
+    y = np.asarray(y_true, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, thresholds: Sequence[float]) -> dict[str, float]:
+    """What training tracks on the validation split of a multi-label task, from multi-hot gold rows, sigmoid
+    probabilities and per-label thresholds: loss (mean BCE), micro and macro F1 over labels, subset accuracy (the
+    whole label set right) and Hamming loss (the share of wrong label decisions)."""
+    from bertcls.multilabel import decide
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = decide(probs, thresholds)
+    return {
+        "loss": binary_log_loss(y_true, probs),
+        "micro_f1": float(skm.f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "subset_accuracy": float(skm.accuracy_score(y_true, y_pred)),
+        "hamming_loss": float(skm.hamming_loss(y_true, y_pred)),
+    }
+
+
+LOWER_IS_BETTER = ("loss", "hamming_loss")
+
+
 def is_better(metric: str, value: float, best: float | None, min_delta: float = 0.0) -> bool:
-    """True if ``value`` beats ``best`` by more than ``min_delta`` (lower is better for loss, higher otherwise)."""
+    """True if ``value`` beats ``best`` by more than ``min_delta`` (lower is better for loss and Hamming loss,
+    higher otherwise)."""
     if best is None:
         return True
-    return value < best - min_delta if metric == "loss" else value > best + min_delta
+    return value < best - min_delta if metric in LOWER_IS_BETTER else value > best + min_delta
 
 
 # ---------------------------------------------------------------- full evaluation report
@@ -93,6 +122,42 @@ def classification_report(y_true: Sequence[int], probs: np.ndarray, labels: Sequ
         report["positive_label"] = labels[1]
         report["roc_auc"] = float(skm.roc_auc_score(y_true, probs[:, 1])) if both else None
         report["average_precision"] = float(skm.average_precision_score(y_true == 1, probs[:, 1])) if both else None
+    return report
+
+
+def multilabel_report(
+    y_true: np.ndarray, probs: np.ndarray, labels: Sequence[str], thresholds: Sequence[float]
+) -> dict[str, Any]:
+    """Every metric ``bertcls.evaluate`` reports for a multi-label checkpoint, from multi-hot gold rows, sigmoid
+    probabilities and per-label thresholds.
+
+    Returns a JSON-ready dict: ``num_examples``, ``subset_accuracy``, ``hamming_loss``, ``loss`` (mean BCE),
+    ``micro_f1``, ``macro_f1``, precision / recall / f1 for ``micro``, ``macro``, ``weighted`` and ``samples``
+    averages, ``per_class`` (precision, recall, f1, support, threshold per label name) and ``confusion_matrices``
+    (per label ``[[tn, fp], [fn, tp]]``, sklearn's ``multilabel_confusion_matrix``).
+    """
+    from bertcls.multilabel import decide
+
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = decide(probs, thresholds)
+    report: dict[str, Any] = {"num_examples": len(y_true)}
+    report.update(multilabel_metrics(y_true, probs, thresholds))
+    for average in ("micro", "macro", "weighted", "samples"):
+        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
+        report[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
+    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
+    report["per_class"] = {
+        name: {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+            "threshold": float(thresholds[i]),
+        }
+        for i, name in enumerate(labels)
+    }
+    matrices = skm.multilabel_confusion_matrix(y_true, y_pred, labels=list(range(len(labels))))
+    report["confusion_matrices"] = {name: matrices[i].tolist() for i, name in enumerate(labels)}
     return report
 
 

@@ -28,6 +28,13 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from bertcls.card import write_model_card
 from bertcls.errors import BertclsError
 from bertcls.init import InitSpec, apply_init, init_tensor, parse_init, warn_if_symmetric
+from bertcls.multilabel import (
+    DEFAULT_DELIMITER,
+    DEFAULT_THRESHOLD,
+    check_task,
+    check_thresholds,
+    prediction_dicts,
+)
 from bertcls.resources import is_packaged, packaged_model_dir
 
 CONFIG_NAME = "bertcls_config.json"
@@ -90,8 +97,11 @@ class HeadSpec:
     activation: str = "gelu"
     head_init: InitSpec = "xavier_uniform"
     bias_init: InitSpec = "zeros"
+    # single_label: softmax over the labels, one label per text; multi_label: a sigmoid per label, a set per text.
+    task: str = "single_label"
 
     def __post_init__(self) -> None:
+        check_task(self.task)
         if len(self.labels) < 2:
             raise BertclsError(f"a classifier needs at least 2 labels, got {self.labels!r}")
         if len(set(self.labels)) != len(self.labels):
@@ -152,7 +162,9 @@ class BertForTextClassification(nn.Module):
 
     Build one with :meth:`from_pretrained` (a backbone folder or hub name plus ``labels``, or a saved bertcls
     checkpoint). ``model(**batch)`` returns a ``SequenceClassifierOutput`` with ``logits`` (and ``loss`` when
-    ``labels`` are given); ``model.predict(texts)`` returns label names with probabilities.
+    ``labels`` are given); ``model.predict(texts)`` returns label names with probabilities. A multi-label model
+    (``task="multi_label"``) has a sigmoid per label and predicts every label whose probability reaches its threshold
+    (``model.thresholds``, saved with the model).
     """
 
     def __init__(
@@ -180,6 +192,9 @@ class BertForTextClassification(nn.Module):
         # How texts longer than max_length are read; saved with the model so predict reads them as training did.
         self.truncation = truncation
         self.window_stride = int(window_stride)
+        # Multi-label only: how a label set is written in one text cell (read by evaluate, written by predict).
+        self.label_delimiter = DEFAULT_DELIMITER
+        self._thresholds = [DEFAULT_THRESHOLD] * len(spec.labels) if self.multi_label else None
         self.set_trainable(freeze_backbone, unfreeze_top_k)
 
     # -- labels and trainability
@@ -191,6 +206,27 @@ class BertForTextClassification(nn.Module):
     @property
     def num_labels(self) -> int:
         return len(self.spec.labels)
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    @property
+    def multi_label(self) -> bool:
+        return self.spec.task == "multi_label"
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """Multi-label: the probability at which each label is predicted, in label order (None for single-label).
+        Set a list (one per label) or one number for all labels; saved by ``save_pretrained``."""
+        return None if self._thresholds is None else list(self._thresholds)
+
+    @thresholds.setter
+    def thresholds(self, value: float | Sequence[float]) -> None:
+        if not self.multi_label:
+            raise BertclsError("thresholds are for multi-label models; a single-label model predicts the top label")
+        values = [value] * self.num_labels if isinstance(value, (int, float)) else list(value)
+        self._thresholds = check_thresholds(values, self.labels)
 
     def set_trainable(self, freeze_backbone: bool, unfreeze_top_k: int = 0) -> None:
         """Freeze the backbone (head-only training), optionally leaving its top ``unfreeze_top_k`` layers trainable."""
@@ -295,8 +331,16 @@ class BertForTextClassification(nn.Module):
         labels: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput:
         logits = self.head(self.features(input_ids, attention_mask, token_type_ids))
-        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        loss = None
+        if labels is not None and self.multi_label:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        elif labels is not None:
+            loss = nn.functional.cross_entropy(logits.float(), labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits to probabilities in float32: softmax over labels, or a sigmoid per label for multi-label."""
+        return probabilities(logits, self.spec.task)
 
     # -- prediction
 
@@ -304,8 +348,9 @@ class BertForTextClassification(nn.Module):
     def predict_proba(
         self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
     ) -> torch.Tensor:
-        """Class probabilities, (len(texts), num_labels), in input order. Batches are grouped by length; long texts
-        are truncated (or read as windows) as the model was trained (``model.truncation``, ``model.window_stride``)."""
+        """Class probabilities (multi-label: one sigmoid per label), (len(texts), num_labels), in input order. Batches
+        are grouped by length; long texts are truncated (or read as windows) as the model was trained
+        (``model.truncation``, ``model.window_stride``)."""
         from bertcls.data import average_windows, encode, encode_windows, iter_length_sorted_batches
 
         was_training = self.training
@@ -319,7 +364,7 @@ class BertForTextClassification(nn.Module):
         probs = torch.empty(len(encoded["input_ids"]), self.num_labels)
         for idx, batch in iter_length_sorted_batches(encoded, batch_size, self.tokenizer.pad_token_id or 0):
             batch = {k: v.to(device) for k, v in batch.items()}
-            probs[idx] = self(**batch).logits.float().softmax(-1).cpu()
+            probs[idx] = self.probabilities(self(**batch).logits).cpu()
         self.train(was_training)
         # A long text read as windows gets the mean of its windows' probabilities.
         return probs if doc_ids is None else average_windows(probs, doc_ids, len(texts))
@@ -327,10 +372,17 @@ class BertForTextClassification(nn.Module):
     def predict(
         self, texts: str | Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
     ) -> list[dict[str, Any]]:
-        """Label names with probabilities: ``[{"label": "positive", "score": 0.97, "probabilities": {...}}, ...]``."""
+        """Label names with probabilities: ``[{"label": "positive", "score": 0.97, "probabilities": {...}}, ...]``.
+
+        A multi-label model gives every label at or above its threshold, most probable first:
+        ``[{"labels": ["news", "sport"], "scores": [0.91, 0.62], "probabilities": {...}}, ...]`` (``labels`` may be
+        empty).
+        """
         if isinstance(texts, str):
             texts = [texts]
         probs = self.predict_proba(list(texts), text_pairs, batch_size)
+        if self.multi_label:
+            return prediction_dicts(probs.tolist(), self.labels, self._thresholds)
         out = []
         for row in probs.tolist():
             top = max(range(len(row)), key=row.__getitem__)
@@ -369,6 +421,9 @@ class BertForTextClassification(nn.Module):
                 "unfreeze_top_k": self.unfreeze_top_k,
                 "backbone_config": self.backbone.config.to_dict(),
             }
+            if self.multi_label:
+                config["thresholds"] = self._thresholds
+                config["label_delimiter"] = self.label_delimiter
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
             write_model_card(tmp, self, card_info)
             _replace_dir(tmp, target)
@@ -394,9 +449,11 @@ class BertForTextClassification(nn.Module):
         max_length: int | None = None,
         seed: int | None = None,
         attn_implementation: str | None = "sdpa",
+        task: str | None = None,
     ) -> BertForTextClassification:
         """Load a saved bertcls checkpoint, or a pretrained backbone (folder, hub name or ``packaged:...``) with a
-        new head for ``labels``.
+        new head for ``labels``; ``task`` is ``single_label`` (the default for a new head) or ``multi_label`` (for a
+        checkpoint: checked against the one it was trained for).
 
         Raises:
             BertclsError: missing folder, pickle-only weights, corrupt checkpoint, missing labels, bad options.
@@ -412,6 +469,10 @@ class BertForTextClassification(nn.Module):
                     f"checkpoint {path} was trained for labels {model.labels}, not {list(labels)}; "
                     "load it without labels, or start from its backbone"
                 )
+            if task is not None and task != model.task:
+                raise BertclsError(
+                    f"checkpoint {path} is a {model.task} classifier, not {task}; start from its backbone instead"
+                )
             if freeze_backbone is not None:
                 model.set_trainable(freeze_backbone, unfreeze_top_k)
             return model
@@ -425,9 +486,25 @@ class BertForTextClassification(nn.Module):
             activation=activation,
             head_init=head_init,
             bias_init=bias_init,
+            task=task or "single_label",
         )
         backbone, tokenizer = load_backbone(name, attn_implementation)
         return cls(backbone, tokenizer, spec, bool(freeze_backbone), unfreeze_top_k, max_length, seed)
+
+
+def probabilities(logits: torch.Tensor, task: str = "single_label") -> torch.Tensor:
+    """Logits to float32 probabilities: softmax over the labels, or for ``multi_label`` a sigmoid per label."""
+    return logits.float().sigmoid() if task == "multi_label" else logits.float().softmax(-1)
+
+
+def checkpoint_task(path: str | os.PathLike) -> tuple[str, str]:
+    """(task, label delimiter) of a saved checkpoint, read from its config without loading weights; a folder that
+    is not a readable checkpoint gives the single-label defaults (loading it later says what is wrong)."""
+    try:
+        config = json.loads((Path(path).expanduser() / CONFIG_NAME).read_text())
+        return str(config["head"].get("task", "single_label")), str(config.get("label_delimiter", DEFAULT_DELIMITER))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        return "single_label", DEFAULT_DELIMITER
 
 
 def _replace_dir(tmp: Path, target: Path) -> None:
@@ -519,6 +596,12 @@ def _load_checkpoint(path: Path) -> BertForTextClassification:
         truncation=config.get("truncation", "head"),
         window_stride=config.get("window_stride", 0),
     )
+    if model.multi_label:
+        try:
+            model.thresholds = config.get("thresholds") or DEFAULT_THRESHOLD
+            model.label_delimiter = str(config.get("label_delimiter") or DEFAULT_DELIMITER)
+        except (BertclsError, TypeError, ValueError) as e:
+            raise BertclsError(f"checkpoint {path}: {CONFIG_NAME} has bad thresholds ({e})") from e
     expected = set(model.state_dict())
     got = set(state)
     if expected != got:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from bertcls.errors import BertclsError
+from bertcls.multilabel import DEFAULT_DELIMITER, check_task, check_thresholds, prediction_dicts, sigmoid
 
 ONNX_CONFIG_NAME = "bertcls_onnx.json"
 ONNX_MODEL_NAME = "model.onnx"
@@ -61,7 +62,11 @@ class OnnxClassifier:
         try:
             config = json.loads((folder / ONNX_CONFIG_NAME).read_text())
             labels, max_length = list(config["labels"]), int(config["max_length"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            # Exports from before multi-label support have no task: they are single-label.
+            config["task"] = check_task(config.get("task", "single_label"))
+            if config["task"] == "multi_label":
+                config["thresholds"] = check_thresholds(config["thresholds"], labels)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, BertclsError) as e:
             raise BertclsError(f"ONNX export {folder}: {ONNX_CONFIG_NAME} is corrupt ({type(e).__name__})") from e
         model = folder / (model_file or config.get("model_file", ONNX_MODEL_NAME))
         if not model.is_file():
@@ -92,6 +97,23 @@ class OnnxClassifier:
     def num_labels(self) -> int:
         return len(self.config["labels"])
 
+    @property
+    def task(self) -> str:
+        return self.config["task"]
+
+    @property
+    def multi_label(self) -> bool:
+        return self.config["task"] == "multi_label"
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """Multi-label: each label's threshold, as saved in the checkpoint it was exported from (else None)."""
+        return list(self.config["thresholds"]) if self.multi_label else None
+
+    @property
+    def label_delimiter(self) -> str:
+        return str(self.config.get("label_delimiter") or DEFAULT_DELIMITER)
+
     def _encode(self, texts: Sequence[str], text_pairs: Sequence[str] | None) -> list[Any]:
         if text_pairs is None:
             return self.tokenizer.encode_batch(list(texts))
@@ -102,7 +124,8 @@ class OnnxClassifier:
     def predict_proba(
         self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
     ) -> np.ndarray:
-        """Class probabilities, (len(texts), num_labels) as float32, in input order. Batches are grouped by length."""
+        """Class probabilities (multi-label: a sigmoid per label), (len(texts), num_labels) as float32, in input order.
+        Batches are grouped by length."""
         encodings = self._encode(texts, text_pairs)
         probs = np.empty((len(texts), self.num_labels), dtype=np.float32)
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
@@ -121,18 +144,23 @@ class OnnxClassifier:
                 batch["attention_mask"][row, :n] = enc.attention_mask
                 batch["token_type_ids"][row, :n] = enc.type_ids
             (logits,) = self.session.run(["logits"], {k: batch[k] for k in self.input_names})
-            probs[idx] = _softmax(logits.astype(np.float32))
+            logits = logits.astype(np.float32)
+            probs[idx] = sigmoid(logits) if self.multi_label else _softmax(logits)
         return probs
 
     def predict(
         self, texts: str | Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
     ) -> list[dict[str, Any]]:
-        """Label names with probabilities: ``[{"label": ..., "score": ..., "probabilities": {...}}, ...]``."""
+        """Label names with probabilities: ``[{"label": ..., "score": ..., "probabilities": {...}}, ...]``; for a
+        multi-label export every label at or above its threshold: ``[{"labels": [...], "scores": [...], ...}]``."""
         if isinstance(texts, str):
             texts = [texts]
         labels = self.labels
+        rows = self.predict_proba(list(texts), text_pairs, batch_size).tolist()
+        if self.multi_label:
+            return prediction_dicts(rows, labels, self.config["thresholds"])
         out = []
-        for row in self.predict_proba(list(texts), text_pairs, batch_size).tolist():
+        for row in rows:
             top = max(range(len(row)), key=row.__getitem__)
             out.append({"label": labels[top], "score": row[top], "probabilities": dict(zip(labels, row, strict=True))})
         return out

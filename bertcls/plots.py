@@ -54,11 +54,44 @@ def plot_confusion_matrix(
     return _save(fig, path)
 
 
+def plot_multilabel_confusion(
+    matrices: dict[str, Sequence[Sequence[int]]], path: str | os.PathLike, title: str | None = None
+) -> Path:
+    """Draw one 2x2 confusion matrix per label of a multi-label evaluation (``{label: [[tn, fp], [fn, tp]]}``, rows =
+    gold no/yes, columns = predicted no/yes) in a grid; save it as ``path``. Cell colour is the share of the gold row.
+    """
+    labels = list(matrices)
+    cols = min(len(labels), 4)
+    rows = -(-len(labels) // cols)
+    fig = Figure(figsize=(3.2 * cols, 3.0 * rows + 0.8))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax, label in zip(axes, labels):
+        counts = np.asarray(matrices[label], dtype=np.int64)
+        totals = counts.sum(1, keepdims=True)
+        share = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+        ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+        ax.set_xticks([0, 1], labels=["no", "yes"])
+        ax.set_yticks([0, 1], labels=["no", "yes"])
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("gold")
+        ax.set_title(label, fontsize=11)
+        for i in range(2):
+            for j in range(2):
+                colour = "white" if share[i, j] > 0.5 else "black"
+                ax.text(j, i, f"{counts[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", color=colour)
+    for ax in axes[len(labels) :]:
+        ax.axis("off")
+    fig.suptitle(f"{title}\nper label" if title else "confusion matrix per label", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def plot_curves(metrics: dict[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
     """Draw learning curves from a run's ``metrics.json`` content and save them as ``path``.
 
     Left: training loss (``metrics["train_loss_curve"]``, ``[step, loss]`` pairs) and validation loss over steps.
-    Right: validation accuracy and macro F1 (from ``metrics["history"]`` records with ``step`` and ``validation``).
+    Right: validation accuracy and macro F1 (from ``metrics["history"]`` records with ``step`` and ``validation``);
+    for a multi-label run micro F1, macro F1 and subset accuracy.
     The best checkpoint's step (``metrics["best"]["step"]``) is marked on both panels.
     """
     fig = Figure(figsize=(12, 4.5))
@@ -72,7 +105,11 @@ def plot_curves(metrics: dict[str, Any], path: str | os.PathLike, title: str | N
         ax_loss.plot(train_curve[:, 0], train_curve[:, 1], color="tab:blue", label="training loss")
     if records:
         ax_loss.plot(steps, val("loss"), "o-", color="tab:orange", label="validation loss")
-        ax_score.plot(steps, val("accuracy"), "o-", color="tab:green", label="validation accuracy")
+        if "micro_f1" in records[0]["validation"]:
+            ax_score.plot(steps, val("micro_f1"), "o-", color="tab:green", label="validation micro F1")
+            ax_score.plot(steps, val("subset_accuracy"), "^:", color="tab:olive", label="validation subset accuracy")
+        else:
+            ax_score.plot(steps, val("accuracy"), "o-", color="tab:green", label="validation accuracy")
         ax_score.plot(steps, val("macro_f1"), "s--", color="tab:purple", label="validation macro F1")
     else:
         ax_score.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=ax_score.transAxes)
@@ -82,7 +119,9 @@ def plot_curves(metrics: dict[str, Any], path: str | os.PathLike, title: str | N
         for ax in (ax_loss, ax_score):
             ax.axvline(best, color="grey", linestyle=":", label=f"best checkpoint (step {best})")
     ax_loss.set(xlabel="optimizer step", ylabel="cross-entropy loss", title="loss")
-    ax_score.set(xlabel="optimizer step", ylabel="score", title="validation accuracy and macro F1")
+    multi = bool(records) and "micro_f1" in records[0]["validation"]
+    scores = "micro / macro F1 and subset accuracy" if multi else "accuracy and macro F1"
+    ax_score.set(xlabel="optimizer step", ylabel="score", title=f"validation {scores}")
     for ax in (ax_loss, ax_score):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

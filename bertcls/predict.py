@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from bertcls.errors import BertclsError, cli_errors
+from bertcls.multilabel import DEFAULT_DELIMITER, join_labels
 from bertcls.onnx_predict import OnnxClassifier, is_onnx_export
 
 if TYPE_CHECKING:
@@ -37,7 +38,9 @@ def predict_texts(
 ) -> list[dict[str, Any]]:
     """``model.predict`` with ``probabilities`` ordered from most to least probable, cut to ``top_k`` labels.
 
-    Returns ``[{"label": ..., "score": ..., "probabilities": {label: p, ...}}, ...]`` in input order.
+    Returns ``[{"label": ..., "score": ..., "probabilities": {label: p, ...}}, ...]`` in input order; for a
+    multi-label model ``[{"labels": [...], "scores": [...], "probabilities": {...}}, ...]`` (every label at or above
+    its threshold).
     """
     check_sizes(batch_size, top_k)
     out = model.predict(list(texts), list(text_pairs) if text_pairs is not None else None, batch_size)
@@ -60,7 +63,9 @@ def predict_file(
 
     The output keeps the input's columns, in input order, and adds ``predicted`` and ``score``; a CSV adds a
     ``prob_<label>`` column for every label (a CSV needs the same columns in every row, so ``top_k`` does not cut
-    them), a JSONL file adds a ``probabilities`` object with the ``top_k`` most probable labels.
+    them), a JSONL file adds a ``probabilities`` object with the ``top_k`` most probable labels. For a multi-label
+    model ``predicted`` is the label set (in a CSV joined by the model's ``label_delimiter``, in JSONL a list, with
+    their probabilities in ``scores``).
 
     Raises:
         BertclsError: missing input file or column, unknown output type, an existing output without ``overwrite``.
@@ -75,11 +80,14 @@ def predict_file(
     try:
         with tmp.open("w", newline="") as f:
             if out.suffix.lower() == ".csv":
-                _write_csv(f, rows, preds, model.labels)
+                _write_csv(f, rows, preds, model.labels, getattr(model, "label_delimiter", DEFAULT_DELIMITER))
             else:
                 for row, p in zip(rows, preds):
                     top = _cut(p, top_k)["probabilities"]
-                    record = {**row, "predicted": p["label"], "score": p["score"], "probabilities": top}
+                    if "labels" in p:  # multi-label
+                        record = {**row, "predicted": p["labels"], "scores": p["scores"], "probabilities": top}
+                    else:
+                        record = {**row, "predicted": p["label"], "score": p["score"], "probabilities": top}
                     f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         os.replace(tmp, out)
     finally:
@@ -108,14 +116,20 @@ def _cut(p: dict[str, Any], top_k: int | None) -> dict[str, Any]:
     return {**p, "probabilities": dict(list(p["probabilities"].items())[:top_k])} if top_k else p
 
 
-def _write_csv(f, rows: list[dict[str, Any]], preds: list[dict[str, Any]], labels: list[str]) -> None:
-    added = ["predicted", "score", *(f"prob_{label}" for label in labels)]
+def _write_csv(
+    f, rows: list[dict[str, Any]], preds: list[dict[str, Any]], labels: list[str], delimiter: str = DEFAULT_DELIMITER
+) -> None:
+    multi = "labels" in preds[0]
+    added = ["predicted", *([] if multi else ["score"]), *(f"prob_{label}" for label in labels)]
     columns = [c for c in rows[0] if c not in added] + added
     writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     for row, p in zip(rows, preds):
         probs = {f"prob_{label}": p["probabilities"][label] for label in labels}
-        writer.writerow({**row, "predicted": p["label"], "score": p["score"], **probs})
+        if multi:  # the label set in one cell, as data.label_delimiter reads it back
+            writer.writerow({**row, "predicted": join_labels(p["labels"], delimiter), **probs})
+        else:
+            writer.writerow({**row, "predicted": p["label"], "score": p["score"], **probs})
 
 
 def check_sizes(batch_size: int, top_k: int | None) -> None:
@@ -155,11 +169,18 @@ def read_input(
     return rows, as_text(text_column), as_text(text_pair_column) if text_pair_column else None
 
 
-def format_prediction(text: str, p: dict[str, Any], number: int) -> str:
+def format_prediction(text: str, p: dict[str, Any], number: int, thresholds: dict[str, float] | None = None) -> str:
+    """One text's block of the printed table; multi-label marks every predicted label and shows ``thresholds``."""
     w = max(len(label) for label in p["probabilities"])
     lines = [f"[{number}] {text}"]
+    chosen = set(p["labels"]) if "labels" in p else {p["label"]}
     for label, prob in p["probabilities"].items():
-        lines.append(f"    {label:<{w}}  {prob:.4f}" + ("  <- predicted" if label == p["label"] else ""))
+        line = f"    {label:<{w}}  {prob:.4f}"
+        if thresholds:
+            line += f"  (threshold {thresholds[label]:.4f})"
+        lines.append(line + ("  <- predicted" if label in chosen else ""))
+    if not chosen:
+        lines.append("    (no label reaches its threshold)")
     return "\n".join(lines)
 
 
@@ -219,8 +240,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         texts, pairs = args.texts, None
     preds = predict_texts(model, texts, pairs, args.batch_size, args.top_k)
+    thresholds = dict(zip(model.labels, model.thresholds)) if model.thresholds is not None else None
     for i, (text, p) in enumerate(zip(texts, preds)):
-        print(json.dumps({"text": text, **p}, ensure_ascii=False) if args.json else format_prediction(text, p, i + 1))
+        if args.json:
+            print(json.dumps({"text": text, **p}, ensure_ascii=False))
+        else:
+            print(format_prediction(text, p, i + 1, thresholds))
 
 
 if __name__ == "__main__":

@@ -48,15 +48,16 @@ from bertcls.data import (
     average_windows,
     build_labels,
     drop_empty_texts,
-    label_ids,
+    label_targets,
     length_sorted_batches,
     load_split,
     split_validation,
 )
 from bertcls.errors import BertclsError, cli_errors
-from bertcls.losses import build_loss, class_weights
-from bertcls.metrics import core_metrics, is_better
-from bertcls.model import BertForTextClassification
+from bertcls.losses import build_loss, build_multilabel_loss, class_weights, pos_weights
+from bertcls.metrics import core_metrics, is_better, multilabel_metrics
+from bertcls.model import BertForTextClassification, probabilities
+from bertcls.multilabel import DEFAULT_THRESHOLD, tune_thresholds
 from bertcls.tracking import check_trackers, flat_config
 
 # What a run writes into output.dir; only these are removed by output.overwrite=true.
@@ -97,9 +98,12 @@ class RunData:
 def load_data(cfg: Config, log=print) -> RunData:
     """Read the splits, fix the label set, cut a validation split if none is given, and check labels agree."""
     d = cfg.data
+    multi = d.task == "multi_label"
 
     def read(src: str) -> Split:
-        split = load_split(src, d.text_column, d.label_column, d.text_pair_column)
+        split = load_split(
+            src, d.text_column, d.label_column, d.text_pair_column, task=d.task, label_delimiter=d.label_delimiter
+        )
         return drop_empty_texts(split, d.empty_texts, log)
 
     train = read(d.train)
@@ -107,13 +111,20 @@ def load_data(cfg: Config, log=print) -> RunData:
     test = read(d.test) if d.test else None
     if validation is None and d.validation_fraction > 0:
         train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
-    labels = list(d.labels) if d.labels else build_labels(train.labels)
-    if len(set(map(str, train.labels))) < 2:
+    # A multi-label example holds a set of labels; the label set is every label of every example.
+    found = [v for s in train.labels for v in s] if multi else train.labels
+    labels = list(d.labels) if d.labels else build_labels(found)
+    if multi and len(labels) < 2:
+        raise BertclsError(
+            f"{d.train}: the training examples use {len(labels)} label(s) {labels}; a multi-label classifier needs two "
+            "or more (for one yes/no label use data.task=single_label)"
+        )
+    if not multi and len(set(map(str, train.labels))) < 2:
         raise BertclsError(f"{d.train}: every training example has the same label; a classifier needs two or more")
-    label_ids(train.labels, labels, f"train data {d.train}")
+    label_targets(train.labels, labels, d.task, f"train data {d.train}")
     for name, split in (("validation", validation), ("test", test)):
         if split is not None:
-            label_ids(split.labels, labels, f"{name} data {split.source or d.train}")
+            label_targets(split.labels, labels, d.task, f"{name} data {split.source or d.train}")
     return RunData(labels, train, validation, test)
 
 
@@ -255,9 +266,10 @@ def forward_features(module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 @torch.inference_mode()
 def predict_loader(
-    model, loader: DataLoader, accelerator: Accelerator, n: int, forward=None
+    model, loader: DataLoader, accelerator: Accelerator, n: int, forward=None, task: str = "single_label"
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Probabilities and gold labels for all ``n`` examples in input order, gathered across processes.
+    """Probabilities and gold labels (indices, or multi-hot rows for a multi-label task) for all ``n`` examples in
+    input order, gathered across processes.
 
     Length-sorted batches differ in size between processes, and accelerate repeats a few examples so every process
     gets the same number of batches. So each batch is padded to a common size (index -1), gathered, and rows are
@@ -266,7 +278,7 @@ def predict_loader(
     """
     model.eval()
     probs: np.ndarray | None = None
-    gold = np.full(n, -1, dtype=np.int64)
+    gold: np.ndarray | None = None
     seen = np.zeros(n, dtype=bool)
     for batch in loader:
         index = batch.pop("index")
@@ -282,23 +294,48 @@ def predict_loader(
         index = index[keep]
         if probs is None:
             probs = np.zeros((n, logits.shape[-1]), dtype=np.float32)
-        probs[index] = logits.softmax(-1).cpu().numpy()[keep]
+            gold = np.full((n, *labels.shape[1:]), -1, dtype=np.int64)
+        probs[index] = probabilities(logits, task).cpu().numpy()[keep]
         gold[index] = labels.cpu().numpy()[keep]
         seen[index] = True
-    assert probs is not None, "evaluation loader yielded no batches"
+    assert probs is not None and gold is not None, "evaluation loader yielded no batches"
     return probs, gold, int(seen.sum())
 
 
-def evaluate_split(model, loader, accelerator, ds, forward=None) -> dict[str, float]:
-    probs, gold, gathered = predict_loader(model, loader, accelerator, len(ds), forward)
+def split_predictions(
+    model, loader, accelerator, ds, forward=None, task: str = "single_label"
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """``predict_loader`` per text: the windows of a long text are averaged into one row."""
+    probs, gold, gathered = predict_loader(model, loader, accelerator, len(ds), forward, task)
     doc_ids = getattr(ds, "doc_ids", None)
     if doc_ids is not None:  # windows of long texts: a text's probabilities are the mean over its windows
         probs = average_windows(torch.from_numpy(probs), doc_ids, ds.num_docs).numpy()
         gold = np.asarray(ds.doc_label_ids)
         gathered = ds.num_docs if gathered == len(ds) else gathered
-    result = core_metrics(gold, probs)
+    return probs, gold, gathered
+
+
+def split_metrics(
+    probs: np.ndarray, gold: np.ndarray, gathered: int, thresholds: list[float] | None = None
+) -> dict[str, float]:
+    """core_metrics (single-label), or multilabel_metrics at ``thresholds`` when ``thresholds`` are given."""
+    result = multilabel_metrics(gold, probs, thresholds) if thresholds is not None else core_metrics(gold, probs)
     result["num_examples"] = gathered
     return result
+
+
+def evaluate_split(model, loader, accelerator, ds, forward=None, thresholds=None) -> dict[str, float]:
+    """Metrics of one split; multi-label when ``thresholds`` (one per label) are given."""
+    task = "single_label" if thresholds is None else "multi_label"
+    probs, gold, gathered = split_predictions(model, loader, accelerator, ds, forward, task)
+    return split_metrics(probs, gold, gathered, thresholds)
+
+
+def describe_metrics(v: dict[str, float]) -> str:
+    """The headline numbers of a metrics dict, for the log."""
+    keys = ("loss", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss")
+    keys = keys if "micro_f1" in v else ("loss", "accuracy", "macro_f1")
+    return " ".join(f"{k} {v[k]:.4f}" for k in keys)
 
 
 def nonfinite_loss(accelerator: Accelerator, count: torch.Tensor) -> bool:
@@ -390,6 +427,10 @@ def _run(cfg: Config) -> dict[str, Any]:
     data = load_data(cfg, print if main else lambda _msg: None)
     if cfg.train.early_stopping_patience and data.validation is None:
         raise BertclsError("train.early_stopping_patience needs a validation split (data.validation or a fraction)")
+    multi = cfg.data.task == "multi_label"
+    tune = multi and cfg.eval.threshold == "tune"
+    if tune and data.validation is None:
+        raise BertclsError("eval.threshold=tune needs a validation split (data.validation or a fraction)")
     m = cfg.model
     model = BertForTextClassification.from_pretrained(
         m.name_or_path,
@@ -404,7 +445,12 @@ def _run(cfg: Config) -> dict[str, Any]:
         unfreeze_top_k=m.unfreeze_top_k,
         max_length=cfg.data.max_length,
         seed=cfg.train.seed,
+        task=cfg.data.task,
     )
+    if multi:
+        # Tuned thresholds replace 0.5 at each evaluation; best/ and last/ keep the ones tuned for their weights.
+        model.thresholds = DEFAULT_THRESHOLD if tune else cfg.eval.threshold
+        model.label_delimiter = cfg.data.label_delimiter
     if m.reinit_top_k:
         model.reinit_top_layers(m.reinit_top_k, torch.Generator().manual_seed(cfg.train.seed))
     if cfg.train.gradual_unfreeze and (m.freeze_backbone or accelerator.num_processes > 1):
@@ -433,7 +479,7 @@ def _run(cfg: Config) -> dict[str, Any]:
         def make_ds(split: Split, _with_index: bool) -> FeatureDataset:
             feats, hit = load_or_compute(model, split, cfg.data.max_length, precision, accelerator, cache_dir, log)
             cache_hits.append(hit)
-            return FeatureDataset(feats, label_ids(split.labels, data.labels))
+            return FeatureDataset(feats, label_targets(split.labels, data.labels, cfg.data.task))
 
         module, forward = model.head, forward_features
     else:
@@ -450,6 +496,7 @@ def _run(cfg: Config) -> dict[str, Any]:
                 truncation=cfg.data.truncation,
                 # evaluation always reads whole texts as windows when they are on; training only if asked
                 window_stride=cfg.data.window_stride if (with_index or cfg.data.train_windows) else 0,
+                task=cfg.data.task,
             )
 
         module, forward = model, forward_tokens
@@ -468,10 +515,17 @@ def _run(cfg: Config) -> dict[str, Any]:
     train_sampler = train_loader.batch_sampler
     eval_loaders = [make_eval_loader(ds, cfg.eval.batch_size, pin) for ds in (val_ds, test_ds) if ds is not None]
     optimizer = build_optimizer(model, cfg)
-    weights = class_weights(cfg.loss.class_weights, data.labels, label_ids(data.train.labels, data.labels))
-    if weights is not None:
-        log(f"class weights: {dict(zip(data.labels, [round(w, 4) for w in weights.tolist()], strict=True))}")
-    loss_fn = build_loss(weights, cfg.loss.label_smoothing)
+    if multi:
+        rows = label_targets(data.train.labels, data.labels, "multi_label")
+        weights = pos_weights(cfg.loss.pos_weight, data.labels, rows)
+        if weights is not None:
+            log(f"pos_weight: {dict(zip(data.labels, [round(w, 4) for w in weights.tolist()], strict=True))}")
+        loss_fn = build_multilabel_loss(weights)
+    else:
+        weights = class_weights(cfg.loss.class_weights, data.labels, label_targets(data.train.labels, data.labels))
+        if weights is not None:
+            log(f"class weights: {dict(zip(data.labels, [round(w, 4) for w in weights.tolist()], strict=True))}")
+        loss_fn = build_loss(weights, cfg.loss.label_smoothing)
 
     module, optimizer, train_loader, *eval_loaders = accelerator.prepare(module, optimizer, train_loader, *eval_loaders)
     val_loader = eval_loaders.pop(0) if val_ds is not None else None
@@ -525,17 +579,20 @@ def _run(cfg: Config) -> dict[str, Any]:
         if loss_curve:
             record["train_loss"] = loss_curve[-1][1]
         if val_loader is not None:
-            record["validation"] = evaluate_split(module, val_loader, accelerator, val_ds, forward)
+            probs, gold, n = split_predictions(module, val_loader, accelerator, val_ds, forward, cfg.data.task)
+            if tune:
+                # Every process tunes on the same gathered predictions, so all hold the same thresholds.
+                unwrapped.thresholds = tune_thresholds(gold, probs).tolist()
+            record["validation"] = split_metrics(probs, gold, n, unwrapped.thresholds)
             value = record["validation"][cfg.eval.metric]
             v = record["validation"]
             accelerator.log({f"validation/{k}": x for k, x in v.items() if k != "num_examples"}, step=step)
-            log(
-                f"step {step} epoch {epoch:.2f}: validation loss {v['loss']:.4f} accuracy {v['accuracy']:.4f}"
-                f" macro_f1 {v['macro_f1']:.4f}"
-            )
+            log(f"step {step} epoch {epoch:.2f}: validation {describe_metrics(v)}")
             # A model that has gone non-finite never becomes best/, whatever its accuracy looks like.
             if math.isfinite(v["loss"]) and is_better(cfg.eval.metric, value, best["value"]):
                 best.update(value=value, step=step)
+                if multi:
+                    best["thresholds"] = dict(zip(data.labels, unwrapped.thresholds, strict=True))
                 if cached:
                     # Only the head changes: keep its best weights in memory and write best/ once, at the end,
                     # instead of a 90+ MB checkpoint at every improvement of a seconds-long run.
@@ -672,12 +729,15 @@ def _run(cfg: Config) -> dict[str, Any]:
     train_time = time.perf_counter() - tick - eval_time
 
     accelerator.wait_for_everyone()
+    last_thresholds = unwrapped.thresholds
     if main:
         unwrapped.save_pretrained(out / "last")
         if best["step"] is None:  # no validation split: the last model is the one we keep
             unwrapped.save_pretrained(out / "best")
     if best_head:
         unwrapped.head.load_state_dict(best_head)
+        if multi:
+            unwrapped.thresholds = list(best["thresholds"].values())
         if main:
             unwrapped.save_pretrained(out / "best")
     accelerator.wait_for_everyone()
@@ -702,15 +762,14 @@ def _run(cfg: Config) -> dict[str, Any]:
 
         # The model left in memory (and tested) is the best one, as after early stopping in other tools.
         unwrapped.load_state_dict(load_file(out / "best" / "model.safetensors"))
+        if multi:
+            unwrapped.thresholds = list(best["thresholds"].values())
         log(f"restored the best checkpoint (step {best['step']}, validation {cfg.eval.metric} {best['value']:.4f})")
     if test_loader is not None:
-        result["test"] = evaluate_split(module, test_loader, accelerator, test_ds, forward)
+        result["test"] = evaluate_split(module, test_loader, accelerator, test_ds, forward, unwrapped.thresholds)
         tst = result["test"]
         accelerator.log({f"test/{k}": x for k, x in tst.items() if k != "num_examples"}, step=step)
-        log(
-            f"test (best checkpoint, step {best['step'] or step}): loss {tst['loss']:.4f}"
-            f" accuracy {tst['accuracy']:.4f} macro_f1 {tst['macro_f1']:.4f}"
-        )
+        log(f"test (best checkpoint, step {best['step'] or step}): {describe_metrics(tst)}")
     result["total_time_s"] = time.perf_counter() - start
     result["finished"] = True
     if main:
@@ -718,7 +777,11 @@ def _run(cfg: Config) -> dict[str, Any]:
 
         # The cards of best/ and last/ were written when they were saved; only now are the final metrics known.
         for name in ("best", "last"):
-            write_model_card(out / name, unwrapped, run_card_info(cfg, result, name))
+            info = run_card_info(cfg, result, name)
+            if multi:  # each folder's own thresholds, whichever model is in memory now
+                best_thresholds = list(best["thresholds"].values()) if "thresholds" in best else last_thresholds
+                info["thresholds"] = last_thresholds if name == "last" else best_thresholds
+            write_model_card(out / name, unwrapped, info)
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
         from bertcls.plots import plot_curves  # here, not at the top: matplotlib loads only when a run is done
 
