@@ -85,6 +85,8 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    # save_state does not wait: every process must have written its RNG state before the folder is renamed.
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if extra_tensors:
             save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / BEST_HEAD_FILE))

@@ -6,7 +6,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
+
+# scikit-learn (with scipy) adds about 140 MB to a process: the metrics a training run tracks are computed here with
+# numpy alone (tests hold them equal to sklearn's), and sklearn is imported only for the full evaluation report.
 
 
 def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
@@ -19,12 +21,23 @@ def core_metrics(y_true: Sequence[int], probs: np.ndarray) -> dict[str, float]:
     """loss, accuracy and macro F1: what training tracks on the validation split."""
     y_true = np.asarray(y_true)
     y_pred = probs.argmax(-1)
-    labels = list(range(probs.shape[1]))
+    classes = np.arange(probs.shape[1])
+    # one-vs-rest decisions per class: (examples, classes) booleans
+    true, pred = y_true[:, None] == classes, y_pred[:, None] == classes
     return {
         "loss": log_loss(y_true, probs),
-        "accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "macro_f1": float(skm.f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "accuracy": float((y_true == y_pred).mean()),
+        "macro_f1": float(f1_scores(true, pred).mean()),
     }
+
+
+def f1_scores(true: np.ndarray, pred: np.ndarray, axis: int | None = 0) -> np.ndarray:
+    """F1 = 2 tp / (2 tp + fp + fn) of boolean decision arrays, per column (``axis=0``) or pooled (``axis=None``);
+    0 where a column has neither a true nor a predicted positive (sklearn's ``zero_division=0``)."""
+    tp = (true & pred).sum(axis)
+    wrong = (true ^ pred).sum(axis)
+    denom = 2 * tp + wrong
+    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
 
 
 def binary_log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
@@ -43,12 +56,13 @@ def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, thresholds: Sequen
 
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = decide(probs, thresholds)
+    true, pred = y_true.astype(bool), np.asarray(y_pred).astype(bool)
     return {
         "loss": binary_log_loss(y_true, probs),
-        "micro_f1": float(skm.f1_score(y_true, y_pred, average="micro", zero_division=0)),
-        "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "subset_accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "hamming_loss": float(skm.hamming_loss(y_true, y_pred)),
+        "micro_f1": float(f1_scores(true, pred, axis=None)),
+        "macro_f1": float(f1_scores(true, pred).mean()),
+        "subset_accuracy": float((true == pred).all(1).mean()),
+        "hamming_loss": float((true != pred).mean()),
     }
 
 
@@ -101,6 +115,8 @@ def classification_report(y_true: Sequence[int], probs: np.ndarray, labels: Sequ
     columns = predicted, in ``labels`` order), and for two labels ``roc_auc`` and ``average_precision`` with
     ``labels[1]`` as the positive class (None when the data holds only one class, where they are undefined).
     """
+    from sklearn import metrics as skm
+
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = probs.argmax(-1)
     ids = list(range(len(labels)))
@@ -136,6 +152,8 @@ def multilabel_report(
     averages, ``per_class`` (precision, recall, f1, support, threshold per label name) and ``confusion_matrices``
     (per label ``[[tn, fp], [fn, tp]]``, sklearn's ``multilabel_confusion_matrix``).
     """
+    from sklearn import metrics as skm
+
     from bertcls.multilabel import decide
 
     y_true = np.asarray(y_true, dtype=np.int64)

@@ -295,3 +295,33 @@ def test_extra_weights_in_checkpoint_are_reported(tiny_model, tmp_path):
     save_file(state, ck / "model.safetensors")
     with pytest.raises(BertclsError, match="unexpected"):
         BertForTextClassification.from_pretrained(ck)
+
+
+def test_fast_dropout_drops_p_and_scales_like_torch():
+    from bertcls.dropout import FastDropout, dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    y = dropout(x, 0.1)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.005  # binomial std is about 0.0007
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
+    y.sum().backward()  # the gradient flows through the kept elements only, with the same scale
+    assert torch.equal(x.grad, y.detach())
+    # the same seed gives the same mask; the masks of two calls differ
+    torch.manual_seed(1)
+    a, b = dropout(torch.ones(1000), 0.5), dropout(torch.ones(1000), 0.5)
+    torch.manual_seed(1)
+    assert torch.equal(a, dropout(torch.ones(1000), 0.5)) and not torch.equal(a, b)
+    # bfloat16 keeps its dtype; eval mode and p=0 are the identity
+    assert dropout(torch.ones(10, dtype=torch.bfloat16), 0.1).dtype == torch.bfloat16
+    d = FastDropout(0.3).eval()
+    z = torch.randn(50)
+    assert d(z) is z and dropout(z, 0.0) is z
+
+
+def test_model_uses_fast_dropout_everywhere(tiny_model):
+    from bertcls.dropout import FastDropout
+
+    kinds = {type(m) for m in tiny_model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert kinds == {FastDropout}

@@ -1,0 +1,63 @@
+"""Dropout with a cheaper random mask on CPU.
+
+torch's CPU dropout draws one random number per element (``bernoulli_``), and on small batches of short texts that
+draw is a visible part of a training step: about 9% of a MiniLM step on this project's 2-core CPU. Here one 64-bit
+draw feeds three 16-bit lanes (the fourth lane is not used: ``random_()`` leaves an int64's top bit clear), so the
+mask costs about a third of the draws. The keep probability is ``1 - p`` rounded to 1/65536 (for p = 0.1: 0.899994
+instead of 0.9); the kept values are scaled by exactly ``1 / (1 - p)``, as ``nn.Dropout`` does. Measured with
+``scripts/bench.py``: about 5% more training samples/s for MiniLM on 2 threads.
+
+On CUDA (and any non-CPU device) this is plain ``nn.functional.dropout``: GPU dropout is already cheap.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+LANES = 3  # usable 16-bit lanes of one int64 from random_()
+
+
+class _CpuDropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+        n = x.numel()
+        bits = torch.empty((n + LANES - 1) // LANES, 4, dtype=torch.int16)
+        bits.view(torch.int64).random_()  # uniform on [0, 2**63): lanes 0-2 are uniform 16-bit values
+        threshold = round(p * 65536) - 32768  # int16 values below it are dropped: P(drop) = round(p * 2**16) / 2**16
+        keep = bits[:, :LANES].reshape(-1)[:n].view(x.shape) >= threshold
+        scale = keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+        ctx.save_for_backward(scale)
+        return x * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return nn.functional.dropout(x, p, training)
+    return _CpuDropout.apply(x, p)
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` with the cheaper CPU mask; a drop-in replacement (same ``p``, same state dict: none)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def use_fast_dropout(module: nn.Module) -> int:
+    """Replace every plain ``nn.Dropout`` inside ``module`` by a ``FastDropout`` with the same ``p``; returns how
+    many were replaced. (Attention-probability dropout inside the attention function is left to torch.)"""
+    replaced = 0
+    for parent in module.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Dropout:
+                setattr(parent, name, FastDropout(child.p, child.inplace))
+                replaced += 1
+    return replaced
