@@ -23,7 +23,7 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -414,6 +414,8 @@ def _run(cfg: Config) -> dict[str, Any]:
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         # accelerate only sets up several CPU processes (gloo) when told it is on CPU.
         cpu=not has_accelerator(),
+        # On a GPU, batches come from pinned memory (make_train_loader) and are copied without waiting.
+        dataloader_config=DataLoaderConfiguration(non_blocking=has_accelerator()),
     )
     main = accelerator.is_main_process
     set_seed(cfg.train.seed)
