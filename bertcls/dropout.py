@@ -26,14 +26,14 @@ class _CpuDropout(torch.autograd.Function):
         bits.view(torch.int64).random_()  # uniform on [0, 2**63): lanes 0-2 are uniform 16-bit values
         threshold = round(p * 65536) - 32768  # int16 values below it are dropped: P(drop) = round(p * 2**16) / 2**16
         keep = bits[:, :LANES].reshape(-1)[:n].view(x.shape) >= threshold
-        scale = keep.to(x.dtype).mul_(1.0 / (1.0 - p))
-        ctx.save_for_backward(scale)
-        return x * scale
+        ctx.save_for_backward(keep)  # one byte per element, as torch's own dropout keeps
+        ctx.scale = 1.0 / (1.0 - p)
+        return x.mul(keep).mul_(ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        (scale,) = ctx.saved_tensors
-        return grad * scale, None
+        (keep,) = ctx.saved_tensors
+        return grad.mul(keep).mul_(ctx.scale), None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
