@@ -81,6 +81,14 @@ def resolve_mixed_precision(choice: str) -> str:
     return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
 
 
+def max_positions(config) -> int | None:
+    """Tokens a backbone reads at most: its position embeddings (RoBERTa-style models reserve the first two)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if n is None:
+        return None
+    return n - 2 if config.model_type in ("roberta", "xlm-roberta", "camembert") else n
+
+
 def has_accelerator() -> bool:
     mps = getattr(torch.backends, "mps", None)
     xpu = getattr(torch, "xpu", None)
@@ -460,6 +468,13 @@ def _run(cfg: Config) -> dict[str, Any]:
         raise BertclsError("train.gradual_unfreeze needs model.freeze_backbone=false and a single process")
     # Set after loading, so a checkpoint given as name_or_path (lp_ft's second phase) reads texts as configured too.
     model.truncation, model.window_stride = cfg.data.truncation, cfg.data.window_stride
+    positions = max_positions(model.backbone.config)
+    if positions is not None and cfg.data.max_length > positions:
+        # Caught here, not as a shape error in the first forward pass.
+        raise BertclsError(
+            f"data.max_length={cfg.data.max_length} is longer than {m.name_or_path} can read ({positions} tokens); "
+            f"set data.max_length to at most {positions}"
+        )
     out = prepare_output_dir(cfg) if main else Path(cfg.output.dir)
     accelerator.wait_for_everyone()
     log = RunLog(out / "train.log", main)

@@ -63,7 +63,7 @@ def model_folder(name: str) -> str:
 
 
 def read_split(path: str) -> tuple[list[str], list[str]]:
-    with (gzip.open(path, "rt") if path.endswith(".gz") else open(path)) as f:
+    with gzip.open(path, "rt") if path.endswith(".gz") else open(path) as f:
         rows = list(csv.DictReader(f))
     return [r["text"] for r in rows], [r["label"] for r in rows]
 
@@ -396,7 +396,7 @@ def summarize(runs: list[dict[str, Any]], peak: dict[str, float], fpt: float) ->
         if frozen or scale:
             continue
 
-        def col(name, fmt="{:.1f}"):
+        def col(name, fmt="{:.1f}", rs=rs):
             xs = [r[name] for r in rs if r.get(name) is not None]
             if not xs:
                 return "-"
@@ -436,7 +436,8 @@ def ratio_lines(runs: list[dict[str, Any]]) -> list[str]:
             theirs = pick(other, variant, prec, "train_samples_per_s")
             if theirs:
                 out.append(f"- {prec}: bertcls training {ours / theirs:.2f}x the {other} {variant}".rstrip())
-        ev_ours, ev_theirs = pick("bertcls", "", prec, "eval_samples_per_s"), pick("trainer", "tuned", prec, "eval_samples_per_s")
+        ev_ours = pick("bertcls", "", prec, "eval_samples_per_s")
+        ev_theirs = pick("trainer", "tuned", prec, "eval_samples_per_s")
         if ev_ours and ev_theirs:
             out.append(f"- {prec}: bertcls evaluation {ev_ours / ev_theirs:.2f}x the tuned Trainer's predict")
         m_ours, m_theirs = pick("bertcls", "", prec, "peak_rss_mb"), pick("trainer", "tuned", prec, "peak_rss_mb")
@@ -467,6 +468,7 @@ def main() -> None:
     # The Trainer's own default is 8; 32 was its fastest here (bf16 predict on validation: 8: 213, 32: 231,
     # 64: 201, 128: 198 samples/s), as its batches are in data order and padded to their longest text.
     p.add_argument("--trainer-eval-batch", type=int, default=32, help="the tuned Trainer's eval batch size")
+    p.add_argument("--max-length", type=int, default=SHARED["max_length"], help="tokens per text (both tools)")
     p.add_argument("--quick", action="store_true", help="small slices, one seed: checks that every part runs")
     p.add_argument("--out", default=None, help="write every number here as JSON")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -475,6 +477,7 @@ def main() -> None:
 
     if args.worker:
         job = json.loads(args.worker)
+        SHARED["max_length"] = job["max_length"]
         Path(args.worker_out).write_text(json.dumps(WORKERS[job["kind"]](job)))
         return
 
@@ -494,6 +497,7 @@ def main() -> None:
         train = write_train_slice(DATA / "train.csv.gz", tmp / "train.csv", args.train_limit)
         val, test = str(DATA / "validation.csv.gz"), str(DATA / "test.csv.gz")
         common = {"model": model, "device": args.device, "train": train, "validation": val, "test": test}
+        common["max_length"] = args.max_length
         log(f"bench: {model} on {args.device}, precisions {precisions}, {args.seeds} seed(s), parts {sorted(parts)}")
         peak = run_worker({**common, "kind": "peak", "precision": "fp32"}, log)
 
@@ -505,8 +509,9 @@ def main() -> None:
                         {"kind": "bertcls"},
                         {"kind": "trainer", "variant": "tuned", "eval_batch_size": args.trainer_eval_batch},
                     ]
+                    run = {"precision": prec, "seed": seed, "epochs": args.epochs}
                     for extra in pair if (seed + i) % 2 == 0 else pair[::-1]:
-                        runs.append(run_worker({**common, **extra, "precision": prec, "seed": seed, "epochs": args.epochs}, log))
+                        runs.append(run_worker({**common, **extra, **run}, log))
         if "baselines" in parts:
             log(f"baselines, {args.baseline_steps} steps: the default Trainer and the pad-to-max_length loop")
             for prec in precisions:
@@ -518,8 +523,18 @@ def main() -> None:
             log(f"frozen backbone, {FROZEN_EPOCHS:g} epochs at lr {FROZEN_LR:g} ({prec}), cold feature cache")
             frozen = {"frozen": True, "lr": FROZEN_LR, "epochs": FROZEN_EPOCHS, "seed": 0, "precision": prec}
             runs.append(run_worker({**common, **frozen, "kind": "bertcls"}, log))
-            runs.append(run_worker({**common, **frozen, "kind": "trainer", "variant": "tuned",
-                                    "eval_batch_size": args.trainer_eval_batch}, log))
+            runs.append(
+                run_worker(
+                    {
+                        **common,
+                        **frozen,
+                        "kind": "trainer",
+                        "variant": "tuned",
+                        "eval_batch_size": args.trainer_eval_batch,
+                    },
+                    log,
+                )
+            )
         if "scaling" in parts:
             prec = precisions[-1]
             log(f"scaling: bertcls on {args.scale_base}, 2x and 4x training examples, 1 epoch ({prec})")
@@ -528,15 +543,12 @@ def main() -> None:
                 job = {**common, "train": sliced, "kind": "bertcls", "precision": prec, "seed": 0, "epochs": 1.0}
                 runs.append(run_worker({**job, "scale": scale}, log))
 
-        from transformers import AutoConfig  # noqa: F401  (the FLOP count reads the model's config)
-
-        folder = model_folder(model)
-        mean_len = statistics.mean(r["mean_len"] for r in runs if r.get("mean_len") and r["job"]["kind"] != "floor") if runs else 25.0
-        fpt = flops_per_token(folder, mean_len)
+        lens = [r["mean_len"] for r in runs if r.get("mean_len") and r["job"]["kind"] != "floor"]
+        fpt = flops_per_token(model_folder(model), statistics.mean(lens) if lens else 25.0)
 
     log("")
-    log(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {peak['threads']};"
-        f" matmul peak fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {peak['threads']}"
+    log(f"machine: {machine}; matmul peak fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
     log(summarize(runs, peak, fpt))
     for line in ratio_lines(runs):
         log(line)

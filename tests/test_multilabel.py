@@ -25,7 +25,7 @@ from bertcls.model import CONFIG_NAME, checkpoint_task
 from bertcls.multilabel import decide, parse_label_set, tune_thresholds
 from bertcls.train import load_data, make_train_loader, train
 
-from .conftest import FILLER, NEGATIVE, POSITIVE
+from .conftest import FILLER, NEGATIVE, POSITIVE, run_torchrun
 from .test_train import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -581,7 +581,7 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
         "train.mixed_precision=no",
         f"output.dir={out}",
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    proc = run_torchrun(cmd, env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 2

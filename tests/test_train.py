@@ -17,7 +17,7 @@ from bertcls.config import Config, load_config
 from bertcls.data import load_split
 from bertcls.train import train
 
-from .conftest import make_rows, write_csv
+from .conftest import make_rows, run_torchrun, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -266,10 +266,7 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
             f"train.cache_dir={tmp_path / 'cache'}",
             "checkpoint.every_steps=2",
         ]
-        try:
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-        except subprocess.TimeoutExpired as e:  # show where it stood, not just that it timed out
-            raise AssertionError(f"2-process run timed out; stderr tail: {str(e.stderr)[-3000:]}") from e
+        proc = run_torchrun(cmd, env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["num_processes"] == 2
@@ -285,9 +282,7 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
             p.name for p in ck.iterdir()
         }
         if mode == "false":  # resume from step 2 under 2 processes: the same numbers as the run straight through
-            proc = subprocess.run(
-                [*cmd, "train.resume_from=latest"], env=env, capture_output=True, text=True, timeout=240
-            )
+            proc = run_torchrun([*cmd, "train.resume_from=latest"], env)
             assert proc.returncode == 0, proc.stderr[-3000:]
             resumed = json.loads((out / "metrics.json").read_text())
             assert resumed["test"] == pytest.approx(metrics["test"], rel=1e-5)
@@ -299,3 +294,14 @@ def test_accelerate_config_example_is_valid():
 
     cfg = ClusterConfig.from_yaml_file(str(ROOT / "configs" / "accelerate" / "multi_gpu.yaml"))
     assert cfg.num_processes == 4 and str(cfg.distributed_type).endswith("MULTI_GPU")
+
+
+def test_max_length_beyond_the_backbone_is_a_clear_error(tiny_bert, tiny_data, tmp_path):
+    # the tiny encoder has 72 positions: a longer max_length must not end in a shape error inside the model
+    from bertcls.errors import BertclsError
+
+    cfg = load_config(None, [*tiny_overrides(tiny_bert, tiny_data, tmp_path / "run"), "data.max_length=128"])
+    expected = r"data.max_length=128 is longer than .* \(72 tokens\); set data.max_length to at most 72"
+    with pytest.raises(BertclsError, match=expected):
+        train(cfg)
+    assert not (tmp_path / "run").exists()

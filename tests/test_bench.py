@@ -1,0 +1,34 @@
+"""scripts/bench.py runs end to end (on the tiny encoder, a small slice, fp32): both tools, the table, the JSON.
+Its numbers are not checked here: speed is measured by running the script, never asserted in tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_quick_runs_both_tools(tiny_bert, tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--model", str(tiny_bert)]
+    cmd += ["--precisions", "fp32", "--parts", "full,frozen", "--train-limit", "96", "--max-length", "64"]
+    cmd += ["--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| bertcls  | fp32 | 1 |" in proc.stdout and "| trainer tuned | fp32 | 1 |" in proc.stdout
+    assert "bertcls training" in proc.stdout and "frozen backbone" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["peak"]["fp32"] > 0 and result["flops_per_token"] > 0
+    kinds = sorted((r["job"]["kind"], bool(r["job"].get("frozen"))) for r in result["runs"])
+    assert kinds == [("bertcls", False), ("bertcls", True), ("trainer", False), ("trainer", True)]
+    for r in result["runs"]:
+        assert r["train_samples_per_s"] > 0 and r["peak_rss_mb"] > 0 and 0 <= r["test_accuracy"] <= 1
+    full = [r for r in result["runs"] if not r["job"].get("frozen")]
+    # the same training texts, so the same real tokens per pass; bertcls's padding is measured on its own batches
+    assert full[0]["real_tokens"] == full[1]["real_tokens"] > 0
+    assert all(0 <= r["padding_ratio"] < 1 for r in full)
