@@ -470,11 +470,11 @@ def _run(cfg: Config) -> dict[str, Any]:
     model.truncation, model.window_stride = cfg.data.truncation, cfg.data.window_stride
     positions = max_positions(model.backbone.config)
     if positions is not None and cfg.data.max_length > positions:
-        # Caught here, not as a shape error in the first forward pass.
-        raise BertclsError(
-            f"data.max_length={cfg.data.max_length} is longer than {m.name_or_path} can read ({positions} tokens); "
-            f"set data.max_length to at most {positions}"
-        )
+        # Texts longer than the position embeddings would fail deep in the first forward pass; read at most what
+        # the backbone can (the run's config.yaml records the value used).
+        if main:
+            print(f"data.max_length={cfg.data.max_length} is more than {m.name_or_path} reads; using {positions}")
+        cfg.data.max_length = model.max_length = positions
     out = prepare_output_dir(cfg) if main else Path(cfg.output.dir)
     accelerator.wait_for_everyone()
     log = RunLog(out / "train.log", main)

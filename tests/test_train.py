@@ -296,12 +296,28 @@ def test_accelerate_config_example_is_valid():
     assert cfg.num_processes == 4 and str(cfg.distributed_type).endswith("MULTI_GPU")
 
 
-def test_max_length_beyond_the_backbone_is_a_clear_error(tiny_bert, tiny_data, tmp_path):
+def test_max_length_beyond_the_backbone_is_capped(tiny_bert, tmp_path, capsys):
     # the tiny encoder has 72 positions: a longer max_length must not end in a shape error inside the model
-    from bertcls.errors import BertclsError
-
-    cfg = load_config(None, [*tiny_overrides(tiny_bert, tiny_data, tmp_path / "run"), "data.max_length=128"])
-    expected = r"data.max_length=128 is longer than .* \(72 tokens\); set data.max_length to at most 72"
-    with pytest.raises(BertclsError, match=expected):
-        train(cfg)
-    assert not (tmp_path / "run").exists()
+    d = tmp_path / "data"
+    d.mkdir()
+    rows = make_rows(40, 1)
+    rows[0]["text"] = " ".join(["good"] * 200)  # 200 words: more tokens than the encoder has positions
+    data = write_csv(d / "train.csv", rows)
+    out = tmp_path / "run"
+    cfg = load_config(
+        None,
+        [
+            f"model.name_or_path={tiny_bert}",
+            f"data.train={data}",
+            f"data.validation={data}",
+            "data.test=null",
+            "data.max_length=128",
+            "train.max_steps=2",
+            "train.batch_size=8",
+            f"output.dir={out}",
+        ],
+    )
+    train(cfg)
+    assert "data.max_length=128 is more than" in capsys.readouterr().out
+    assert "max_length: 72" in (out / "config.yaml").read_text()
+    assert BertForTextClassification.from_pretrained(out / "best").max_length == 72
