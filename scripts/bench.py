@@ -254,7 +254,12 @@ def work_trainer(job: dict[str, Any]) -> dict[str, Any]:
         out = trainer.predict(ds.remove_columns("text"))
         evaluated += len(ds)
     eval_time = time.perf_counter() - t
-    accuracy = float((np.argmax(out.predictions, -1) == np.array(test_ds["label"])).mean())
+    # With group_by_length the Trainer also *evaluates* in a length-grouped random order (transformers 5.24,
+    # Trainer._get_eval_sampler) and returns predictions in that order: put the labels in the same order.
+    sampler = trainer._get_eval_sampler(test_ds.remove_columns("text"))
+    order = list(sampler) if sampler is not None else list(range(len(test_ds)))
+    gold = np.array(test_ds["label"])[order]
+    accuracy = float((np.argmax(out.predictions, -1) == gold).mean())
     rss = peak_rss_mb()
     stats = padding_stats(trainer.get_train_dataloader())
     mean_len = float(np.mean([len(x) for x in train_ds["input_ids"]]))
