@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,17 +122,20 @@ def minilm_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def run_torchrun(cmd: list[str], env: dict[str, str], timeout: float = 180, attempts: int = 2):
-    """Run a ``torch.distributed.run`` command; on a timeout kill it with all its workers and try once more.
+def run_torchrun(train_args: list[str], timeout: float = 180, attempts: int = 2):
+    """``python -m bertcls.train *train_args`` as 2 processes under torchrun (one thread each); on a timeout kill it
+    with all its workers and try once more.
 
     A 2-process gloo run here normally takes 10-20 s, but has hung a few times in many runs (never reproduced on
     demand; cause unknown). The whole process group is killed so no orphaned worker keeps a core busy for the rest
     of the suite, and if the retry hangs too, the failure shows both attempts' stderr.
     """
     import signal
-    import subprocess
     import warnings
 
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "bertcls.train", *train_args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     tails = []
     for _ in range(attempts):
         proc = subprocess.Popen(
@@ -147,3 +152,21 @@ def run_torchrun(cmd: list[str], env: dict[str, str], timeout: float = 180, atte
                 f"2-process run timed out after {timeout}s; retrying. stderr tail:\n{tails[-1]}", stacklevel=2
             )
     raise AssertionError(f"2-process run timed out {attempts} times; stderr tails:\n" + "\n----\n".join(tails))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m module *args`` from the project root, as a user would run it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, expected: str) -> None:
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("error: ") and expected in proc.stderr, proc.stderr

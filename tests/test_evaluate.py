@@ -24,7 +24,7 @@ from bertcls.evaluate import evaluate, evaluate_checkpoint, main  # noqa: E402
 from bertcls.metrics import expected_calibration_error, paired_bootstrap  # noqa: E402
 from bertcls.plots import plot_confusion_matrix, plot_curves  # noqa: E402
 
-from .conftest import make_rows, write_csv  # noqa: E402
+from .conftest import assert_one_line_error, make_rows, run_cli, write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["negative", "positive"]
@@ -37,20 +37,6 @@ def checkpoints(tiny_bert, tmp_path_factory) -> tuple[Path, Path]:
     a = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, seed=0).save_pretrained(d / "a" / "best")
     b = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, seed=1).save_pretrained(d / "b" / "best")
     return a, b
-
-
-def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, expected: str) -> None:
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert proc.stderr.startswith("error: ") and expected in proc.stderr, proc.stderr
 
 
 def read_predictions(path: Path) -> list[dict[str, str]]:

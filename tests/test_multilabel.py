@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +22,7 @@ from bertcls.model import CONFIG_NAME, checkpoint_task
 from bertcls.multilabel import decide, parse_label_set, tune_thresholds
 from bertcls.train import load_data, make_train_loader, train
 
-from .conftest import FILLER, NEGATIVE, POSITIVE, run_torchrun
+from .conftest import FILLER, NEGATIVE, POSITIVE, assert_one_line_error, run_cli, run_torchrun
 from .test_train import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,20 +72,6 @@ def ml_data(tmp_path_factory) -> dict[str, Path]:
 
 def ml_cfg(tiny_bert, ml_data, out: Path, *extra: str):
     return load_config(None, tiny_overrides(tiny_bert, ml_data, out, "data.task=multi_label", *extra))
-
-
-def run_cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, expected: str) -> None:
-    assert proc.returncode != 0, proc.stdout
-    assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert expected in proc.stderr, proc.stderr
 
 
 # ---------------------------------------------------------------- label sets
@@ -559,16 +542,7 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
     train_path = write_jsonl(d / "train.jsonl", make_rows(50, 1))
     val_path = write_delimited_csv(d / "val.csv", make_rows(37, 2))
     out = tmp_path / "run"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "bertcls.train",
+    args = [
         f"model.name_or_path={tiny_bert}",
         f"data.train={train_path}",
         f"data.validation={val_path}",
@@ -581,7 +555,7 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
         "train.mixed_precision=no",
         f"output.dir={out}",
     ]
-    proc = run_torchrun(cmd, env)
+    proc = run_torchrun(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_processes"] == 2
