@@ -8,12 +8,21 @@ instead of 0.9); the kept values are scaled by exactly ``1 / (1 - p)``, as ``nn.
 ``scripts/bench.py``: about 5% more training samples/s for MiniLM on 2 threads.
 
 On CUDA (and any non-CPU device) this is plain ``nn.functional.dropout``: GPU dropout is already cheap.
+
+Attention-probability dropout lives inside the attention function. With dropout on, torch's CPU SDPA leaves its fused
+kernel for the unfused "math" path and draws a ``bernoulli_`` mask per attention weight; ``ATTENTION`` (registered
+with transformers' AttentionInterface) is SDPA everywhere except there, where it does the same unfused maths with the
+cheaper mask. Measured on MiniLM, batch 32 (one layer's attention, forward and backward): 16.7 to 14.7 ms in fp32,
+16.3 to 10.7 ms under bf16 autocast.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 LANES = 3  # usable 16-bit lanes of one int64 from random_()
 
@@ -51,11 +60,34 @@ class FastDropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
+def sdpa_with_fast_dropout(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """A transformers attention function: SDPA, or on CPU with attention dropout the same maths unfused with the
+    cheaper dropout mask (SDPA would run unfused there too, with ``bernoulli_``)."""
+    if dropout == 0.0 or query.device.type != "cpu" or query.shape[1] != key.shape[1]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    scores = torch.matmul(query, key.transpose(2, 3)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    if attention_mask is not None and attention_mask.dtype == torch.bool:  # sdpa_mask: True where attention goes
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    elif attention_mask is not None:  # an additive float mask
+        scores = scores + attention_mask
+    weights = _CpuDropout.apply(torch.softmax(scores, dim=-1), dropout)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+
+
+ATTENTION = "bertcls_sdpa"
+AttentionInterface.register(ATTENTION, sdpa_with_fast_dropout)
+ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
+
+
 def use_fast_dropout(module: nn.Module) -> int:
-    """Replace every plain ``nn.Dropout`` inside ``module`` by a ``FastDropout`` with the same ``p``; returns how
-    many were replaced. (Attention-probability dropout inside the attention function is left to torch.)"""
+    """Replace every plain ``nn.Dropout`` inside ``module`` by a ``FastDropout`` with the same ``p``, and switch
+    transformers models inside it from SDPA to ``ATTENTION``; returns how many dropout modules were replaced."""
     replaced = 0
     for parent in module.modules():
+        if getattr(getattr(parent, "config", None), "_attn_implementation", None) == "sdpa" and hasattr(
+            parent, "set_attn_implementation"
+        ):
+            parent.set_attn_implementation(ATTENTION)
         for name, child in list(parent.named_children()):
             if type(child) is nn.Dropout:
                 setattr(parent, name, FastDropout(child.p, child.inplace))

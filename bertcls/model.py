@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from bertcls import toplayer
 from bertcls.card import write_model_card
 from bertcls.dropout import use_fast_dropout
 from bertcls.errors import BertclsError
@@ -71,6 +72,10 @@ def pool_pooler(outputs, attention_mask: torch.Tensor) -> torch.Tensor:
     if pooled is None:
         raise BertclsError("pooling 'pooler' needs a backbone with a pooler layer (BERT); use 'cls' or 'mean'")
     return pooled
+
+
+# Poolings that read the top layer at position 0 only (the top layer then computes only that position).
+FIRST_TOKEN_POOLINGS = ("cls", "pooler")
 
 
 @register_pooling("mean")
@@ -199,6 +204,8 @@ class BertForTextClassification(nn.Module):
         self.set_trainable(freeze_backbone, unfreeze_top_k)
         # Same dropout, cheaper random masks on CPU (bertcls.dropout): about 5% faster training steps.
         use_fast_dropout(self)
+        # cls/pooler pooling reads only position 0 of the top layer: compute only that (bertcls.toplayer).
+        self._top_first_token = toplayer.install(backbone, _encoder_layers(backbone))
 
     # -- labels and trainability
 
@@ -322,7 +329,11 @@ class BertForTextClassification(nn.Module):
         if token_type_ids is not None and self._takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
         # A fully frozen backbone needs no autograd graph: saves its activations' memory and time.
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_fully_frozen):
+        first_only = self._top_first_token and self.spec.pooling in FIRST_TOKEN_POOLINGS
+        with (
+            torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_fully_frozen),
+            toplayer.first_token_only(_encoder_layers(self.backbone), first_only),
+        ):
             outputs = self.backbone(**kwargs)
             return POOLINGS[self.spec.pooling](outputs, attention_mask)
 

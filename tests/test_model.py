@@ -325,3 +325,68 @@ def test_model_uses_fast_dropout_everywhere(tiny_model):
 
     kinds = {type(m) for m in tiny_model.modules() if isinstance(m, torch.nn.Dropout)}
     assert kinds == {FastDropout}
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+@pytest.mark.parametrize("pooling", ["cls", "pooler"])
+def test_top_layer_first_token_only_gives_the_same_logits_and_gradients(tmp_path, kind, pooling):
+    # cls/pooler pooling reads the top layer at position 0 only; computing just that position changes nothing.
+    folder = write_tiny_encoder(tmp_path / kind, kind)
+    model = BertForTextClassification.from_pretrained(folder, labels=LABELS, pooling=pooling, dropout=0.0, seed=0)
+    assert model._top_first_token
+    for module in model.modules():  # no dropout anywhere, so train-mode passes are deterministic
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    batch = model.tokenizer(["good", "a very bad and boring film", "fine , i guess"], padding=True, return_tensors="pt")
+    results = {}
+    for fast in (True, False):
+        model._top_first_token = fast
+        model.zero_grad()
+        logits = model(**batch).logits
+        logits.square().sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results[fast] = logits.detach(), grads
+    (fast_logits, fast_grads), (full_logits, full_grads) = results[True], results[False]
+    assert torch.allclose(fast_logits, full_logits, atol=1e-6)
+    assert fast_grads.keys() == full_grads.keys()  # every weight of the top layer still gets a gradient
+    for name in full_grads:
+        assert torch.allclose(fast_grads[name], full_grads[name], atol=1e-5), name
+    # the backbone called directly still returns every position
+    assert model.backbone(**batch).last_hidden_state.shape[1] == batch["input_ids"].shape[1]
+
+
+def test_top_layer_keeps_every_position_for_mean_pooling_and_other_backbones(tmp_path, tiny_bert):
+    mean = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, pooling="mean")
+    calls = []
+    top = mean.encoder_layers()[-1]
+    top.register_forward_hook(lambda mod, args, out: calls.append(out.shape[1]))
+    mean.eval()(**mean.tokenizer(["a good film"], return_tensors="pt"))
+    assert calls and calls[0] > 1
+    distil = BertForTextClassification.from_pretrained(write_tiny_encoder(tmp_path / "d", "distilbert"), labels=LABELS)
+    assert not distil._top_first_token  # a differently shaped layer runs unchanged
+
+
+def test_attention_with_fast_dropout_matches_sdpa_and_drops_weights():
+    from torch.nn import functional as F
+
+    from bertcls.dropout import sdpa_with_fast_dropout
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 8) for _ in range(3))
+    mask = torch.ones(3, 1, 7, 7, dtype=torch.bool)
+    mask[0, :, :, 4:] = False  # the first text has 3 pad tokens
+    module = torch.nn.Module()
+    # p small enough that the 16-bit mask keeps everything: the unfused maths equals SDPA's
+    out, _ = sdpa_with_fast_dropout(module, q, k, v, mask, dropout=1e-9, scaling=0.3)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3).transpose(1, 2)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-6)
+    # with dropout, ones for values make each output the sum of kept weights, scaled: about 1 on average
+    ones = torch.ones(3, 2, 7, 8)
+    outs = torch.stack([sdpa_with_fast_dropout(module, q, k, ones, mask, dropout=0.5)[0] for _ in range(200)])
+    assert not torch.allclose(outs[0], outs[1]) and abs(outs.mean().item() - 1.0) < 0.02
+
+
+def test_models_use_the_fast_dropout_attention(tiny_model):
+    from bertcls.dropout import ATTENTION
+
+    assert tiny_model.backbone.config._attn_implementation == ATTENTION
