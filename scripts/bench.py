@@ -56,6 +56,12 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def allocator_name() -> str:
+    from bertcls.allocator import loaded
+
+    return loaded() or "system malloc"
+
+
 def model_folder(name: str) -> str:
     from bertcls.resources import is_packaged, packaged_model_dir
 
@@ -160,6 +166,7 @@ def work_bertcls(job: dict[str, Any]) -> dict[str, Any]:
         "train_samples_per_s": metrics["train_examples_per_s"],
         "eval_samples_per_s": evaluated / metrics["eval_time_s"] if metrics["eval_time_s"] else None,
         "peak_rss_mb": rss,
+        "allocator": allocator_name(),
         "precision": metrics["mixed_precision"],
         "threads": torch.get_num_threads(),
     }
@@ -269,6 +276,7 @@ def work_trainer(job: dict[str, Any]) -> dict[str, Any]:
         "train_samples_per_s": samples / train_time,
         "eval_samples_per_s": evaluated / eval_time,
         "peak_rss_mb": rss,
+        "allocator": allocator_name(),
         "test_accuracy": accuracy,
         "optimizer": type(trainer.optimizer).__name__ + ("(fused)" if trainer.optimizer.defaults.get("fused") else ""),
         "threads": torch.get_num_threads(),
@@ -336,6 +344,10 @@ def run_worker(job: dict[str, Any], log) -> dict[str, Any]:
         job = {**job, "tmp": tmp}
         out = Path(tmp) / "result.json"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        if job["kind"] == "bertcls":  # as `python -m bertcls.train` runs: under jemalloc when the machine has it
+            from bertcls.allocator import preload_env
+
+            env = preload_env(env) or env
         cmd = [sys.executable, str(HERE), "--worker", json.dumps(job), "--worker-out", str(out)]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

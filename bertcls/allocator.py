@@ -1,0 +1,84 @@
+"""Run training under jemalloc when the machine has it: flat, lower memory on CPU.
+
+With glibc's malloc a CPU training process keeps growing: batches of different lengths leave the heap fragmented, so
+resident memory climbs for the whole run (measured on MiniLM, bf16, 1.5 epochs: from about 1.0 GB after the first
+steps to a 2.2 GB peak; the Hugging Face Trainer's process climbs the same way, to 2.0 GB). Under jemalloc the same run
+stays between 1.5 and 1.6 GB and peaks at 1.7 GB, at the same speed. This is the allocator swap that PyTorch's own CPU
+launcher (``python -m torch.backends.xeon.run_cpu``) and Intel's tuning guide recommend.
+
+An allocator can only be chosen when a process starts (``LD_PRELOAD``), so ``python -m bertcls.train`` re-runs itself
+once with jemalloc preloaded, before it has done any work, when a jemalloc library is found (Debian/Ubuntu:
+``apt install libjemalloc2``; conda: ``conda install jemalloc``) and the process does not have it already.
+``BERTCLS_ALLOCATOR=system`` keeps the system allocator; ``BERTCLS_ALLOCATOR=/path/to/libjemalloc.so`` names the
+library. Linux only; elsewhere nothing changes.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import glob
+import os
+import sys
+from pathlib import Path
+
+ENV = "BERTCLS_ALLOCATOR"
+_MARK = "_BERTCLS_ALLOCATOR_TRIED"  # set before the re-run, so a library that fails to load cannot cause a loop
+
+
+def loaded() -> str | None:
+    """'jemalloc' when this process runs under jemalloc (preloaded or linked), else None."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    return "jemalloc" if "jemalloc" in maps else None
+
+
+def find_jemalloc() -> str | None:
+    """A jemalloc shared library to preload: ``BERTCLS_ALLOCATOR`` if it is a path, else one on the loader's path or
+    in this Python's (conda or venv) prefix."""
+    choice = os.environ.get(ENV, "auto")
+    if choice == "system":
+        return None
+    if choice != "auto":
+        return choice
+    prefixes = {sys.prefix, sys.base_prefix, os.environ.get("CONDA_PREFIX", sys.prefix)}
+    for prefix in prefixes:
+        found = sorted(glob.glob(os.path.join(prefix, "lib", "libjemalloc.so*")))
+        if found:
+            return found[0]
+    name = ctypes.util.find_library("jemalloc")  # e.g. libjemalloc.so.2 from ldconfig's cache
+    if name:
+        for directory in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"):
+            if os.path.exists(os.path.join(directory, name)):
+                return os.path.join(directory, name)
+        return name
+    return None
+
+
+def preload_env(env: dict[str, str] | None = None) -> dict[str, str] | None:
+    """``env`` (default: this process's) with jemalloc added to ``LD_PRELOAD``, or None when there is nothing to do:
+    not Linux, switched off, no library found, or already preloaded."""
+    env = dict(os.environ if env is None else env)
+    if not sys.platform.startswith("linux") or env.get(_MARK):
+        return None
+    library = find_jemalloc()
+    if library is None or "jemalloc" in env.get("LD_PRELOAD", ""):
+        return None
+    if not os.path.isabs(library) or os.path.exists(library):
+        env["LD_PRELOAD"] = " ".join(x for x in (library, env.get("LD_PRELOAD", "")) if x)
+        env[_MARK] = "1"
+        return env
+    raise SystemExit(f"error: {ENV}={library}: no such file; give the path of libjemalloc.so, or 'system'")
+
+
+def rerun_under_jemalloc() -> None:
+    """Replace this process by the same command under jemalloc (see the module docstring); returns if not needed."""
+    if loaded():
+        return
+    env = preload_env()
+    if env is None:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)

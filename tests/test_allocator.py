@@ -1,0 +1,46 @@
+"""The training command's allocator choice: jemalloc when the machine has it, with an off switch."""
+
+from __future__ import annotations
+
+import pytest
+
+from bertcls import allocator
+
+from .conftest import assert_one_line_error, run_cli
+from .test_train import tiny_overrides
+
+
+def test_preload_env_adds_the_library_once(tmp_path, monkeypatch):
+    lib = tmp_path / "libjemalloc.so.2"
+    lib.write_bytes(b"")
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setenv(allocator.ENV, str(lib))
+    env = allocator.preload_env({"LD_PRELOAD": "libother.so", "PATH": "/bin"})
+    assert env["LD_PRELOAD"] == f"{lib} libother.so" and env["PATH"] == "/bin"
+    assert allocator.preload_env(env) is None  # marked: a library that fails to load cannot make a re-run loop
+    assert allocator.preload_env({"LD_PRELOAD": "/opt/libjemalloc.so"}) is None  # the user preloaded it already
+    monkeypatch.setenv(allocator.ENV, "system")
+    assert allocator.find_jemalloc() is None and allocator.preload_env({}) is None
+    monkeypatch.setattr("sys.platform", "darwin")
+    monkeypatch.setenv(allocator.ENV, str(lib))
+    assert allocator.preload_env({}) is None
+
+
+def test_training_command_runs_under_jemalloc_when_found(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    found = allocator.find_jemalloc()
+    if found is None:
+        pytest.skip("no jemalloc on this machine (apt install libjemalloc2)")
+    args = tiny_overrides(tiny_bert, tiny_data, tmp_path / "a", "train.max_steps=1")
+    proc = run_cli("bertcls.train", *args)
+    assert proc.returncode == 0, proc.stderr
+    assert "allocator jemalloc" in proc.stdout
+    monkeypatch.setenv(allocator.ENV, "system")
+    proc = run_cli("bertcls.train", *tiny_overrides(tiny_bert, tiny_data, tmp_path / "b", "train.max_steps=1"))
+    assert proc.returncode == 0 and "allocator system malloc" in proc.stdout, proc.stderr
+
+
+def test_a_missing_allocator_library_is_a_one_line_error(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv(allocator.ENV, str(tmp_path / "nope.so"))
+    proc = run_cli("bertcls.train", *tiny_overrides(tiny_bert, tiny_data, tmp_path / "a", "train.max_steps=1"))
+    assert_one_line_error(proc, "no such file")
+    assert not (tmp_path / "a").exists()
