@@ -590,16 +590,19 @@ def _run(cfg: Config) -> dict[str, Any]:
     start_epoch, skip_batches = 0, 0
 
     eval_time = 0.0
+    # Prediction alone (no metrics, no checkpoint writing): the evaluation speed reported in metrics.json.
+    predict_time, predicted = 0.0, 0
     best_head: dict[str, torch.Tensor] = {}
 
     def run_eval(epoch: float) -> None:
-        nonlocal eval_time
+        nonlocal eval_time, predict_time, predicted
         eval_start = time.perf_counter()
         record: dict[str, Any] = {"step": step, "epoch": round(epoch, 3), "lr": scheduler.get_last_lr()[0]}
         if loss_curve:
             record["train_loss"] = loss_curve[-1][1]
         if val_loader is not None:
             probs, gold, n = split_predictions(module, val_loader, accelerator, val_ds, forward, cfg.data.task)
+            predict_time, predicted = predict_time + time.perf_counter() - eval_start, predicted + len(gold)
             if tune:
                 # Every process tunes on the same gathered predictions, so all hold the same thresholds.
                 unwrapped.thresholds = tune_thresholds(gold, probs).tolist()
@@ -770,6 +773,7 @@ def _run(cfg: Config) -> dict[str, Any]:
         "train_examples_per_s": examples * accelerator.num_processes / train_time,
         "train_time_s": train_time,
         "eval_time_s": eval_time,
+        "eval_examples_per_s": predicted / predict_time if predict_time else None,
         "mixed_precision": precision,
         "num_processes": accelerator.num_processes,
         "feature_cache": {"used": cached, "splits_reused": sum(cache_hits), "splits": len(cache_hits)},

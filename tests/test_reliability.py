@@ -22,7 +22,7 @@ from .conftest import make_rows, write_csv
 from .test_train import ROOT, tiny_cfg, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-TIMING = ("train_examples_per_s", "train_time_s", "eval_time_s", "total_time_s")
+TIMING = ("train_examples_per_s", "train_time_s", "eval_time_s", "eval_examples_per_s", "total_time_s")
 
 
 def cli_args(tiny_bert, tiny_data, out: Path, *extra: str) -> list[str]:

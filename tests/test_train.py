@@ -109,6 +109,9 @@ def test_gradient_accumulation_counts_optimizer_steps(tiny_bert, tiny_data, tmp_
 def test_max_steps_overrides_epochs(tiny_bert, tiny_data, tmp_path):
     result = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", "train.max_steps=4", "train.epochs=9"))
     assert result["history"][-1]["step"] == 4
+    # evaluation speed: validation prediction alone, within the evaluation time (which also holds checkpoint writes)
+    assert result["eval_examples_per_s"] > 0
+    assert result["history"][-1]["validation"]["num_examples"] / result["eval_examples_per_s"] <= result["eval_time_s"]
 
 
 def test_validation_is_cut_from_train_when_missing(tiny_bert, tiny_data, tmp_path):
