@@ -34,6 +34,11 @@ def loaded() -> str | None:
     return "jemalloc" if "jemalloc" in maps else None
 
 
+def name() -> str:
+    """The allocator this process runs under, as the run log and the benchmark name it."""
+    return loaded() or "system malloc"
+
+
 def find_jemalloc() -> str | None:
     """A jemalloc shared library to preload: ``BERTCLS_ALLOCATOR`` if it is a path, else one on the loader's path or
     in this Python's (conda or venv) prefix."""

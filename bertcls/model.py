@@ -205,7 +205,7 @@ class BertForTextClassification(nn.Module):
         # Same dropout, cheaper random masks on CPU (bertcls.dropout): about 5% faster training steps.
         use_fast_dropout(self)
         # cls/pooler pooling reads only position 0 of the top layer: compute only that (bertcls.toplayer).
-        self._top_first_token = toplayer.install(backbone, _encoder_layers(backbone))
+        self._top_first_token = toplayer.install(_encoder_layers(backbone))
 
     # -- labels and trainability
 

@@ -52,7 +52,7 @@ def _first_token_forward(layer: nn.Module, hidden_states: torch.Tensor, attentio
     if not getattr(layer, FLAG, False):
         return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)
     sa = layer.attention.self
-    batch, length, _ = hidden_states.shape
+    batch = hidden_states.shape[0]
     first = hidden_states[:, :1]
 
     def heads(x: torch.Tensor) -> torch.Tensor:
@@ -71,7 +71,7 @@ def _first_token_forward(layer: nn.Module, hidden_states: torch.Tensor, attentio
     return layer.feed_forward_chunk(attended)
 
 
-def install(backbone: nn.Module, layers: list[nn.Module] | None) -> bool:
+def install(layers: list[nn.Module] | None) -> bool:
     """Give the top layer the first-token-only path (off until ``first_token_only`` switches it on); returns
     whether this backbone's top layer supports it."""
     if not layers or not supports_first_token_only(layers[-1]):

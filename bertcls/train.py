@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from bertcls import allocator
-from bertcls.allocator import rerun_under_jemalloc
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
 from bertcls.checkpoint import (
     CHECKPOINTS,
@@ -575,7 +574,7 @@ def _run(cfg: Config) -> dict[str, Any]:
         f" | train {len(train_ds)}, validation {len(val_ds) if val_ds else 0}, test {len(test_ds) if test_ds else 0}"
         f" | {total_steps} steps x {t.batch_size * accelerator.num_processes * t.grad_accum_steps} examples"
         f" | {accelerator.device}, {accelerator.num_processes} process(es), precision {precision}"
-        + ("" if accelerator.device.type != "cpu" else f", allocator {allocator.loaded() or 'system malloc'}")
+        + ("" if accelerator.device.type != "cpu" else f", allocator {allocator.name()}")
     )
 
     history: list[dict[str, Any]] = []
@@ -883,7 +882,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[str | None, list[str]]:
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     if argv is None:  # the command line (not a call from Python): use jemalloc when the machine has it
-        rerun_under_jemalloc()
+        allocator.rerun_under_jemalloc()
     config, overrides = parse_args(argv)
     cfg = load_config(config, overrides)
     transformers.logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise in a run log

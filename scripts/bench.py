@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bertcls import allocator  # no torch: the parent stays light
+
 HERE = Path(__file__).resolve()
 MINILM = "packaged:all-MiniLM-L6-v2"
 DATA = Path(__file__).resolve().parents[1] / "bertcls" / "resources" / "rotten_tomatoes"
@@ -54,12 +56,6 @@ FROZEN_LR, FROZEN_EPOCHS = 3e-3, 3.0
 def peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux: the high-water mark of this process alone.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def allocator_name() -> str:
-    from bertcls.allocator import loaded
-
-    return loaded() or "system malloc"
 
 
 def model_folder(name: str) -> str:
@@ -165,7 +161,7 @@ def work_bertcls(job: dict[str, Any]) -> dict[str, Any]:
         # The validation passes made during training, prediction alone (as the Trainer's predict() is timed).
         "eval_samples_per_s": metrics["eval_examples_per_s"],
         "peak_rss_mb": rss,
-        "allocator": allocator_name(),
+        "allocator": allocator.name(),
         "precision": metrics["mixed_precision"],
         "threads": torch.get_num_threads(),
     }
@@ -275,7 +271,7 @@ def work_trainer(job: dict[str, Any]) -> dict[str, Any]:
         "train_samples_per_s": samples / train_time,
         "eval_samples_per_s": evaluated / eval_time,
         "peak_rss_mb": rss,
-        "allocator": allocator_name(),
+        "allocator": allocator.name(),
         "test_accuracy": accuracy,
         "optimizer": type(trainer.optimizer).__name__ + ("(fused)" if trainer.optimizer.defaults.get("fused") else ""),
         "threads": torch.get_num_threads(),
@@ -344,9 +340,7 @@ def run_worker(job: dict[str, Any], log) -> dict[str, Any]:
         out = Path(tmp) / "result.json"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         if job["kind"] == "bertcls":  # as `python -m bertcls.train` runs: under jemalloc when the machine has it
-            from bertcls.allocator import preload_env
-
-            env = preload_env(env) or env
+            env = allocator.preload_env(env) or env
         cmd = [sys.executable, str(HERE), "--worker", json.dumps(job), "--worker-out", str(out)]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
