@@ -395,6 +395,7 @@ def train(cfg: Config) -> dict[str, Any]:
     Raises:
         BertclsError: bad data, labels, options or output folder (one-line messages).
     """
+    allocator.cap_primitive_cache()  # before the first bf16 matmul: memory that does not grow with new batch lengths
     if cfg.train.schedule == "lp_ft":
         return train_lp_ft(cfg)
     threads = torch.get_num_threads()

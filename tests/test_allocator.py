@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from bertcls import allocator
@@ -44,3 +46,15 @@ def test_a_missing_allocator_library_is_a_one_line_error(tiny_bert, tiny_data, t
     proc = run_cli("bertcls.train", *tiny_overrides(tiny_bert, tiny_data, tmp_path / "a", "train.max_steps=1"))
     assert_one_line_error(proc, "no such file")
     assert not (tmp_path / "a").exists()
+
+
+def test_training_caps_the_onednn_primitive_caches_unless_set(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    from bertcls.config import load_config
+    from bertcls.train import train
+
+    # Set before the process's first bf16 matmul, these keep memory from growing with every new batch length.
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "512")  # the user's own choice wins
+    train(load_config(None, tiny_overrides(tiny_bert, tiny_data, tmp_path / "a", "train.max_steps=1")))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(allocator.PRIMITIVE_CACHE_CAPACITY)
+    assert os.environ["LRU_CACHE_CAPACITY"] == "512"
