@@ -305,6 +305,9 @@ def test_fast_dropout_drops_p_and_scales_like_torch():
     y = dropout(x, 0.1)
     dropped = (y == 0).float().mean().item()
     assert abs(dropped - 0.1) < 0.005  # binomial std is about 0.0007
+    # each of the four 16-bit lanes of a 64-bit draw drops at the same rate (a lane with a stuck bit would not)
+    per_lane = (y == 0).float().view(-1, 4).mean(0)
+    assert torch.all((per_lane - 0.1).abs() < 0.01), per_lane  # std about 0.0013 per lane
     assert torch.allclose(y[y != 0], torch.tensor(1 / 0.9))
     y.sum().backward()  # the gradient flows through the kept elements only, with the same scale
     assert torch.equal(x.grad, y.detach())
