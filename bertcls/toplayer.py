@@ -11,8 +11,10 @@ the same mask row), so the model's maths is unchanged; only floating-point round
 batch sizes. It is switched on only while ``BertForTextClassification`` runs its backbone, so ``model.backbone`` used
 directly still returns every position.
 
-It applies to layers shaped like transformers' ``BertLayer`` (BERT, RoBERTa, ELECTRA and their copies: self-attention
-with ``query``/``key``/``value``, ``attention.output``, ``feed_forward_chunk``); any other backbone runs unchanged.
+It applies to the two layer layouts in ``LAYOUTS``: transformers' ``BertLayer`` (BERT, RoBERTa, ELECTRA and their
+copies: self-attention with ``query``/``key``/``value``, ``attention.output``, ``feed_forward_chunk``) and
+DistilBERT's ``TransformerBlock`` (``q_lin``/``k_lin``/``v_lin``/``out_lin``, ``sa_layer_norm``, ``ffn``,
+``output_layer_norm``). Any other backbone runs unchanged.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -29,55 +31,111 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 FLAG = "_bertcls_first_token_only"
 
 
-def supports_first_token_only(layer: nn.Module) -> bool:
-    attention = getattr(layer, "attention", None)
-    self_attention = getattr(attention, "self", None)
-    needed = [
-        *(getattr(self_attention, n, None) for n in ("query", "key", "value", "scaling", "attention_head_size")),
-        getattr(attention, "output", None),
-        getattr(layer, "feed_forward_chunk", None),
-    ]
-    config = getattr(self_attention, "config", None)
+def _has(obj, *names: str) -> bool:
+    return obj is not None and all(getattr(obj, n, None) is not None for n in names)
+
+
+def _own_eager_attention(attention: nn.Module):
+    """The eager attention function of the attention module's model file (transformers registers no "eager")."""
+    return getattr(sys.modules[type(attention).__module__], "eager_attention_forward", None)
+
+
+def _encoder_config_ok(config) -> bool:
     return (
-        all(x is not None for x in needed)
-        and config is not None
+        config is not None
         and not getattr(config, "is_decoder", False)
         and getattr(config, "position_embedding_type", "absolute") == "absolute"
-        and not hasattr(layer, "crossattention")
-        and hasattr(sys.modules[type(self_attention).__module__], "eager_attention_forward")
     )
 
 
-def _first_token_forward(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs):
-    if not getattr(layer, FLAG, False):
-        return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)
-    sa = layer.attention.self
-    batch = hidden_states.shape[0]
-    first = hidden_states[:, :1]
+def _heads(x: torch.Tensor, head_size: int) -> torch.Tensor:
+    return x.view(x.shape[0], x.shape[1], -1, head_size).transpose(1, 2)
 
-    def heads(x: torch.Tensor) -> torch.Tensor:
-        return x.view(batch, x.shape[1], -1, sa.attention_head_size).transpose(1, 2)
 
-    query, key, value = heads(sa.query(first)), heads(sa.key(hidden_states)), heads(sa.value(hidden_states))
+def _attend_first(attention: nn.Module, first: torch.Tensor, query, key, value, attention_mask) -> torch.Tensor:
+    """Position 0's attention context, ``(batch, 1, hidden)``, through the attention function the layer would call."""
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
         attention_mask = attention_mask[:, :, :1]  # the first query's row of the (batch, 1, query, key) mask
-    # The attention function the layer itself would call ("eager" is not registered: the model file's own).
-    eager = getattr(sys.modules[type(sa).__module__], "eager_attention_forward", None)
-    attend = ALL_ATTENTION_FUNCTIONS.get_interface(sa.config._attn_implementation, eager)
-    context, _ = attend(
-        sa, query, key, value, attention_mask, dropout=sa.dropout.p if sa.training else 0.0, scaling=sa.scaling
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(
+        attention.config._attn_implementation, _own_eager_attention(attention)
     )
-    attended = layer.attention.output(context.reshape(batch, 1, -1), first)
+    dropout = attention.dropout.p if attention.training else 0.0
+    context, _ = attend(attention, query, key, value, attention_mask, dropout=dropout, scaling=attention.scaling)
+    return context.reshape(first.shape[0], 1, -1)
+
+
+def _bert_supports(layer: nn.Module) -> bool:
+    attention = getattr(layer, "attention", None)
+    sa = getattr(attention, "self", None)
+    return (
+        _has(sa, "query", "key", "value", "scaling", "attention_head_size", "config")
+        and _has(attention, "output")
+        and _has(layer, "feed_forward_chunk")
+        and _encoder_config_ok(sa.config)
+        and not hasattr(layer, "crossattention")
+        and _own_eager_attention(sa) is not None
+    )
+
+
+def _bert_first_token(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None) -> torch.Tensor:
+    sa = layer.attention.self
+    first = hidden_states[:, :1]
+    q, k, v = (
+        _heads(f(x), sa.attention_head_size)
+        for f, x in ((sa.query, first), (sa.key, hidden_states), (sa.value, hidden_states))
+    )
+    attended = layer.attention.output(_attend_first(sa, first, q, k, v, attention_mask), first)
     return layer.feed_forward_chunk(attended)
+
+
+def _distilbert_supports(layer: nn.Module) -> bool:
+    sa = getattr(layer, "attention", None)
+    return (
+        _has(sa, "q_lin", "k_lin", "v_lin", "out_lin", "scaling", "attention_head_size", "config", "dropout")
+        and _has(layer, "sa_layer_norm", "ffn", "output_layer_norm")
+        and _encoder_config_ok(sa.config)
+        and _own_eager_attention(sa) is not None
+    )
+
+
+def _distilbert_first_token(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None) -> torch.Tensor:
+    sa = layer.attention
+    first = hidden_states[:, :1]
+    q, k, v = (
+        _heads(f(x), sa.attention_head_size)
+        for f, x in ((sa.q_lin, first), (sa.k_lin, hidden_states), (sa.v_lin, hidden_states))
+    )
+    context = _attend_first(sa, first, q, k, v, attention_mask)
+    attended = layer.sa_layer_norm(sa.out_lin(context) + first)
+    return layer.output_layer_norm(layer.ffn(attended) + attended)
+
+
+# (does this layer have the layout?, its forward for position 0 only)
+LAYOUTS: list[tuple[Callable[[nn.Module], bool], Callable[..., torch.Tensor]]] = [
+    (_bert_supports, _bert_first_token),
+    (_distilbert_supports, _distilbert_first_token),
+]
+
+
+def first_token_forward(layer: nn.Module) -> Callable[..., torch.Tensor] | None:
+    """The position-0 forward for this layer's layout, or None when no layout fits."""
+    return next((forward for supports, forward in LAYOUTS if supports(layer)), None)
 
 
 def install(layers: list[nn.Module] | None) -> bool:
     """Give the top layer the first-token-only path (off until ``first_token_only`` switches it on); returns
     whether this backbone's top layer supports it."""
-    if not layers or not supports_first_token_only(layers[-1]):
+    top = layers[-1] if layers else None
+    fast = first_token_forward(top) if top is not None else None
+    if fast is None:
         return False
-    top = layers[-1]
-    top.forward = types.MethodType(_first_token_forward, top)
+
+    def forward(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs):
+        if not getattr(layer, FLAG, False):
+            return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)
+        return fast(layer, hidden_states, attention_mask)
+
+    top.forward = types.MethodType(forward, top)
     setattr(top, FLAG, False)
     return True
 

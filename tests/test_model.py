@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
-from bertcls import BertclsError, BertForTextClassification, TextClassificationDataset
+from bertcls import BertclsError, BertForTextClassification, TextClassificationDataset, toplayer
 from bertcls.init import init_tensor
 
 from .conftest import write_tiny_encoder
@@ -330,8 +330,10 @@ def test_model_uses_fast_dropout_everywhere(tiny_model):
     assert kinds == {FastDropout}
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta"])
-@pytest.mark.parametrize("pooling", ["cls", "pooler"])
+@pytest.mark.parametrize(
+    ("kind", "pooling"),  # DistilBERT has no pooler layer
+    [("bert", "cls"), ("bert", "pooler"), ("roberta", "cls"), ("roberta", "pooler"), ("distilbert", "cls")],
+)
 def test_top_layer_first_token_only_gives_the_same_logits_and_gradients(tmp_path, kind, pooling):
     # cls/pooler pooling reads the top layer at position 0 only; computing just that position changes nothing.
     folder = write_tiny_encoder(tmp_path / kind, kind)
@@ -358,15 +360,19 @@ def test_top_layer_first_token_only_gives_the_same_logits_and_gradients(tmp_path
     assert model.backbone(**batch).last_hidden_state.shape[1] == batch["input_ids"].shape[1]
 
 
-def test_top_layer_keeps_every_position_for_mean_pooling_and_other_backbones(tmp_path, tiny_bert):
+def test_top_layer_keeps_every_position_for_mean_pooling_and_other_backbones(tiny_bert):
     mean = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, pooling="mean")
     calls = []
     top = mean.encoder_layers()[-1]
     top.register_forward_hook(lambda mod, args, out: calls.append(out.shape[1]))
     mean.eval()(**mean.tokenizer(["a good film"], return_tensors="pt"))
     assert calls and calls[0] > 1
-    distil = BertForTextClassification.from_pretrained(write_tiny_encoder(tmp_path / "d", "distilbert"), labels=LABELS)
-    assert not distil._top_first_token  # a differently shaped layer runs unchanged
+    # a layer of neither known layout runs unchanged
+    other = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
+    layers = other.encoder_layers()
+    assert toplayer.install(layers)
+    del layers[-1].attention.output  # no longer shaped like BertLayer (nor like DistilBERT's block)
+    assert not toplayer.install(layers)
 
 
 def test_attention_with_fast_dropout_matches_sdpa_and_drops_weights():
