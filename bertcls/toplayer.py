@@ -68,7 +68,7 @@ def _bert_supports(layer: nn.Module) -> bool:
     attention = getattr(layer, "attention", None)
     sa = getattr(attention, "self", None)
     return (
-        _has(sa, "query", "key", "value", "scaling", "attention_head_size", "config")
+        _has(sa, "query", "key", "value", "scaling", "attention_head_size", "config", "dropout")
         and _has(attention, "output")
         and _has(layer, "feed_forward_chunk")
         and _encoder_config_ok(sa.config)
