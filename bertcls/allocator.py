@@ -60,12 +60,12 @@ def find_jemalloc() -> str | None:
         found = sorted(glob.glob(os.path.join(prefix, "lib", "libjemalloc.so*")))
         if found:
             return found[0]
-    name = ctypes.util.find_library("jemalloc")  # e.g. libjemalloc.so.2 from ldconfig's cache
-    if name:
+    soname = ctypes.util.find_library("jemalloc")  # e.g. libjemalloc.so.2 from ldconfig's cache
+    if soname:
         for directory in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"):
-            if os.path.exists(os.path.join(directory, name)):
-                return os.path.join(directory, name)
-        return name
+            if os.path.exists(os.path.join(directory, soname)):
+                return os.path.join(directory, soname)
+        return soname
     return None
 
 

@@ -41,19 +41,22 @@ def _own_eager_attention(attention: nn.Module):
 
 
 def _encoder_config_ok(config) -> bool:
-    return (
-        config is not None
-        and not getattr(config, "is_decoder", False)
-        and getattr(config, "position_embedding_type", "absolute") == "absolute"
+    return not getattr(config, "is_decoder", False) and (
+        getattr(config, "position_embedding_type", "absolute") == "absolute"
     )
 
 
-def _heads(x: torch.Tensor, head_size: int) -> torch.Tensor:
-    return x.view(x.shape[0], x.shape[1], -1, head_size).transpose(1, 2)
+def _attend_first(attention: nn.Module, hidden_states: torch.Tensor, projections, attention_mask) -> torch.Tensor:
+    """Position 0's attention context, ``(batch, 1, hidden)``: its query against every position's key and value
+    (``projections``: the layer's query, key and value linears), through the attention function the layer would
+    call."""
+    first = hidden_states[:, :1]
 
+    def heads(x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[0], x.shape[1], -1, attention.attention_head_size).transpose(1, 2)
 
-def _attend_first(attention: nn.Module, first: torch.Tensor, query, key, value, attention_mask) -> torch.Tensor:
-    """Position 0's attention context, ``(batch, 1, hidden)``, through the attention function the layer would call."""
+    to_query, to_key, to_value = projections
+    query, key, value = heads(to_query(first)), heads(to_key(hidden_states)), heads(to_value(hidden_states))
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
         attention_mask = attention_mask[:, :, :1]  # the first query's row of the (batch, 1, query, key) mask
     attend = ALL_ATTENTION_FUNCTIONS.get_interface(
@@ -79,12 +82,8 @@ def _bert_supports(layer: nn.Module) -> bool:
 
 def _bert_first_token(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None) -> torch.Tensor:
     sa = layer.attention.self
-    first = hidden_states[:, :1]
-    q, k, v = (
-        _heads(f(x), sa.attention_head_size)
-        for f, x in ((sa.query, first), (sa.key, hidden_states), (sa.value, hidden_states))
-    )
-    attended = layer.attention.output(_attend_first(sa, first, q, k, v, attention_mask), first)
+    context = _attend_first(sa, hidden_states, (sa.query, sa.key, sa.value), attention_mask)
+    attended = layer.attention.output(context, hidden_states[:, :1])
     return layer.feed_forward_chunk(attended)
 
 
@@ -100,13 +99,8 @@ def _distilbert_supports(layer: nn.Module) -> bool:
 
 def _distilbert_first_token(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None) -> torch.Tensor:
     sa = layer.attention
-    first = hidden_states[:, :1]
-    q, k, v = (
-        _heads(f(x), sa.attention_head_size)
-        for f, x in ((sa.q_lin, first), (sa.k_lin, hidden_states), (sa.v_lin, hidden_states))
-    )
-    context = _attend_first(sa, first, q, k, v, attention_mask)
-    attended = layer.sa_layer_norm(sa.out_lin(context) + first)
+    context = _attend_first(sa, hidden_states, (sa.q_lin, sa.k_lin, sa.v_lin), attention_mask)
+    attended = layer.sa_layer_norm(sa.out_lin(context) + hidden_states[:, :1])
     return layer.output_layer_norm(layer.ffn(attended) + attended)
 
 
@@ -125,10 +119,10 @@ def first_token_forward(layer: nn.Module) -> Callable[..., torch.Tensor] | None:
 def install(layers: list[nn.Module] | None) -> bool:
     """Give the top layer the first-token-only path (off until ``first_token_only`` switches it on); returns
     whether this backbone's top layer supports it."""
-    top = layers[-1] if layers else None
-    fast = first_token_forward(top) if top is not None else None
+    fast = first_token_forward(layers[-1]) if layers else None
     if fast is None:
         return False
+    top = layers[-1]
 
     def forward(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs):
         if not getattr(layer, FLAG, False):
