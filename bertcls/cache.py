@@ -71,9 +71,12 @@ def cache_key(model, split: Split, max_length: int, precision: str) -> str:
 
 @torch.inference_mode()
 def compute_features(
-    model, split: Split, max_length: int, accelerator, precision: str = "no", batch_size: int = 128
+    model, split: Split, max_length: int, accelerator, precision: str = "no", batch_size: int = 64
 ) -> torch.Tensor:
     """Pooled backbone outputs for every text of ``split`` (in order), each process doing its share.
+
+    Batches of 64 length-sorted texts: on a 2-core CPU (MiniLM, bf16) the frozen 3-epoch benchmark ran in 31 s at
+    64 against 36-39 s at 128, with a 60 MB lower peak (the longest batch's activations).
 
     The backbone runs under ``precision`` autocast (the run's mixed precision); features are stored in float32.
     """
@@ -108,7 +111,14 @@ def compute_features(
 
 
 def load_or_compute(
-    model, split: Split, max_length: int, precision: str, accelerator, cache_dir: Path | None, log=print
+    model,
+    split: Split,
+    max_length: int,
+    precision: str,
+    accelerator,
+    cache_dir: Path | None,
+    log=print,
+    batch_size: int = 64,
 ) -> tuple[torch.Tensor, bool]:
     """Features of ``split`` from the cache, or computed (and stored, by the main process only).
 
@@ -129,7 +139,7 @@ def load_or_compute(
             feats = None
     if feats is not None:
         return feats, True
-    feats = compute_features(model, split, max_length, accelerator, precision)
+    feats = compute_features(model, split, max_length, accelerator, precision, batch_size)
     if path is not None and accelerator.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")

@@ -496,7 +496,9 @@ def _run(cfg: Config) -> dict[str, Any]:
         cache_dir = Path(cfg.train.cache_dir).expanduser() if cfg.train.cache_dir else DEFAULT_CACHE_DIR
 
         def make_ds(split: Split, _with_index: bool) -> FeatureDataset:
-            feats, hit = load_or_compute(model, split, cfg.data.max_length, precision, accelerator, cache_dir, log)
+            feats, hit = load_or_compute(
+                model, split, cfg.data.max_length, precision, accelerator, cache_dir, log, cfg.eval.batch_size
+            )
             cache_hits.append(hit)
             return FeatureDataset(feats, label_targets(split.labels, data.labels, cfg.data.task))
 
