@@ -12,6 +12,15 @@ once with jemalloc preloaded, before it has done any work, when a jemalloc libra
 ``BERTCLS_ALLOCATOR=system`` keeps the system allocator; ``BERTCLS_ALLOCATOR=/path/to/libjemalloc.so`` names the
 library. Linux only; elsewhere nothing changes.
 
+The re-run also sets ``MALLOC_CONF`` (unless it is set): jemalloc 5.3 gives every freed block above 8 MB straight back
+to the kernel, and even with that switched off (``oversize_threshold:0``) it purges such blocks within seconds. A
+training or evaluation batch's large activations are exactly such blocks, freed and allocated again every step, so
+each came back as fresh pages that the kernel had to fault in and zero: in fp32 evaluation of MiniLM the bias copy
+that starts every Linear layer and GELU's output spent about 10% of the time there. ``dirty_decay_ms:-1`` keeps freed
+pages for reuse: resident memory stays at the run's high-water mark instead of dipping between batches (MiniLM,
+150-step runs, 2 each: fp32 training 78.0 / 69.7 -> 86.2 / 85.6 samples/s, evaluation 245.6 / 256.0 -> 302.9 / 286.3,
+peak RSS +35 to +76 MB; bf16 within noise, peak +100 MB, still flat from 1x to 4x the data).
+
 The other half of CPU memory is oneDNN's primitive cache (see ``cap_primitive_cache``).
 """
 
@@ -30,6 +39,8 @@ PRIMITIVE_CACHE_ENVS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 # One bf16 training step of a BERT-shaped model runs about 37 distinct oneDNN primitives; 128 holds a step and an
 # evaluation batch with room to spare.
 PRIMITIVE_CACHE_CAPACITY = 128
+# Keep freed pages for reuse instead of returning them to the kernel (module docstring).
+MALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1"
 _MARK = "_BERTCLS_ALLOCATOR_TRIED"  # set before the re-run, so a library that fails to load cannot cause a loop
 
 
@@ -70,8 +81,8 @@ def find_jemalloc() -> str | None:
 
 
 def preload_env(env: dict[str, str] | None = None) -> dict[str, str] | None:
-    """``env`` (default: this process's) with jemalloc added to ``LD_PRELOAD``, or None when there is nothing to do:
-    not Linux, switched off, no library found, or already preloaded."""
+    """``env`` (default: this process's) with jemalloc added to ``LD_PRELOAD`` and ``MALLOC_CONF`` set if unset, or
+    None when there is nothing to do: not Linux, switched off, no library found, or already preloaded."""
     env = dict(os.environ if env is None else env)
     if not sys.platform.startswith("linux") or env.get(_MARK):
         return None
@@ -80,6 +91,7 @@ def preload_env(env: dict[str, str] | None = None) -> dict[str, str] | None:
         return None
     if not os.path.isabs(library) or os.path.exists(library):
         env["LD_PRELOAD"] = " ".join(x for x in (library, env.get("LD_PRELOAD", "")) if x)
+        env.setdefault("MALLOC_CONF", MALLOC_CONF)
         env[_MARK] = "1"
         return env
     raise SystemExit(f"error: {ENV}={library}: no such file; give the path of libjemalloc.so, or 'system'")

@@ -19,6 +19,8 @@ def test_preload_env_adds_the_library_once(tmp_path, monkeypatch):
     monkeypatch.setenv(allocator.ENV, str(lib))
     env = allocator.preload_env({"LD_PRELOAD": "libother.so", "PATH": "/bin"})
     assert env["LD_PRELOAD"] == f"{lib} libother.so" and env["PATH"] == "/bin"
+    assert env["MALLOC_CONF"] == allocator.MALLOC_CONF  # freed pages kept for reuse: no page faults every batch
+    assert allocator.preload_env({"MALLOC_CONF": "narenas:1"})["MALLOC_CONF"] == "narenas:1"  # the user's wins
     assert allocator.preload_env(env) is None  # marked: a library that fails to load cannot make a re-run loop
     assert allocator.preload_env({"LD_PRELOAD": "/opt/libjemalloc.so"}) is None  # the user preloaded it already
     monkeypatch.setenv(allocator.ENV, "system")
