@@ -12,14 +12,14 @@ once with jemalloc preloaded, before it has done any work, when a jemalloc libra
 ``BERTCLS_ALLOCATOR=system`` keeps the system allocator; ``BERTCLS_ALLOCATOR=/path/to/libjemalloc.so`` names the
 library. Linux only; elsewhere nothing changes.
 
-The re-run also sets ``MALLOC_CONF`` (unless it is set): jemalloc 5.3 gives every freed block above 8 MB straight back
-to the kernel, and even with that switched off (``oversize_threshold:0``) it purges such blocks within seconds. A
-training or evaluation batch's large activations are exactly such blocks, freed and allocated again every step, so
-each came back as fresh pages that the kernel had to fault in and zero: in fp32 evaluation of MiniLM the bias copy
-that starts every Linear layer and GELU's output spent about 10% of the time there. ``dirty_decay_ms:-1`` keeps freed
-pages for reuse: resident memory stays at the run's high-water mark instead of dipping between batches (MiniLM,
-150-step runs, 2 each: fp32 training 78.0 / 69.7 -> 86.2 / 85.6 samples/s, evaluation 245.6 / 256.0 -> 302.9 / 286.3,
-peak RSS +35 to +76 MB; bf16 within noise, peak +100 MB, still flat from 1x to 4x the data).
+The re-run also sets ``MALLOC_CONF`` (unless it is set). jemalloc 5.3 hands freed blocks above 8 MB
+(``oversize_threshold``) straight back to the kernel, and a batch's large activations are such blocks, freed and
+allocated again every step: each came back as fresh pages that the kernel had to fault in and zero. In fp32 evaluation
+of MiniLM the bias copy that starts every Linear layer and GELU's output spent about 10% of the time there. Switching
+the threshold off alone, or with a 30 s decay, did not stop it here; never purging (``dirty_decay_ms:-1``) did. The
+cost is that resident memory stays at the run's high-water mark instead of dipping between batches. Measured (MiniLM,
+2-core CPU): 150-step runs, fp32 training 78.0 / 69.7 -> 86.2 / 85.6 samples/s and evaluation 245.6 / 256.0 -> 302.9 /
+286.3, peak RSS +35 to +76 MB; bf16 within noise, peak +100 MB, still flat from 1x to 4x the data (README, "Levers").
 
 The other half of CPU memory is oneDNN's primitive cache (see ``cap_primitive_cache``).
 """
