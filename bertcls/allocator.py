@@ -1,4 +1,4 @@
-"""Run training under jemalloc when the machine has it: flat, lower memory on CPU.
+"""Run training under jemalloc when the machine has it: flat, lower memory on CPU, and no page faults per batch.
 
 With glibc's malloc a CPU training process keeps growing: batches of different lengths leave the heap fragmented, so
 resident memory climbs for the whole run (measured on MiniLM, bf16, 1.5 epochs: from about 1.0 GB after the first
@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes.util
 import glob
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -39,8 +40,10 @@ PRIMITIVE_CACHE_ENVS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 # One bf16 training step of a BERT-shaped model runs about 37 distinct oneDNN primitives; 128 holds a step and an
 # evaluation batch with room to spare.
 PRIMITIVE_CACHE_CAPACITY = 128
-# Keep freed pages for reuse instead of returning them to the kernel (module docstring).
+# Keep freed pages for reuse instead of returning them to the kernel (module docstring). Both options exist from
+# jemalloc 5.2 on; an older jemalloc would print a complaint about each one, so it gets none.
 MALLOC_CONF = "oversize_threshold:0,dirty_decay_ms:-1"
+MALLOC_CONF_SINCE = (5, 2)
 _MARK = "_BERTCLS_ALLOCATOR_TRIED"  # set before the re-run, so a library that fails to load cannot cause a loop
 
 
@@ -80,9 +83,21 @@ def find_jemalloc() -> str | None:
     return None
 
 
+def jemalloc_version(library: str) -> tuple[int, ...] | None:
+    """The version a jemalloc library was built as, read from the version string it carries (``5.3.0-0-g54eaed1...``);
+    None when the file cannot be read or carries none."""
+    try:
+        data = Path(library).read_bytes()
+    except OSError:
+        return None
+    found = re.search(rb"(?<![\d.])(\d+)\.(\d+)\.(\d+)-\d+-g[0-9a-f]{7,40}", data)
+    return tuple(int(x) for x in found.groups()) if found else None
+
+
 def preload_env(env: dict[str, str] | None = None) -> dict[str, str] | None:
-    """``env`` (default: this process's) with jemalloc added to ``LD_PRELOAD`` and ``MALLOC_CONF`` set if unset, or
-    None when there is nothing to do: not Linux, switched off, no library found, or already preloaded."""
+    """``env`` (default: this process's) with jemalloc added to ``LD_PRELOAD`` and, for jemalloc 5.2 or later,
+    ``MALLOC_CONF`` set if unset; or None when there is nothing to do: not Linux, switched off, no library found, or
+    already preloaded."""
     env = dict(os.environ if env is None else env)
     if not sys.platform.startswith("linux") or env.get(_MARK):
         return None
@@ -91,7 +106,8 @@ def preload_env(env: dict[str, str] | None = None) -> dict[str, str] | None:
         return None
     if not os.path.isabs(library) or os.path.exists(library):
         env["LD_PRELOAD"] = " ".join(x for x in (library, env.get("LD_PRELOAD", "")) if x)
-        env.setdefault("MALLOC_CONF", MALLOC_CONF)
+        if (jemalloc_version(library) or (0,)) >= MALLOC_CONF_SINCE:
+            env.setdefault("MALLOC_CONF", MALLOC_CONF)
         env[_MARK] = "1"
         return env
     raise SystemExit(f"error: {ENV}={library}: no such file; give the path of libjemalloc.so, or 'system'")
