@@ -106,8 +106,9 @@ def preload_env(env: dict[str, str] | None = None) -> dict[str, str] | None:
         return None
     if not os.path.isabs(library) or os.path.exists(library):
         env["LD_PRELOAD"] = " ".join(x for x in (library, env.get("LD_PRELOAD", "")) if x)
-        if (jemalloc_version(library) or (0,)) >= MALLOC_CONF_SINCE:
-            env.setdefault("MALLOC_CONF", MALLOC_CONF)
+        # the user's own MALLOC_CONF wins, and then the library need not be read
+        if "MALLOC_CONF" not in env and (jemalloc_version(library) or (0,)) >= MALLOC_CONF_SINCE:
+            env["MALLOC_CONF"] = MALLOC_CONF
         env[_MARK] = "1"
         return env
     raise SystemExit(f"error: {ENV}={library}: no such file; give the path of libjemalloc.so, or 'system'")

@@ -69,9 +69,13 @@ def cache_key(model, split: Split, max_length: int, precision: str) -> str:
     return h.hexdigest()
 
 
+# The feature pass's batch when the caller gives none (train() passes eval.batch_size, whose default is the same).
+FEATURE_BATCH_SIZE = 64
+
+
 @torch.inference_mode()
 def compute_features(
-    model, split: Split, max_length: int, accelerator, precision: str = "no", batch_size: int = 64
+    model, split: Split, max_length: int, accelerator, precision: str = "no", batch_size: int = FEATURE_BATCH_SIZE
 ) -> torch.Tensor:
     """Pooled backbone outputs for every text of ``split`` (in order), each process doing its share.
 
@@ -118,7 +122,7 @@ def load_or_compute(
     accelerator,
     cache_dir: Path | None,
     log=print,
-    batch_size: int = 64,
+    batch_size: int = FEATURE_BATCH_SIZE,
 ) -> tuple[torch.Tensor, bool]:
     """Features of ``split`` from the cache, or computed (and stored, by the main process only).
 
