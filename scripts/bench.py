@@ -423,7 +423,10 @@ def summarize(runs: list[dict[str, Any]], peak: dict[str, float], fpt: float) ->
     return "\n".join(lines)
 
 
-def ratio_lines(runs: list[dict[str, Any]]) -> list[str]:
+def ratio_lines(runs: list[dict[str, Any]], default_precision: str = "fp32") -> list[str]:
+    """The ratios the issue's targets are stated in. ``default_precision``: what bertcls's ``mixed_precision: auto``
+    picks on this machine, for the line that puts each tool at its own defaults."""
+
     def pick(kind, variant, prec, field, frozen=False):
         xs = [
             r[field]
@@ -453,6 +456,17 @@ def ratio_lines(runs: list[dict[str, Any]]) -> list[str]:
         m_ours, m_theirs = pick("bertcls", "", prec, "peak_rss_mb"), pick("trainer", "tuned", prec, "peak_rss_mb")
         if m_ours and m_theirs:
             out.append(f"- {prec}: peak RSS bertcls {m_ours:.0f} MB vs tuned Trainer {m_theirs:.0f} MB")
+    # What a user gets without touching a knob: bertcls's defaults (its precision `auto`) against the Trainer's
+    # (random batches, fp32: bf16=False is its default).
+    ours, theirs = (
+        pick("bertcls", "", default_precision, "train_samples_per_s"),
+        pick("trainer", "default", "fp32", "train_samples_per_s"),
+    )
+    if ours and theirs:
+        out.append(
+            f"- defaults against defaults: bertcls ({default_precision}) training {ours / theirs:.2f}x the trainer "
+            "default (fp32)"
+        )
     for prec in ("fp32", "bf16"):
         f_ours = pick("bertcls", "", prec, "wall_s", frozen=True)
         f_theirs = pick("trainer", "tuned", prec, "wall_s", frozen=True)
@@ -560,7 +574,7 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {peak['threads']}"
     log(f"machine: {machine}; matmul peak fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
     log(summarize(runs, peak, fpt))
-    for line in ratio_lines(runs):
+    for line in ratio_lines(runs, "bf16" if bf16_available(args.device) else "fp32"):
         log(line)
     scaled = [r for r in runs if r["job"].get("scale")]
     if scaled:

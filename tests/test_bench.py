@@ -32,3 +32,33 @@ def test_bench_quick_runs_both_tools(tiny_bert, tmp_path):
     # the same training texts, so the same real tokens per pass; bertcls's padding is measured on its own batches
     assert full[0]["real_tokens"] == full[1]["real_tokens"] > 0
     assert all(0 <= r["padding_ratio"] < 1 for r in full)
+
+
+def _run(kind, variant, precision, samples_per_s):
+    job = {"kind": kind, "precision": precision, **({"variant": variant} if variant else {})}
+    return {"job": job, "train_samples_per_s": samples_per_s}
+
+
+def test_ratio_lines_put_each_tool_at_its_own_defaults():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    runs = [
+        _run("bertcls", "", "fp32", 80.0),
+        _run("bertcls", "", "bf16", 120.0),
+        _run("trainer", "default", "fp32", 40.0),
+        _run("trainer", "default", "bf16", 60.0),
+    ]
+    lines = bench.ratio_lines(runs, "bf16")
+    # same precision: fp32 against fp32, bf16 against bf16
+    assert "- fp32: bertcls training 2.00x the trainer default" in lines
+    assert "- bf16: bertcls training 2.00x the trainer default" in lines
+    # each at its defaults: bertcls's auto precision (bf16 here) against the Trainer's fp32
+    assert "- defaults against defaults: bertcls (bf16) training 3.00x the trainer default (fp32)" in lines
+    assert "- defaults against defaults: bertcls (fp32) training 2.00x the trainer default (fp32)" in bench.ratio_lines(
+        runs, "fp32"
+    )
+    # nothing to compare when the default Trainer did not run
+    assert not any("defaults against defaults" in x for x in bench.ratio_lines(runs[:2], "bf16"))
