@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from bertcls.errors import BertclsError
+from bertcls.errors import BertclsError, label_set, some
 from bertcls.multilabel import DEFAULT_DELIMITER, multi_hot, parse_label_set
 from bertcls.tables import COMPRESSIONS, FORMATS, _missing_column, read_table  # noqa: F401 (re-exported)
 
@@ -129,9 +129,7 @@ def label_ids(values: Sequence[Any], labels: Sequence[str], source: str = "data"
     index = {name: i for i, name in enumerate(labels)}
     unknown = sorted({str(v) for v in values} - set(index))
     if unknown:
-        raise BertclsError(
-            f"{source} has label(s) {', '.join(map(repr, unknown[:10]))} that are not in the label set {list(labels)}"
-        )
+        raise BertclsError(f"{source} has label(s) {some(unknown)} that are not in the label set {label_set(labels)}")
     return [index[str(v)] for v in values]
 
 

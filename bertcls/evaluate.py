@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
-from bertcls.errors import BertclsError, cli_errors
+from bertcls.errors import BertclsError, cli_errors, label_set, some
 from bertcls.metrics import classification_report, multilabel_report, paired_bootstrap
 from bertcls.model import BertForTextClassification, checkpoint_task, load_checkpoint
 from bertcls.multilabel import decide, join_labels, multi_hot, parse_label_set
@@ -114,13 +114,15 @@ def evaluate_checkpoint(
         unknown = Counter(str(v) for v, g in zip(data.labels, gold) if g < 0)
         known = gold >= 0
     if unknown and unknown_labels == "error":
-        names = ", ".join(f"'{k}' ({n} rows)" for k, n in sorted(unknown.items())[:10])
+        rows = sum(unknown.values())
         raise BertclsError(
-            f"{data.source} has label(s) {names} that checkpoint {name} does not know (its labels: {model.labels}); "
-            "pass --unknown-labels skip to leave those rows out"
+            f"{data.source} has {rows} row(s) with label(s) {some(sorted(unknown))} that checkpoint {name} does not "
+            f"know (its labels: {label_set(model.labels)}); pass --unknown-labels skip to leave those rows out"
         )
     if not known.any():
-        raise BertclsError(f"{data.source}: no row has a label that checkpoint {name} knows ({model.labels})")
+        raise BertclsError(
+            f"{data.source}: no row has a label that checkpoint {name} knows ({label_set(model.labels)})"
+        )
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -247,8 +249,13 @@ def data_name(source: str, split: str) -> str:
 def check_report_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise BertclsError(f"output {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise BertclsError(f"output folder {out} already holds a report; choose another --output or pass --overwrite")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:
+        what = "a report" if {"metrics.json", "predictions.csv"} & set(held) else f"other files ({some(held)})"
+        raise BertclsError(
+            f"output folder {out} already holds {what}; choose another --output, or pass --overwrite to write the "
+            "report's files there (other files stay)"
+        )
 
 
 def unique_names(paths: Sequence[str]) -> list[str]:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bertcls.errors import BertclsError, cli_errors
+from bertcls.errors import BertclsError, check_parent, cli_errors, label_set, some
 from bertcls.model import BertForTextClassification, _replace_dir, load_checkpoint
 from bertcls.onnx_predict import ONNX_CONFIG_NAME, ONNX_MODEL_NAME, TOKENIZER_FILE, OnnxClassifier
 
@@ -69,11 +69,11 @@ def _check_output(output: Path, overwrite: bool) -> None:
         raise BertclsError(f"--output {output} is a file; give a folder to export into")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise BertclsError(f"--output {output} already exists and is not empty; choose another folder or --overwrite")
-    if not output.parent.exists():
-        raise BertclsError(f"--output {output}: folder {output.parent} does not exist")
+    check_parent(output, "--output")
 
 
 def _staging(output: Path) -> Path:
+    output.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
 
 
@@ -238,8 +238,8 @@ def _compare_accuracy(
     index = {label: i for i, label in enumerate(fp32.labels)}
     gold = np.array([index.get(str(v), -1) for v in split.labels])
     if (gold < 0).any():
-        unknown = sorted({str(v) for v, g in zip(split.labels, gold) if g < 0})[:5]
-        raise BertclsError(f"{data}: label(s) {unknown} are not the checkpoint's labels {fp32.labels}")
+        unknown = sorted({str(v) for v, g in zip(split.labels, gold) if g < 0})
+        raise BertclsError(f"{data}: label(s) {some(unknown)} are not the checkpoint's labels {label_set(fp32.labels)}")
     p32 = fp32.predict_proba(split.texts, split.text_pairs)
     p8 = int8.predict_proba(split.texts, split.text_pairs)
     acc32, acc8 = float((p32.argmax(1) == gold).mean()), float((p8.argmax(1) == gold).mean())

@@ -640,6 +640,8 @@ def load_checkpoint(path: str | os.PathLike) -> BertForTextClassification:
         BertclsError: the folder is missing, is not a bertcls checkpoint, or is corrupt.
     """
     folder = Path(path).expanduser()
+    if folder.is_file():
+        raise BertclsError(f"checkpoint {folder} is a file; give the folder that holds it ({folder.parent})")
     if not folder.is_dir():
         raise BertclsError(f"checkpoint folder {folder} does not exist")
     if not (folder / CONFIG_NAME).is_file():

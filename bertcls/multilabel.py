@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from bertcls.errors import BertclsError
+from bertcls.errors import BertclsError, label_set, some
 
 TASKS = ("single_label", "multi_label")
 DEFAULT_THRESHOLD = 0.5
@@ -71,9 +71,7 @@ def multi_hot(label_sets: Sequence[Sequence[Any]], labels: Sequence[str], source
     index = {name: i for i, name in enumerate(labels)}
     unknown = sorted({str(v) for s in label_sets for v in s} - set(index))
     if unknown:
-        raise BertclsError(
-            f"{source} has label(s) {', '.join(map(repr, unknown[:10]))} that are not in the label set {list(labels)}"
-        )
+        raise BertclsError(f"{source} has label(s) {some(unknown)} that are not in the label set {label_set(labels)}")
     rows = []
     for s in label_sets:
         row = [0] * len(labels)

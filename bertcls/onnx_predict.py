@@ -85,7 +85,12 @@ class OnnxClassifier:
         tokenizer.no_padding()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are noise to a user
-        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a damaged file
+            raise BertclsError(
+                f"ONNX export {folder}: {model.name} cannot be loaded ({type(e).__name__}); export the checkpoint again"
+            ) from e
         config["labels"] = labels
         return cls(folder, config, session, tokenizer)
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from bertcls.errors import BertclsError, cli_errors
+from bertcls.errors import BertclsError, check_parent, cli_errors
 from bertcls.multilabel import DEFAULT_DELIMITER, join_labels
 from bertcls.onnx_predict import OnnxClassifier, is_onnx_export
 
@@ -77,6 +77,7 @@ def predict_file(
     preds = predict_texts(model, texts, pairs, batch_size)
     # Written beside the target and renamed into place: an interrupted run leaves no half-written output.
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    out.parent.mkdir(parents=True, exist_ok=True)
     try:
         with tmp.open("w", newline="") as f:
             if out.suffix.lower() == ".csv":
@@ -146,8 +147,7 @@ def check_output_file(out: Path, overwrite: bool) -> None:
         raise BertclsError(f"--output {out} is a folder; give a file name ending in .csv or .jsonl")
     if out.exists() and not overwrite:
         raise BertclsError(f"--output {out} already exists; choose another file or pass --overwrite")
-    if not out.parent.is_dir():
-        raise BertclsError(f"--output {out}: folder {out.parent} does not exist")
+    check_parent(out, "--output")
 
 
 def read_input(

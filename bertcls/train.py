@@ -149,9 +149,12 @@ def check_output_dir(cfg: Config) -> list[Path]:
             raise BertclsError(f"output.dir {out} holds a finished run (metrics.json); there is nothing to resume")
         return []
     if any(p.name in RUN_RESULTS for p in existing) and not cfg.output.overwrite:
+        # A finished run (metrics.json) has nothing left to resume; an interrupted one can be continued.
+        finished = (out / "metrics.json").exists()
         raise BertclsError(
-            f"output.dir {out} already holds a run ({', '.join(sorted(p.name for p in existing))}); "
-            "choose another output.dir, set output.overwrite=true, or continue it with train.resume_from=latest"
+            f"output.dir {out} already holds a {'finished ' if finished else ''}run "
+            f"({', '.join(sorted(p.name for p in existing))}); choose another output.dir, set output.overwrite=true"
+            + ("" if finished else ", or continue it with train.resume_from=latest")
         )
     return existing
 

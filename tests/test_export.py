@@ -48,7 +48,7 @@ def model(checkpoint) -> BertForTextClassification:
 
 @pytest.fixture(scope="module")
 def onnx_dir(checkpoint, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "onnx"
+    out = tmp_path_factory.mktemp("export") / "new" / "onnx"  # missing parent folders are made, as mkdir -p would
     export_onnx(checkpoint, out, verbose=False)
     return out
 
@@ -128,6 +128,17 @@ def test_predict_file_with_onnx(onnx_dir, model, tmp_path):
     data = write_csv(tmp_path / "in.csv", [{"text": t, "id": str(i)} for i, t in enumerate(TEXTS)])
     got = predict_file(load_predictor(onnx_dir), data, tmp_path / "out.csv")
     assert [p["label"] for p in got] == [p["label"] for p in model.predict(TEXTS)]
+
+
+def test_truncated_onnx_model_is_a_clear_error(onnx_dir, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(onnx_dir, broken)
+    data = (broken / "model.onnx").read_bytes()
+    (broken / "model.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(BertclsError, match="model.onnx cannot be loaded .*export the checkpoint again"):
+        load_predictor(broken)
 
 
 def test_int8_quantization_reports_accuracy_change(checkpoint, tmp_path, capsys):

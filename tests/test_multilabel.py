@@ -492,7 +492,7 @@ def test_evaluate_cli_on_a_multilabel_checkpoint(ml_model, ml_data, tmp_path, ca
     # an unknown label is one line, without a traceback
     bad = write_delimited_csv(tmp_path / "bad.csv", [{"text": "fun", "label": ["good", "meh"]}])
     proc = run_cli("bertcls.evaluate", "--checkpoint", str(ckpt), "--data", str(bad))
-    assert_one_line_error(proc, "'meh' (1 rows)")
+    assert_one_line_error(proc, "1 row(s) with label(s) 'meh'")
 
 
 def test_onnx_export_carries_task_and_thresholds(ml_model, tmp_path):

@@ -118,6 +118,7 @@ def test_errors_are_one_line(checkpoint, tmp_path, capsys):
         "unknown file type": ["--input", str(src), "--output", str(tmp_path / "o.xlsx")],
         "one of the two": [],
         "--top-k must be at least 1": ["--top-k", "0", "text"],
+        "is a file, not a folder": ["--input", str(src), "--output", str(existing / "o.csv")],
     }
     for expected, args in cases.items():
         with pytest.raises(SystemExit) as exit_info:
@@ -126,3 +127,13 @@ def test_errors_are_one_line(checkpoint, tmp_path, capsys):
         assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
         assert expected in err, err
     assert existing.read_text() == "keep"
+    with pytest.raises(SystemExit):  # the weights file instead of its folder
+        main(["--checkpoint", str(checkpoint / "model.safetensors"), "text"])
+    assert f"give the folder that holds it ({checkpoint})" in capsys.readouterr().err
+
+
+def test_output_in_a_new_folder(checkpoint, tmp_path):
+    src = write_csv(tmp_path / "in.csv", make_rows(3, 1))
+    out = tmp_path / "new" / "deeper" / "p.jsonl"  # missing folders are made, as mkdir -p would
+    main(["--checkpoint", str(checkpoint), "--input", str(src), "--output", str(out)])
+    assert len(out.read_text().splitlines()) == 3

@@ -146,8 +146,9 @@ def test_finished_run_is_not_overwritten(tiny_bert, tiny_data, tmp_path):
     train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=1"))
     before = (out / "metrics.json").read_text()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(BertclsError, match="already holds a run"):
+    with pytest.raises(BertclsError, match="already holds a finished run") as err:
         train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=2"))
+    assert "resume_from" not in str(err.value)  # a finished run has nothing to resume
     assert (out / "metrics.json").read_text() == before
     train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=2", "output.overwrite=true"))
     assert json.loads((out / "metrics.json").read_text())["history"][-1]["step"] == 2
@@ -225,7 +226,7 @@ def test_cli_errors_are_one_line_without_traceback(tiny_bert, tiny_data, tmp_pat
         "no column 'txt'": ["data.text_column=txt"],
         "unknown config key": ["train.nope=1"],
         "'neutral'": [f"data.validation={bad_val}"],
-        "already holds a run": [f"output.dir={finished}"],
+        "already holds a finished run": [f"output.dir={finished}"],
     }
     for expected, extra in cases.items():
         args = [*base, f"output.dir={tmp_path / 'out'}", *extra]
