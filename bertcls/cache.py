@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from bertcls.data import Split, encode, iter_length_sorted_batches
+from bertcls.precision import autocast
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path(os.environ.get("BERTCLS_CACHE", Path.home() / ".cache" / "bertcls" / "features"))
@@ -86,7 +87,6 @@ def compute_features(
     """
     model.eval()
     device = accelerator.device
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     indices = list(range(len(split)))
     with accelerator.split_between_processes(indices) as mine:
         mine = list(mine)
@@ -98,7 +98,7 @@ def compute_features(
         bar = tqdm(total=len(mine), desc="features", unit="text", disable=not accelerator.is_main_process, leave=False)
         for idx, batch in iter_length_sorted_batches(encoded, batch_size, pad_id):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            with autocast(device.type, precision):
                 local[idx] = model.features(**batch).float().cpu()
             bar.update(len(idx))
         bar.close()

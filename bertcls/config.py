@@ -19,8 +19,9 @@ from omegaconf.errors import OmegaConfBaseException
 from bertcls.data import TRUNCATIONS
 from bertcls.errors import BertclsError
 from bertcls.multilabel import TASKS
+from bertcls.precision import PRECISIONS
 
-MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+MIXED_PRECISION = PRECISIONS
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 METRICS = ("accuracy", "macro_f1", "loss")
 MULTI_LABEL_METRICS = ("micro_f1", "macro_f1", "subset_accuracy", "hamming_loss", "loss")

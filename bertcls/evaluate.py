@@ -27,6 +27,7 @@ from bertcls.errors import BertclsError, cli_errors, label_set, some
 from bertcls.metrics import classification_report, multilabel_report, paired_bootstrap
 from bertcls.model import BertForTextClassification, checkpoint_task, load_checkpoint
 from bertcls.multilabel import decide, join_labels, multi_hot, parse_label_set
+from bertcls.precision import PRECISIONS, check_precision, resolve
 from bertcls.resources import is_packaged
 
 UNKNOWN_LABEL_CHOICES = ("error", "skip")
@@ -79,13 +80,16 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     unknown_labels: str = "error",
     device: str | torch.device | None = None,
+    precision: str = "auto",
 ) -> CheckpointResult:
     """Predict every row of ``data`` with a checkpoint (a folder or a loaded model) and compute the metrics.
 
     Rows whose gold label the checkpoint does not know are an error naming them, or with ``unknown_labels="skip"``
     are left out of the metrics and counted in ``metrics["unknown_labels"]``. For a multi-label checkpoint each gold
     label is a set (a list, or a string joined by the checkpoint's ``label_delimiter``), a row with any unknown
-    label counts as unknown, and predictions use the checkpoint's thresholds.
+    label counts as unknown, and predictions use the checkpoint's thresholds. ``precision``: ``auto`` (bf16 where the
+    device has it, as training evaluates with its default ``mixed_precision: auto``), ``no`` (full), ``bf16``,
+    ``fp16``; the one used is ``metrics["precision"]``.
 
     Raises:
         BertclsError: unreadable checkpoint, unknown labels, no labelled rows, bad options.
@@ -94,6 +98,7 @@ def evaluate_checkpoint(
         raise BertclsError(f"unknown_labels must be one of {', '.join(UNKNOWN_LABEL_CHOICES)}, got '{unknown_labels}'")
     if batch_size < 1:
         raise BertclsError(f"batch size must be at least 1, got {batch_size}")
+    check_precision(precision)
     if data.labels is None:
         raise BertclsError(f"{data.source}: evaluation needs gold labels, and this data has none")
     if isinstance(checkpoint, BertForTextClassification):
@@ -127,10 +132,11 @@ def evaluate_checkpoint(
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
+    precision = resolve(precision, torch.device(device).type)
     # predict_proba batches by length, moves each batch's output to the CPU and returns rows in input order.
-    probs = model.predict_proba(data.texts, data.text_pairs, batch_size).numpy().astype(np.float64)
+    probs = model.predict_proba(data.texts, data.text_pairs, batch_size, precision).numpy().astype(np.float64)
     metrics = {"checkpoint": name, "data": data.source, "labels": model.labels, "num_rows": len(data)}
-    metrics["task"] = model.task
+    metrics["task"], metrics["precision"] = model.task, precision
     if model.multi_label:
         metrics.update(multilabel_report(gold[known], probs[known], model.labels, model.thresholds))
         metrics["label_delimiter"] = model.label_delimiter
@@ -156,6 +162,7 @@ def evaluate(
     n_resamples: int = 1000,
     seed: int = 0,
     device: str | torch.device | None = None,
+    precision: str = "auto",
     verbose: bool = True,
 ) -> dict[str, Any]:
     """Evaluate checkpoints on ``data`` (a file, ``packaged:NAME/SPLIT``, a hub dataset, or a loaded ``Split``).
@@ -175,6 +182,7 @@ def evaluate(
     paths = [checkpoints] if isinstance(checkpoints, (str, os.PathLike)) else list(checkpoints)
     if not paths:
         raise BertclsError("give at least one checkpoint")
+    check_precision(precision)  # before any checkpoint or data loads: a typo costs nothing
     tasks = {checkpoint_task(p) for p in paths}
     if len({task for task, _ in tasks}) > 1:
         raise BertclsError("the checkpoints mix single-label and multi-label classifiers; evaluate them separately")
@@ -196,7 +204,7 @@ def evaluate(
     out = Path(output) if output is not None else Path(paths[0]) / f"eval-{data_name(source, split)}"
     check_report_dir(out, overwrite)
 
-    results = [evaluate_checkpoint(p, data, batch_size, unknown_labels, device) for p in paths]
+    results = [evaluate_checkpoint(p, data, batch_size, unknown_labels, device, precision) for p in paths]
     say = print if verbose else (lambda *_: None)
     if len(results) == 1:
         write_report(results[0], data, out)
@@ -313,12 +321,17 @@ def _fmt(value: float | None, width: int = 9) -> str:
     return f"{value:>{width}.4f}"
 
 
+def _precision_note(m: dict[str, Any]) -> str:
+    precision = m.get("precision")
+    return "" if precision is None else f", precision {'full (fp32)' if precision == 'no' else precision}"
+
+
 def format_report(m: dict[str, Any]) -> str:
     """A readable summary of one checkpoint's metrics: headline numbers, per-class table, confusion matrix."""
     if m.get("task") == "multi_label":
         return format_multilabel_report(m)
     labels = list(m["labels"])
-    lines = [f"{m['checkpoint']} on {m['data']}: {m['num_examples']} examples"]
+    lines = [f"{m['checkpoint']} on {m['data']}: {m['num_examples']} examples{_precision_note(m)}"]
     if m["unknown_labels"]["count"]:
         skipped = ", ".join(f"'{k}' x{n}" for k, n in m["unknown_labels"]["labels"].items())
         lines[0] += f" ({m['unknown_labels']['count']} rows skipped, labels unknown to the checkpoint: {skipped})"
@@ -346,7 +359,7 @@ def format_report(m: dict[str, Any]) -> str:
 def format_multilabel_report(m: dict[str, Any]) -> str:
     """Headline numbers, per-label precision / recall / F1 / support / threshold, and per-label decision counts."""
     labels = list(m["labels"])
-    lines = [f"{m['checkpoint']} on {m['data']}: {m['num_examples']} examples (multi-label)"]
+    lines = [f"{m['checkpoint']} on {m['data']}: {m['num_examples']} examples (multi-label){_precision_note(m)}"]
     if m["unknown_labels"]["count"]:
         skipped = ", ".join(f"'{k}' x{n}" for k, n in m["unknown_labels"]["labels"].items())
         lines[0] += f" ({m['unknown_labels']['count']} rows skipped, labels unknown to the checkpoint: {skipped})"
@@ -427,6 +440,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output", help="report folder (default: <first checkpoint>/eval-<data name>)")
     parser.add_argument("--overwrite", action="store_true", help="write into an output folder that holds a report")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 where the hardware has it, as training's default; no: full precision",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
         "--unknown-labels",
@@ -459,6 +478,7 @@ def main(argv: list[str] | None = None) -> None:
         unknown_labels=args.unknown_labels,
         n_resamples=args.bootstrap_resamples,
         seed=args.seed,
+        precision=args.precision,
     )
 
 

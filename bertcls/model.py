@@ -360,16 +360,25 @@ class BertForTextClassification(nn.Module):
 
     @torch.inference_mode()
     def predict_proba(
-        self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
+        self,
+        texts: Sequence[str],
+        text_pairs: Sequence[str] | None = None,
+        batch_size: int = 64,
+        precision: str = "no",
     ) -> torch.Tensor:
         """Class probabilities (multi-label: one sigmoid per label), (len(texts), num_labels), in input order. Batches
         are grouped by length; long texts are truncated (or read as windows) as the model was trained
-        (``model.truncation``, ``model.window_stride``)."""
+        (``model.truncation``, ``model.window_stride``). ``precision``: ``no`` (full), ``bf16``, ``fp16``, or
+        ``auto`` (bf16 where the model's device has it, as training's ``mixed_precision: auto``)."""
         from bertcls.data import average_windows, encode, encode_windows, iter_length_sorted_batches
+        from bertcls.precision import autocast, check_precision, resolve
+
+        check_precision(precision)
 
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
+        precision = resolve(precision, device.type)
         doc_ids = None
         if self.window_stride:
             encoded, doc_ids = encode_windows(self.tokenizer, texts, text_pairs, self.max_length, self.window_stride)
@@ -378,15 +387,22 @@ class BertForTextClassification(nn.Module):
         probs = torch.empty(len(encoded["input_ids"]), self.num_labels)
         for idx, batch in iter_length_sorted_batches(encoded, batch_size, self.tokenizer.pad_token_id or 0):
             batch = {k: v.to(device) for k, v in batch.items()}
-            probs[idx] = self.probabilities(self(**batch).logits).cpu()
+            with autocast(device.type, precision):
+                logits = self(**batch).logits
+            probs[idx] = self.probabilities(logits).cpu()
         self.train(was_training)
         # A long text read as windows gets the mean of its windows' probabilities.
         return probs if doc_ids is None else average_windows(probs, doc_ids, len(texts))
 
     def predict(
-        self, texts: str | Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
+        self,
+        texts: str | Sequence[str],
+        text_pairs: Sequence[str] | None = None,
+        batch_size: int = 64,
+        precision: str = "no",
     ) -> list[dict[str, Any]]:
-        """Label names with probabilities: ``[{"label": "positive", "score": 0.97, "probabilities": {...}}, ...]``.
+        """Label names with probabilities: ``[{"label": "positive", "score": 0.97, "probabilities": {...}}, ...]``
+        (``precision`` as in ``predict_proba``).
 
         A multi-label model gives every label at or above its threshold, most probable first:
         ``[{"labels": ["news", "sport"], "scores": [0.91, 0.62], "probabilities": {...}}, ...]`` (``labels`` may be
@@ -394,7 +410,7 @@ class BertForTextClassification(nn.Module):
         """
         if isinstance(texts, str):
             texts = [texts]
-        probs = self.predict_proba(list(texts), text_pairs, batch_size)
+        probs = self.predict_proba(list(texts), text_pairs, batch_size, precision)
         if self.multi_label:
             return prediction_dicts(probs.tolist(), self.labels, self._thresholds)
         out = []

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Union
 from bertcls.errors import BertclsError, check_parent, cli_errors
 from bertcls.multilabel import DEFAULT_DELIMITER, join_labels
 from bertcls.onnx_predict import OnnxClassifier, is_onnx_export
+from bertcls.precision import PRECISIONS, check_precision
 
 if TYPE_CHECKING:
     from bertcls.model import BertForTextClassification
@@ -35,15 +36,24 @@ def predict_texts(
     text_pairs: Sequence[str] | None = None,
     batch_size: int = 64,
     top_k: int | None = None,
+    precision: str = "auto",
 ) -> list[dict[str, Any]]:
     """``model.predict`` with ``probabilities`` ordered from most to least probable, cut to ``top_k`` labels.
 
     Returns ``[{"label": ..., "score": ..., "probabilities": {label: p, ...}}, ...]`` in input order; for a
     multi-label model ``[{"labels": [...], "scores": [...], "probabilities": {...}}, ...]`` (every label at or above
-    its threshold).
+    its threshold). ``precision``: ``auto`` (bf16 where the hardware has it, as training's default), ``no`` (full),
+    ``bf16``, ``fp16``; an ONNX export always runs in full precision.
     """
     check_sizes(batch_size, top_k)
-    out = model.predict(list(texts), list(text_pairs) if text_pairs is not None else None, batch_size)
+    check_precision(precision)
+    pairs = list(text_pairs) if text_pairs is not None else None
+    if isinstance(model, OnnxClassifier):
+        if precision not in ("auto", "no"):
+            raise BertclsError(f"an ONNX export runs in full precision; drop --precision {precision}")
+        out = model.predict(list(texts), pairs, batch_size)
+    else:
+        out = model.predict(list(texts), pairs, batch_size, precision)
     for p in out:
         p["probabilities"] = dict(sorted(p["probabilities"].items(), key=lambda kv: -kv[1]))
     return [_cut(p, top_k) for p in out]
@@ -58,6 +68,7 @@ def predict_file(
     batch_size: int = 64,
     top_k: int | None = None,
     overwrite: bool = False,
+    precision: str = "auto",
 ) -> list[dict[str, Any]]:
     """Predict every row of a data file and write ``output_path`` (``.csv`` or ``.jsonl``); returns the predictions.
 
@@ -74,7 +85,7 @@ def predict_file(
     check_sizes(batch_size, top_k)
     check_output_file(out, overwrite)
     rows, texts, pairs = read_input(str(input_path), text_column, text_pair_column)
-    preds = predict_texts(model, texts, pairs, batch_size)
+    preds = predict_texts(model, texts, pairs, batch_size, precision=precision)
     # Written beside the target and renamed into place: an interrupted run leaves no half-written output.
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -207,6 +218,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     parser.add_argument("--json", action="store_true", help="print one JSON object per text instead of a table")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bf16 where the hardware has it, as training's default; no: full precision (an ONNX export "
+        "always runs in full precision)",
+    )
     return parser.parse_args(argv)
 
 
@@ -232,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
             args.batch_size,
             args.top_k,
             args.overwrite,
+            args.precision,
         )
         print(f"{len(preds)} predictions written to {args.output}")
         return
@@ -239,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
         _, texts, pairs = read_input(args.input, args.text_column, args.text_pair_column)
     else:
         texts, pairs = args.texts, None
-    preds = predict_texts(model, texts, pairs, args.batch_size, args.top_k)
+    preds = predict_texts(model, texts, pairs, args.batch_size, args.top_k, args.precision)
     thresholds = dict(zip(model.labels, model.thresholds)) if model.thresholds is not None else None
     for i, (text, p) in enumerate(zip(texts, preds)):
         if args.json:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from bertcls import allocator
+from bertcls import precision as precision_module
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
 from bertcls.checkpoint import (
     CHECKPOINTS,
@@ -71,15 +72,7 @@ RUN_RESULTS = ("best", "last", "metrics.json", CHECKPOINTS)  # a folder with any
 
 def resolve_mixed_precision(choice: str) -> str:
     """``auto`` -> bf16 on GPUs and CPUs with native bf16 (AVX512-BF16 / AMX), else full precision."""
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "no"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "no"
+    return precision_module.resolve(choice)
 
 
 def max_positions(config) -> int | None:

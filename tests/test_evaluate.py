@@ -57,8 +57,8 @@ def assert_png(path: Path) -> None:
 def test_report_metrics_agree_with_sklearn_and_rows_align(checkpoints, tiny_data, tmp_path):
     out = tmp_path / "report"
     # batch size 7: several length-sorted batches, so input order has to be restored
-    m = evaluate(checkpoints[0], str(tiny_data["test"]), output=out, batch_size=7, verbose=False)
-    assert json.loads((out / "metrics.json").read_text()) == m
+    m = evaluate(checkpoints[0], str(tiny_data["test"]), output=out, batch_size=7, precision="no", verbose=False)
+    assert json.loads((out / "metrics.json").read_text()) == m and m["precision"] == "no"
     test = load_split(str(tiny_data["test"]))
     rows = read_predictions(out / "predictions.csv")
     assert list(rows[0]) == ["text", "gold", "predicted", "prob_negative", "prob_positive"]
@@ -271,3 +271,18 @@ def test_training_writes_curves_and_the_script_redraws_them(tiny_bert, tiny_data
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert_png(tmp_path / "again.png")
+
+
+def test_precision_auto_is_trainings_and_is_recorded(checkpoints, tiny_data, tmp_path):
+    from bertcls.precision import resolve
+
+    test = load_split(str(tiny_data["test"]))
+    auto = evaluate_checkpoint(checkpoints[0], test)  # the default: auto, as training's mixed_precision
+    full = evaluate_checkpoint(checkpoints[0], test, precision="no")
+    assert auto.metrics["precision"] == resolve("auto", "cpu") and full.metrics["precision"] == "no"
+    np.testing.assert_allclose(auto.probs, full.probs, atol=0.02)  # bf16 rounding, where it applies
+    bf16 = evaluate_checkpoint(checkpoints[0], test, precision="bf16")
+    assert bf16.metrics["precision"] == "bf16" and not np.array_equal(bf16.probs, full.probs)
+    with pytest.raises(BertclsError, match="unknown precision 'fp8'"):
+        evaluate(checkpoints[0], str(tiny_data["test"]), output=tmp_path / "x", precision="fp8", verbose=False)
+    assert not (tmp_path / "x").exists()

@@ -85,7 +85,8 @@ def test_onnx_folder_holds_tokenizer_and_labels(onnx_dir, model):
 def test_onnx_predictions_equal_pytorch(onnx_dir, model):
     onnx = load_predictor(onnx_dir)
     assert isinstance(onnx, OnnxClassifier)
-    got, expected = predict_texts(onnx, TEXTS, batch_size=2), predict_texts(model, TEXTS, batch_size=2)
+    got = predict_texts(onnx, TEXTS, batch_size=2)
+    expected = predict_texts(model, TEXTS, batch_size=2, precision="no")  # ONNX runs in full precision
     for g, e in zip(got, expected):
         assert g["label"] == e["label"]
         assert list(g["probabilities"]) == list(e["probabilities"])
@@ -128,6 +129,13 @@ def test_predict_file_with_onnx(onnx_dir, model, tmp_path):
     data = write_csv(tmp_path / "in.csv", [{"text": t, "id": str(i)} for i, t in enumerate(TEXTS)])
     got = predict_file(load_predictor(onnx_dir), data, tmp_path / "out.csv")
     assert [p["label"] for p in got] == [p["label"] for p in model.predict(TEXTS)]
+
+
+def test_onnx_predicts_in_full_precision_only(onnx_dir):
+    onnx = load_predictor(onnx_dir)
+    assert predict_texts(onnx, TEXTS, precision="no") == predict_texts(onnx, TEXTS)  # auto: full precision here
+    with pytest.raises(BertclsError, match="ONNX export runs in full precision"):
+        predict_texts(onnx, TEXTS, precision="bf16")
 
 
 def test_truncated_onnx_model_is_a_clear_error(onnx_dir, tmp_path):

@@ -212,6 +212,17 @@ def test_predict_keeps_input_order_across_length_sorted_batches(tiny_model):
     assert torch.allclose(together, one_by_one, atol=1e-5)
 
 
+def test_predict_precision(tiny_model):
+    texts = ["a gripping, beautiful film", "awful", "good " * 9]
+    full = tiny_model.predict_proba(texts)  # the method's default: full precision
+    bf16 = tiny_model.predict_proba(texts, precision="bf16")
+    assert torch.allclose(full, tiny_model.predict_proba(texts, precision="no"))
+    assert torch.allclose(bf16, full, atol=0.02) and not torch.equal(bf16, full)  # bf16 ran, and only rounded
+    assert bf16.dtype == torch.float32 and torch.allclose(bf16.sum(-1), torch.ones(3), atol=1e-5)
+    with pytest.raises(BertclsError, match="unknown precision 'fp8'"):
+        tiny_model.predict(texts, precision="fp8")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

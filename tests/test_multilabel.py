@@ -318,12 +318,14 @@ def test_thresholds_saved_are_the_ones_predict_and_its_cli_apply(ml_model, tmp_p
 
     from bertcls.predict import load_predictor, main, predict_file
 
-    proc = run_cli("bertcls.predict", "--checkpoint", str(ckpts["above"]), "--json", TEXTS[0])
+    # full precision: the thresholds sit 1e-3 from the fp32 probability, closer than bf16's rounding
+    full = ["--precision", "no"]
+    proc = run_cli("bertcls.predict", "--checkpoint", str(ckpts["above"]), *full, "--json", TEXTS[0])
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["labels"] == ["bad"]
-    main(["--checkpoint", str(ckpts["below"]), "--json", TEXTS[0]])
+    main(["--checkpoint", str(ckpts["below"]), *full, "--json", TEXTS[0]])
     assert set(json.loads(capsys.readouterr().out)["labels"]) == {"bad", "good"}
-    main(["--checkpoint", str(ckpts["above"]), TEXTS[0], "fun"])
+    main(["--checkpoint", str(ckpts["above"]), *full, TEXTS[0], "fun"])
     lines = capsys.readouterr().out.splitlines()
     assert any("(threshold 0.9900)" in line for line in lines)
     assert [line for line in lines if "<- predicted" in line][0].split()[0] == "bad"
@@ -331,12 +333,12 @@ def test_thresholds_saved_are_the_ones_predict_and_its_cli_apply(ml_model, tmp_p
     # files: the CSV holds the label set joined by the checkpoint's delimiter, JSONL a list
     src = write_delimited_csv(tmp_path / "in.csv", [{"text": t, "label": []} for t in TEXTS])
     model = load_predictor(ckpts["below"])
-    preds = predict_file(model, src, tmp_path / "out.csv")
+    preds = predict_file(model, src, tmp_path / "out.csv", precision="no")
     with (tmp_path / "out.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["predicted"] for r in rows] == [";".join(p["labels"]) for p in preds]
     assert set(rows[0]["predicted"].split(";")) == {"bad", "good"} and "score" not in rows[0]
-    predict_file(model, src, tmp_path / "out.jsonl")
+    predict_file(model, src, tmp_path / "out.jsonl", precision="no")
     first = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
     assert set(first["predicted"]) == {"bad", "good"} and len(first["scores"]) == 2
 

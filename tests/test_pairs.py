@@ -50,4 +50,4 @@ def test_sentence_pairs_train_evaluate_and_predict(tiny_bert, tmp_path):
     )
     with labelled.open() as f:
         predicted = [row["predicted"] for row in csv.DictReader(f)]
-    assert predicted == [p["label"] for p in model.predict(test.texts, test.text_pairs)]
+    assert predicted == [p["label"] for p in model.predict(test.texts, test.text_pairs, precision="auto")]

@@ -42,7 +42,7 @@ def test_cli_texts_equal_model_predict(checkpoint, model):
     proc = run_cli("--checkpoint", str(checkpoint), "--json", *TEXTS)
     assert proc.returncode == 0, proc.stderr
     got = [json.loads(line) for line in proc.stdout.splitlines()]
-    expected = model.predict(TEXTS)
+    expected = model.predict(TEXTS, precision="auto")  # the CLI default, as training's
     assert [g["text"] for g in got] == TEXTS
     for g, e in zip(got, expected):
         assert g["label"] == e["label"]
@@ -54,7 +54,7 @@ def test_cli_texts_equal_model_predict(checkpoint, model):
 def test_printed_table_and_top_k(checkpoint, model, capsys):
     main(["--checkpoint", str(checkpoint), "--top-k", "2", *TEXTS[:2]])
     out = capsys.readouterr().out
-    expected = model.predict(TEXTS[:2])
+    expected = model.predict(TEXTS[:2], precision="auto")
     blocks = out.strip().split("\n[")
     assert len(blocks) == 2 and TEXTS[0] in blocks[0] and TEXTS[1] in blocks[1]
     for block, e in zip(blocks, expected):
@@ -64,7 +64,7 @@ def test_printed_table_and_top_k(checkpoint, model, capsys):
         assert label == e["label"] and float(prob) == pytest.approx(e["score"], abs=1e-4)
         assert "<- predicted" in lines[0]
     top1 = predict_texts(model, TEXTS, top_k=1)
-    assert [list(p["probabilities"]) for p in top1] == [[p["label"]] for p in model.predict(TEXTS)]
+    assert [list(p["probabilities"]) for p in top1] == [[p["label"]] for p in model.predict(TEXTS, precision="auto")]
 
 
 def test_csv_in_csv_out_keeps_columns_and_order(checkpoint, model, tmp_path):
@@ -77,7 +77,7 @@ def test_csv_in_csv_out_keeps_columns_and_order(checkpoint, model, tmp_path):
         got = list(csv.DictReader(f))
     assert list(got[0]) == ["text", "label", "other", "predicted", "score", "prob_bad", "prob_good", "prob_meh"]
     assert [(g["text"], g["label"], g["other"]) for g in got] == [(r["text"], r["label"], r["other"]) for r in rows]
-    expected = model.predict([r["text"] for r in rows])
+    expected = model.predict([r["text"] for r in rows], precision="auto")
     for g, e in zip(got, expected):
         assert g["predicted"] == e["label"] and float(g["score"]) == pytest.approx(e["score"], rel=1e-6)
         for label, p in e["probabilities"].items():
@@ -97,7 +97,7 @@ def test_jsonl_in_jsonl_out_with_pairs_and_top_k(model, tmp_path):
     out = tmp_path / "out.jsonl"
     predict_file(model, src, out, text_column="premise", text_pair_column="hypothesis", top_k=2)
     got = [json.loads(line) for line in out.read_text().splitlines()]
-    expected = model.predict(TEXTS, ["fun"] * len(TEXTS))
+    expected = model.predict(TEXTS, ["fun"] * len(TEXTS), precision="auto")
     assert [g["id"] for g in got] == list(range(len(TEXTS)))
     for g, e in zip(got, expected):
         assert g["premise"] in TEXTS and g["predicted"] == e["label"]
