@@ -7,6 +7,7 @@ only where it is used: ``bertcls.predict`` on an ONNX export runs without it.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ def check_precision(choice: str) -> None:
         raise BertclsError(f"unknown precision '{choice}'; valid: {', '.join(PRECISIONS)}")
 
 
+@functools.cache  # the CPU does not change; prediction resolves "auto" on every call
 def cpu_has_bf16() -> bool:
     """Native bf16 matmuls on this CPU (AVX512-BF16 or AMX): without them bf16 on CPU is emulated and slower."""
     try:

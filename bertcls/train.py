@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from bertcls import allocator
-from bertcls import precision as precision_module
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
 from bertcls.checkpoint import (
     CHECKPOINTS,
@@ -60,6 +59,7 @@ from bertcls.losses import build_loss, build_multilabel_loss, class_weights, pos
 from bertcls.metrics import core_metrics, is_better, multilabel_metrics
 from bertcls.model import BertForTextClassification, probabilities
 from bertcls.multilabel import DEFAULT_THRESHOLD, tune_thresholds
+from bertcls.precision import resolve as resolve_mixed_precision  # scripts/ import it from here too
 from bertcls.tracking import check_trackers, flat_config
 
 # What a run writes into output.dir; only these are removed by output.overwrite=true.
@@ -68,11 +68,6 @@ RUN_RESULTS = ("best", "last", "metrics.json", CHECKPOINTS)  # a folder with any
 
 
 # ---------------------------------------------------------------- setup helpers
-
-
-def resolve_mixed_precision(choice: str) -> str:
-    """``auto`` -> bf16 on GPUs and CPUs with native bf16 (AVX512-BF16 / AMX), else full precision."""
-    return precision_module.resolve(choice)
 
 
 def max_positions(config) -> int | None:
