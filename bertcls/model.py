@@ -116,12 +116,17 @@ class HeadSpec:
         check_choice("activation", self.activation, list(ACT2FN))
         if not 0.0 <= self.dropout < 1.0:
             raise BertclsError(f"dropout must be in [0, 1), got {self.dropout}")
-        parse_init(self.head_init)
-        parse_init(self.bias_init)
+        # The initializers are not checked here: a saved head is loaded, never re-initialized, so a checkpoint made
+        # with a user's own initializer loads where that initializer is not registered (check_inits: new heads).
         self.labels = [str(label) for label in self.labels]
         self.hidden_sizes = [int(h) for h in self.hidden_sizes]
         if isinstance(self.head_init, dict) or hasattr(self.head_init, "items"):
             self.head_init = dict(self.head_init)
+
+    def check_inits(self) -> None:
+        """Raise BertclsError if head_init or bias_init is not a registered initializer with valid parameters."""
+        parse_init(self.head_init)
+        parse_init(self.bias_init)
 
 
 class ClassificationHead(nn.Module):
@@ -141,6 +146,7 @@ class ClassificationHead(nn.Module):
         return self.layers(pooled)
 
     def reset_parameters(self, spec: HeadSpec, initializer_range: float, generator: torch.Generator | None) -> None:
+        spec.check_inits()
         linears = [m for m in self.layers if isinstance(m, nn.Linear)]
         if len(linears) > 1:
             warn_if_symmetric(spec.head_init, "head_init on a head with hidden layers")
@@ -184,14 +190,16 @@ class BertForTextClassification(nn.Module):
         seed: int | None = None,
         truncation: str = "head",
         window_stride: int = 0,
+        init_head: bool = True,
     ):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.spec = spec
         self.head = ClassificationHead(backbone.config.hidden_size, spec)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        self.head.reset_parameters(spec, getattr(backbone.config, "initializer_range", 0.02), generator)
+        if init_head:  # False when saved weights are loaded next: their initializer is history, not needed
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            self.head.reset_parameters(spec, getattr(backbone.config, "initializer_range", 0.02), generator)
         self._takes_token_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
         model_max = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         self.max_length = int(max_length or model_max)
@@ -518,6 +526,7 @@ class BertForTextClassification(nn.Module):
             bias_init=bias_init,
             task=task or "single_label",
         )
+        spec.check_inits()  # before the backbone loads: a typo costs nothing
         backbone, tokenizer = load_backbone(name, attn_implementation)
         return cls(backbone, tokenizer, spec, bool(freeze_backbone), unfreeze_top_k, max_length, seed)
 
@@ -590,9 +599,20 @@ def load_backbone(name: str, attn_implementation: str | None = "sdpa") -> tuple[
     return backbone, tokenizer
 
 
+def check_saved_pooling(path: Path, pooling: Any) -> None:
+    """A checkpoint's pooling runs at every prediction, so a user-registered one must be registered again."""
+    if isinstance(pooling, str) and pooling not in POOLINGS:
+        raise BertclsError(
+            f"checkpoint {path} uses pooling '{pooling}', which is not registered in this process; register it "
+            f"before loading (@bertcls.register_pooling('{pooling}') on the same function; built in: "
+            f"{', '.join(POOLINGS)})"
+        )
+
+
 def _load_checkpoint(path: Path) -> BertForTextClassification:
     try:
         config = json.loads((path / CONFIG_NAME).read_text())
+        check_saved_pooling(path, config["head"].get("pooling", "cls"))
         spec = HeadSpec(**config["head"])
         backbone_config = dict(config["backbone_config"])
     except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
@@ -625,6 +645,7 @@ def _load_checkpoint(path: Path) -> BertForTextClassification:
         max_length=config.get("max_length"),
         truncation=config.get("truncation", "head"),
         window_stride=config.get("window_stride", 0),
+        init_head=False,
     )
     if model.multi_label:
         try:
