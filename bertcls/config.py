@@ -139,6 +139,7 @@ class TrainConfig:
     cache_dir: str | None = doc(None, "feature cache folder (null: $BERTCLS_CACHE or ~/.cache/bertcls/features)")
     resume_from: str | None = doc(None, "null | latest (newest checkpoint in output.dir/checkpoints) | a step-N folder")
     nan_policy: str = doc("stop", "non-finite loss: stop (one-line error) | skip (no optimizer step for that batch)")
+    dist_timeout: float = doc(600.0, "several processes: seconds one waits for the others before failing")
 
     def __post_init__(self) -> None:
         _positive("train", "epochs", self.epochs)
@@ -149,6 +150,7 @@ class TrainConfig:
         _choice("train", "scheduler", self.scheduler, SCHEDULERS)
         _choice("train", "schedule", self.schedule, ("standard", "lp_ft"))
         _positive("train", "lp_epochs", self.lp_epochs)
+        _positive("train", "dist_timeout", self.dist_timeout)
         _choice("train", "sampler", self.sampler, SAMPLERS)
         _choice("train", "nan_policy", self.nan_policy, NAN_POLICIES)
         _positive("train", "early_stopping_patience", self.early_stopping_patience, allow_zero=True)

@@ -8,6 +8,7 @@ the accelerate examples: one ``prepare``, ``accumulate``/``backward``, clipping 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import torch
 import transformers
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -387,13 +388,31 @@ def train(cfg: Config) -> dict[str, Any]:
         BertclsError: bad data, labels, options or output folder (one-line messages).
     """
     allocator.cap_primitive_cache()  # before the first bf16 matmul: memory that does not grow with new batch lengths
-    if cfg.train.schedule == "lp_ft":
-        return train_lp_ft(cfg)
     threads = torch.get_num_threads()
     try:
-        return _run(cfg)
+        return train_lp_ft(cfg) if cfg.train.schedule == "lp_ft" else _run(cfg)
+    except RuntimeError as e:
+        if not lost_peer(e):
+            raise
+        rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+        raise BertclsError(
+            f"process {rank} of {world}: another process stopped answering ({str(e).splitlines()[0][-120:]}); it "
+            f"died or hangs, see its own output (waited at most train.dist_timeout={cfg.train.dist_timeout:g}s)"
+        ) from e
     finally:
         torch.set_num_threads(threads)  # the cached path runs on one thread; a notebook gets its setting back
+
+
+def lost_peer(e: RuntimeError) -> bool:
+    """Whether a collective failed because another process died or stopped answering (gloo raises plain
+    RuntimeErrors for both; NCCL a DistBackendError)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return False
+    import torch.distributed as dist
+
+    text = str(e)
+    signs = ("Timed out waiting", "Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    return isinstance(e, dist.DistError) or any(s in text for s in signs)
 
 
 def _run(cfg: Config) -> dict[str, Any]:
@@ -417,6 +436,8 @@ def _run(cfg: Config) -> dict[str, Any]:
         cpu=not has_accelerator(),
         # On a GPU, batches come from pinned memory (make_train_loader) and are copied without waiting.
         dataloader_config=DataLoaderConfiguration(non_blocking=has_accelerator()),
+        # A process that died or hangs makes the others fail at their next collective after this long, not 30 min.
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.train.dist_timeout))],
     )
     main = accelerator.is_main_process
     set_seed(cfg.train.seed)
@@ -809,8 +830,33 @@ def _run(cfg: Config) -> dict[str, Any]:
         )
     # No process tears down the process group while another still writes its last files.
     accelerator.wait_for_everyone()
-    accelerator.end_training()
+    finish_run(accelerator)
     return result
+
+
+def finish_run(accelerator: Accelerator) -> None:
+    """Close the trackers and drop accelerate's references to the wrapped model, leaving the process group alive.
+
+    Not ``accelerator.end_training()``: it destroys the process group while the DDP wrapper still holds it, so the
+    wrapper's reducer, freed later with the GIL held, runs gloo's destructor, which waits for gloo's worker thread;
+    that thread may still be releasing the last barrier's tensors, which needs the GIL: a deadlock (1 run in ~12 on
+    this CPU, pytorch issue 56297). The group is destroyed by ``close_distributed`` once nothing else holds it.
+    """
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.free_memory()
+
+
+def close_distributed() -> None:
+    """Destroy the process group (if any) after the run's DDP wrappers are gone, so that its last reference is
+    the registry's, whose release lets go of the GIL before gloo's destructor joins its threads."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()  # a wrapper kept alive by a reference cycle would otherwise be freed later, with the GIL held
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def train_lp_ft(cfg: Config) -> dict[str, Any]:
@@ -881,6 +927,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(config, overrides)
     transformers.logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise in a run log
     train(cfg)
+    # Only after a run that returned: an exception's traceback still holds the DDP wrapper (see finish_run).
+    close_distributed()
 
 
 if __name__ == "__main__":

@@ -122,36 +122,27 @@ def minilm_dir() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-def run_torchrun(train_args: list[str], timeout: float = 180, attempts: int = 2):
-    """``python -m bertcls.train *train_args`` as 2 processes under torchrun (one thread each); on a timeout kill it
-    with all its workers and try once more.
+def run_torchrun(train_args: list[str], timeout: float = 180, module: list[str] | None = None):
+    """``python -m bertcls.train *train_args`` (or ``-m *module``) as 2 processes under torchrun (one thread each).
 
-    A 2-process gloo run here normally takes 10-20 s, but has hung a few times in many runs (never reproduced on
-    demand; cause unknown). The whole process group is killed so no orphaned worker keeps a core busy for the rest
-    of the suite, and if the retry hangs too, the failure shows both attempts' stderr.
+    No retry: a run that outlives ``timeout`` fails the test with every process's stack (py-spy, when installed),
+    and torchrun and its workers (which run in sessions of their own) are all killed.
     """
-    import signal
-    import warnings
+    from scripts.stress_ddp import descendants, dump_stacks, kill_tree
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    cmd += ["-m", "bertcls.train", *train_args]
+    cmd += ["-m", *(module or ["bertcls.train"]), *train_args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    tails = []
-    for _ in range(attempts):
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-        )
-        try:
-            out, err = proc.communicate(timeout=timeout)
-            return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            _, err = proc.communicate()
-            tails.append(err[-3000:])
-            warnings.warn(
-                f"2-process run timed out after {timeout}s; retrying. stderr tail:\n{tails[-1]}", stacklevel=2
-            )
-    raise AssertionError(f"2-process run timed out {attempts} times; stderr tails:\n" + "\n----\n".join(tails))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pids = descendants(proc.pid)
+        stacks = dump_stacks(pids)
+        kill_tree(pids)
+        _, err = proc.communicate()
+        raise AssertionError(f"2-process run alive after {timeout}s\n{stacks}\nstderr tail:\n{err[-3000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 ROOT = Path(__file__).resolve().parents[1]
