@@ -8,6 +8,7 @@ the accelerate examples: one ``prepare``, ``accumulate``/``backward``, clipping 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -56,7 +57,7 @@ from bertcls.data import (
     split_validation,
 )
 from bertcls.errors import BertclsError, cli_errors
-from bertcls.losses import build_loss, build_multilabel_loss, class_weights, pos_weights
+from bertcls.losses import build_loss, build_loss_weight, build_multilabel_loss, class_weights, pos_weights
 from bertcls.metrics import core_metrics, is_better, multilabel_metrics
 from bertcls.model import BertForTextClassification, probabilities
 from bertcls.multilabel import DEFAULT_THRESHOLD, tune_thresholds
@@ -339,6 +340,40 @@ def describe_metrics(v: dict[str, float]) -> str:
     return " ".join(f"{k} {v[k]:.4f}" for k in keys)
 
 
+def micro_batch_groups(loader, k: int):
+    """The loader's batches in lists of ``k`` (the last list may be shorter): one list per optimizer step."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == k:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def backward_group(accelerator: Accelerator, module, group: list[dict], forward, loss_fn, loss_weight) -> list:
+    """Forward and backward over one update's micro-batches; returns their (detached) mean losses.
+
+    Each example weighs the same in the update, however many micro-batches and processes it spans: a micro-batch's
+    mean loss is scaled by its share of the group's total ``loss_weight`` (over every process), so the gradient is
+    the one of a single batch of all the group's examples, a short last group included.
+    """
+    total = sum(loss_weight(b["labels"]) for b in group)
+    if accelerator.num_processes > 1:
+        total = accelerator.reduce(total, "sum") / accelerator.num_processes  # DDP averages the gradients
+    losses = []
+    for i, batch in enumerate(group):
+        labels = batch.pop("labels")
+        batch.pop("index", None)
+        # Gradients are all-reduced across processes only on the group's last micro-batch.
+        with accelerator.no_sync(module) if i < len(group) - 1 else contextlib.nullcontext():
+            loss = loss_fn(forward(module, batch), labels)
+            accelerator.backward(loss * (loss_weight(labels) / total))
+        losses.append(loss.detach())
+    return losses
+
+
 def nonfinite_loss(accelerator: Accelerator, count: torch.Tensor) -> bool:
     """Whether any process saw a non-finite loss since the last optimizer step (all processes must agree, or one
     would step while another skips). One host sync per optimizer step."""
@@ -347,7 +382,9 @@ def nonfinite_loss(accelerator: Accelerator, count: torch.Tensor) -> bool:
     return bool(count.item())
 
 
-def nan_message(loss: torch.Tensor, step: int, lr: float, out: Path) -> str:
+def nan_message(losses: list[torch.Tensor], step: int, lr: float, out: Path) -> str:
+    """The error of ``nan_policy=stop``, naming this process's first non-finite micro-batch loss of the step."""
+    loss = next((x for x in losses if not torch.isfinite(x)), losses[-1])
     return (
         f"the training loss became {loss.item()} at step {step} (learning rate {lr:.3g}); stopped without updating "
         f"the model, so {out}/best and {out}/{CHECKPOINTS} keep the last good state. Try a lower train.lr, "
@@ -431,7 +468,8 @@ def _run(cfg: Config) -> dict[str, Any]:
         # On cached features only the tiny head trains: autocast would only add casts (2x slower per step on CPU).
         # The backbone still runs under `precision` when the features are computed.
         mixed_precision="no" if will_cache else precision,
-        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        # No gradient_accumulation_steps: the loop accumulates itself (micro_batch_groups, no_sync), because accelerate
+        # divides every micro-batch's loss by k, which under-weighs a last partial group.
         # accelerate only sets up several CPU processes (gloo) when told it is on CPU.
         cpu=not has_accelerator(),
         # On a GPU, batches come from pinned memory (make_train_loader) and are copied without waiting.
@@ -553,12 +591,12 @@ def _run(cfg: Config) -> dict[str, Any]:
         weights = pos_weights(cfg.loss.pos_weight, data.labels, rows)
         if weights is not None:
             log(f"pos_weight: {dict(zip(data.labels, [round(w, 4) for w in weights.tolist()], strict=True))}")
-        loss_fn = build_multilabel_loss(weights)
+        loss_fn, loss_weight = build_multilabel_loss(weights), build_loss_weight(None, multi_label=True)
     else:
         weights = class_weights(cfg.loss.class_weights, data.labels, label_targets(data.train.labels, data.labels))
         if weights is not None:
             log(f"class weights: {dict(zip(data.labels, [round(w, 4) for w in weights.tolist()], strict=True))}")
-        loss_fn = build_loss(weights, cfg.loss.label_smoothing)
+        loss_fn, loss_weight = build_loss(weights, cfg.loss.label_smoothing), build_loss_weight(weights)
 
     module, optimizer, train_loader, *eval_loaders = accelerator.prepare(module, optimizer, train_loader, *eval_loaders)
     val_loader = eval_loaders.pop(0) if val_ds is not None else None
@@ -701,29 +739,26 @@ def _run(cfg: Config) -> dict[str, Any]:
             # skipping loader's) counter starts at 0, so it is told the true epoch too.
             loader.set_epoch(epoch)
             nonfinite = torch.zeros((), dtype=torch.long, device=accelerator.device)
-            for batch_in_epoch, batch in enumerate(loader, start=skip + 1):
-                labels = batch.pop("labels")
-                batch.pop("index", None)
-                with accelerator.accumulate(module):
-                    loss = loss_fn(forward(module, batch), labels)
-                    accelerator.backward(loss)
-                    nonfinite += (~torch.isfinite(loss.detach())).long()
-                    if accelerator.sync_gradients and t.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm)
-                    bad = accelerator.sync_gradients and nonfinite_loss(accelerator, nonfinite)
-                    if bad and t.nan_policy == "stop":
-                        progress.close()  # so the error is the last line on the terminal
-                        raise TrainingStopped(nan_message(loss, step + 1, scheduler.get_last_lr()[0], out))
-                    if not bad:
-                        optimizer.step()
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                # Summed on the device: reading the loss every step would force a host sync each step.
-                running += torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0)
-                running_n += 1
-                examples += len(labels)
-                if not accelerator.sync_gradients:
-                    continue
+            batch_in_epoch = skip
+            for group in micro_batch_groups(loader, t.grad_accum_steps):
+                examples += sum(len(b["labels"]) for b in group)
+                losses = backward_group(accelerator, module, group, forward, loss_fn, loss_weight)
+                for loss in losses:
+                    nonfinite += (~torch.isfinite(loss)).long()
+                    # Summed on the device: reading the loss every step would force a host sync each step.
+                    running += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+                running_n += len(losses)
+                batch_in_epoch += len(group)
+                if t.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm)
+                bad = nonfinite_loss(accelerator, nonfinite)
+                if bad and t.nan_policy == "stop":
+                    progress.close()  # so the error is the last line on the terminal
+                    raise TrainingStopped(nan_message(losses, step + 1, scheduler.get_last_lr()[0], out))
+                if not bad:
+                    optimizer.step()
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
                 if bad:  # nan_policy=skip: no update was made, and the non-finite losses stay out of the curve
                     nan_skipped += 1
                     running_n -= int(nonfinite.item())
