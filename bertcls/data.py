@@ -11,6 +11,12 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from bertcls.errors import BertclsError, label_set, some
+from bertcls.long_texts import (
+    TRUNCATIONS,  # noqa: F401 (re-exported)
+    check_truncation,
+    truncated_positions,
+    window_positions,
+)
 from bertcls.multilabel import DEFAULT_DELIMITER, multi_hot, parse_label_set
 from bertcls.tables import COMPRESSIONS, FORMATS, _missing_column, read_table  # noqa: F401 (re-exported)
 
@@ -160,9 +166,6 @@ def split_validation(data: Split, fraction: float, seed: int) -> tuple[Split, Sp
 # ---------------------------------------------------------------- tokenization
 
 
-TRUNCATIONS = ("head", "tail", "head+tail")
-
-
 def encode(
     tokenizer,
     texts: Sequence[str],
@@ -175,10 +178,10 @@ def encode(
     ``truncation`` says which tokens of a too-long text survive: ``head`` (the first), ``tail`` (the last) or
     ``head+tail`` (the first quarter and the last three quarters of the budget: Sun et al. 2019, "How to Fine-Tune
     BERT for Text Classification?", arXiv 1905.05583, keep 128 + 382 of 510). Special tokens always stay; with a
-    pair the budget is shared as the tokenizer's longest-first truncation shares it.
+    pair the budget is shared as the tokenizer's longest-first truncation shares it (``bertcls.long_texts``, which
+    the ONNX predictor uses too).
     """
-    if truncation not in TRUNCATIONS:
-        raise BertclsError(f"unknown truncation '{truncation}'; valid: {', '.join(TRUNCATIONS)}")
+    check_truncation(truncation)
     pairs = list(text_pairs) if text_pairs is not None else None
     if truncation == "head":
         out = tokenizer(list(texts), pairs, truncation=True, max_length=max_length, padding=False)
@@ -186,11 +189,7 @@ def encode(
     out = tokenizer(list(texts), pairs, truncation=False, padding=False, verbose=False)
     encoded: dict[str, list[list[int]]] = {k: [] for k in _keys(out)}
     for i in range(len(texts)):
-        seq = out.sequence_ids(i)
-        parts = [[j for j, s in enumerate(seq) if s == part] for part in (0, 1)]
-        specials = [j for j, s in enumerate(seq) if s is None]
-        sizes = _share_budget(len(parts[0]), len(parts[1]), max_length - len(specials))
-        keep = sorted(specials + _keep(parts[0], sizes[0], truncation) + _keep(parts[1], sizes[1], truncation))
+        keep = truncated_positions(out.sequence_ids(i), max_length, truncation)
         for k in encoded:
             encoded[k].append([out[k][i][j] for j in keep])
     return encoded
@@ -211,23 +210,10 @@ def encode_windows(
     encoded: dict[str, list[list[int]]] = {k: [] for k in _keys(out)}
     doc_ids: list[int] = []
     for i in range(len(texts)):
-        seq = out.sequence_ids(i)
-        first = [j for j, s in enumerate(seq) if s == 0]
-        rest = [j for j, s in enumerate(seq) if s != 0]  # specials and the second text
-        width = max_length - len(rest)
-        if width < 1:
-            raise BertclsError(f"text {i}: its second text alone fills data.max_length={max_length}")
-        if not 1 <= stride <= width:
-            raise BertclsError(f"data.window_stride must be between 1 and {width} (tokens per window), got {stride}")
-        start = 0
-        while True:
-            keep = sorted(rest + first[start : start + width])
+        for keep in window_positions(out.sequence_ids(i), max_length, stride, i):
             for k in encoded:
                 encoded[k].append([out[k][i][j] for j in keep])
             doc_ids.append(i)
-            if start + width >= len(first):
-                break
-            start += stride
     return encoded, doc_ids
 
 
@@ -241,29 +227,6 @@ def average_windows(probs: torch.Tensor, doc_ids: Sequence[int], num_docs: int) 
 
 def _keys(out) -> list[str]:
     return [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in out]
-
-
-def _share_budget(a: int, b: int, budget: int) -> tuple[int, int]:
-    """How many tokens each of two texts keeps: the shorter keeps all it can, the longer the rest."""
-    if a + b <= budget:
-        return a, b
-    half = budget // 2
-    if b <= half:
-        return budget - b, b
-    if a <= half:
-        return a, budget - a
-    return budget - half, half
-
-
-def _keep(positions: list[int], n: int, truncation: str) -> list[int]:
-    if len(positions) <= n:
-        return positions
-    if truncation == "head":
-        return positions[:n]
-    if truncation == "tail":
-        return positions[len(positions) - n :]
-    head = n // 4
-    return positions[:head] + positions[len(positions) - (n - head) :]
 
 
 def pad_batch(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:

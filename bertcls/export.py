@@ -2,10 +2,12 @@
 
 - ``--format onnx``: ``model.onnx`` (dynamic batch and sequence axes; inputs ``input_ids``, ``attention_mask`` and,
   when the backbone takes them, ``token_type_ids``; output ``logits``), the tokenizer files and
-  ``bertcls_onnx.json`` (labels, max_length, pooling). ``python -m bertcls.predict`` runs such a folder on ONNX
-  Runtime without PyTorch. ``--quantize int8`` applies ONNX Runtime's dynamic int8 quantization.
+  ``bertcls_onnx.json`` (labels, max_length, how long texts are read: truncation and window_stride, pooling).
+  ``python -m bertcls.predict`` runs such a folder on ONNX Runtime without PyTorch, reading long texts as the model
+  does. ``--quantize int8`` applies ONNX Runtime's dynamic int8 quantization.
 - ``--format hf``: a ``BertForSequenceClassification`` folder that ``transformers.pipeline`` loads, for checkpoints
-  whose head is exactly that model's (BERT backbone, ``pooler`` pooling, one Linear layer).
+  whose head is exactly that model's (BERT backbone, ``pooler`` pooling, one Linear layer) and whose reading of long
+  texts a pipeline can reproduce (``head``, or ``tail`` as the tokenizer's ``truncation_side="left"``).
 
 ``export_onnx`` and ``export_hf`` do the work and are what notebooks call; ``main()`` only parses the command line.
 """
@@ -32,11 +34,17 @@ from torch import nn
 
 from bertcls.errors import BertclsError, check_parent, cli_errors, label_set, some
 from bertcls.model import BertForTextClassification, _replace_dir, load_checkpoint
-from bertcls.onnx_predict import ONNX_CONFIG_NAME, ONNX_MODEL_NAME, TOKENIZER_FILE, OnnxClassifier
+from bertcls.onnx_predict import (
+    ONNX_CONFIG_NAME,
+    ONNX_FORMAT_VERSION,
+    ONNX_MODEL_NAME,
+    TOKENIZER_FILE,
+    OnnxClassifier,
+)
 
 FORMATS = ("onnx", "hf")
 QUANTIZATIONS = ("int8",)
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = ONNX_FORMAT_VERSION
 # The export is checked against PyTorch on a padded example batch; float32 graphs agree to about 1e-6.
 EXPORT_TOLERANCE = 1e-4
 
@@ -135,6 +143,9 @@ def export_onnx(
             "format_version": EXPORT_FORMAT_VERSION,
             "labels": model.labels,
             "max_length": model.max_length,
+            # How a text longer than max_length is read; OnnxClassifier applies both as model.predict does.
+            "truncation": model.truncation,
+            "window_stride": model.window_stride,
             "pooling": model.spec.pooling,
             "task": model.task,
             **({"thresholds": model.thresholds, "label_delimiter": model.label_delimiter} if model.multi_label else {}),
@@ -307,6 +318,17 @@ def hf_incompatibility(model: BertForTextClassification) -> str | None:
         return f"its head has hidden layers {model.spec.hidden_sizes}; BertForSequenceClassification has one Linear"
     if getattr(model.backbone, "pooler", None) is None:
         return "its backbone has no pooler layer"
+    # A pipeline truncates with the tokenizer: the head, or the tail with truncation_side="left"; nothing else.
+    if model.window_stride:
+        return (
+            f"it reads long texts as windows (window_stride={model.window_stride}) and averages their probabilities, "
+            "which a transformers pipeline cannot do"
+        )
+    if model.truncation not in ("head", "tail"):
+        return (
+            f"it reads long texts as '{model.truncation}' (their start and end), which a transformers pipeline cannot "
+            "do: it cuts one end only"
+        )
     return None
 
 
@@ -315,10 +337,13 @@ def export_hf(
 ) -> Path:
     """Write a standard ``BertForSequenceClassification`` folder (config with ``id2label``/``label2id``,
     ``model.safetensors``, tokenizer) that ``transformers.pipeline("text-classification", model=output)`` loads.
+    With ``truncation=True`` the pipeline cuts long texts as the model does: the tokenizer's limit is ``max_length``,
+    and a ``tail`` model's tokenizer truncates on the left.
 
     Raises:
-        BertclsError: the head is not BertForSequenceClassification's (see :func:`hf_incompatibility`), a bad
-            checkpoint, an existing output folder.
+        BertclsError: the head is not BertForSequenceClassification's, or the model reads long texts in a way a
+            pipeline cannot (``head+tail``, windows; see :func:`hf_incompatibility`), a bad checkpoint, an existing
+            output folder.
     """
     from transformers import BertForSequenceClassification
 
@@ -327,7 +352,10 @@ def export_hf(
     model = _load(checkpoint)
     why = hf_incompatibility(model)
     if why:
-        raise BertclsError(f"cannot export as a Hugging Face BertForSequenceClassification: {why}; use --format onnx")
+        raise BertclsError(
+            f"cannot export as a Hugging Face BertForSequenceClassification: {why}; use --format onnx, "
+            "or predict with bertcls itself (python -m bertcls.predict)"
+        )
     config = copy.deepcopy(model.backbone.config)
     config.architectures = ["BertForSequenceClassification"]
     config.id2label = dict(enumerate(model.labels))
@@ -351,6 +379,10 @@ def export_hf(
     tokenizer = copy.deepcopy(model.tokenizer)
     # The pipeline truncates (truncation=True) to the tokenizer's limit: make that the checkpoint's max_length.
     tokenizer.model_max_length = model.max_length
+    # tail: keep the last tokens; the tokenizers library then shares a pair's budget as bertcls.long_texts does
+    # (tested). save_pretrained writes only attributes named in init_kwargs, so it goes there too.
+    tokenizer.truncation_side = "left" if model.truncation == "tail" else "right"
+    tokenizer.init_kwargs["truncation_side"] = tokenizer.truncation_side
     tmp = _staging(out)
     try:
         hf.save_pretrained(tmp)
