@@ -149,7 +149,7 @@ def write_model_card(
 
 def run_card_info(cfg: Any, result: dict[str, Any], checkpoint: str) -> dict[str, Any]:
     """What a finished training run adds to the card of its ``best`` or ``last`` checkpoint."""
-    from bertcls.config import to_yaml
+    from bertcls.config import resolve_split, to_yaml
 
     history = result.get("history") or []
     best_step = (result.get("best") or {}).get("step")
@@ -164,8 +164,9 @@ def run_card_info(cfg: Any, result: dict[str, Any], checkpoint: str) -> dict[str
         "base_model": cfg.model.name_or_path,
         "data": {
             "train": cfg.data.train,
-            "validation": cfg.data.validation or f"{cfg.data.validation_fraction:g} of train, held out",
-            "test": cfg.data.test,
+            "validation": resolve_split(cfg.data, "validation")
+            or f"{cfg.data.validation_fraction:g} of train, held out",
+            "test": resolve_split(cfg.data, "test"),
         },
         "config": to_yaml(cfg),
         "validation": validation,

@@ -84,8 +84,14 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     train: str = doc("packaged:rotten_tomatoes/train", "train split: file (csv/tsv/json/jsonl/parquet) or hub name")
-    validation: str | None = doc("packaged:rotten_tomatoes/validation", "validation split (null: cut from train)")
-    test: str | None = doc("packaged:rotten_tomatoes/test", "test split, evaluated once at the end (null: none)")
+    validation: str | None = doc(
+        "auto",
+        "validation split (null: cut from train; auto: the packaged validation split when train is a packaged one, "
+        "else cut from train)",
+    )
+    test: str | None = doc(
+        "auto", "test split, evaluated once at the end (null: none; auto: the packaged test split when train is one)"
+    )
     text_column: str = doc("text", "column with the text")
     text_pair_column: str | None = doc(None, "column with the second text of a sentence pair")
     label_column: str = doc("label", "column with the label")
@@ -109,6 +115,16 @@ class DataConfig:
         _positive("data", "window_stride", self.window_stride, allow_zero=True)
         if not 0.0 <= self.validation_fraction < 1.0:
             raise BertclsError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
+
+
+def resolve_split(data: DataConfig, split: str) -> str | None:
+    """What ``data.<split>`` (validation or test) means for this run: ``auto`` is the matching packaged split when
+    ``data.train`` is a packaged split, else none, so a user's own training file is never mixed with shipped data."""
+    value = getattr(data, split)
+    if value != "auto":
+        return value
+    train = data.train
+    return train[: -len("train")] + split if train.startswith("packaged:") and train.endswith("/train") else None
 
 
 @dataclass

