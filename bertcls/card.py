@@ -158,7 +158,7 @@ def run_card_info(cfg: Any, result: dict[str, Any], checkpoint: str) -> dict[str
     else:
         validation = history[-1].get("validation") if history else None
     note = "Validation: this checkpoint's own evaluation. Test: the best checkpoint (by validation "
-    note += f"{cfg.eval.metric}), evaluated once at the end of the run."
+    note += f"{(result.get('best') or {}).get('metric', cfg.eval.metric)}), evaluated once at the end of the run."
     return {
         "checkpoint": checkpoint,
         "base_model": cfg.model.name_or_path,

@@ -26,6 +26,7 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_wi
 METRICS = ("accuracy", "macro_f1", "loss")
 MULTI_LABEL_METRICS = ("micro_f1", "macro_f1", "subset_accuracy", "hamming_loss", "loss")
 SAMPLERS = ("random", "balanced")
+HEAD_SOLVERS = ("auto", "lbfgs", "adamw")
 NAN_POLICIES = ("stop", "skip")
 EMPTY_TEXTS = ("skip", "error")
 
@@ -133,7 +134,15 @@ class TrainConfig:
     max_steps: int = doc(-1, "optimizer steps to run; > 0 overrides epochs")
     batch_size: int = doc(32, "examples per step per process")
     lr: float = doc(1e-4, "peak learning rate of the backbone (and of the head unless head_lr is set)")
-    head_lr: float | None = doc(1e-3, "learning rate of the new head (null: same as lr)")
+    head_lr: Any = doc(
+        "auto", "learning rate of the head: a number, null (= lr), or auto (lr when only the head trains, else 10 x lr)"
+    )
+    head_solver: str = doc(
+        "auto",
+        "head-only training on cached features: lbfgs (a linear head fitted to convergence, its L2 strength chosen on "
+        "validation, as a tuned scikit-learn probe) | adamw (epochs of batches at head_lr) | auto (lbfgs for a linear "
+        "head unless train.sampler=balanced, else adamw)",
+    )
     weight_decay: float = doc(0.01, "AdamW weight decay (never on biases and LayerNorm)")
     scheduler: str = doc("linear", "transformers.get_scheduler name")
     warmup_ratio: float = doc(0.06, "share of steps spent warming up")
@@ -168,6 +177,10 @@ class TrainConfig:
         _positive("train", "lp_epochs", self.lp_epochs)
         _positive("train", "dist_timeout", self.dist_timeout)
         _choice("train", "sampler", self.sampler, SAMPLERS)
+        _choice("train", "head_solver", self.head_solver, HEAD_SOLVERS)
+        h = self.head_lr
+        if h != "auto" and h is not None and (isinstance(h, (bool, str)) or not isinstance(h, (int, float)) or h <= 0):
+            raise BertclsError(f"train.head_lr must be a number > 0, null (same as lr) or auto, got {h!r}")
         _choice("train", "nan_policy", self.nan_policy, NAN_POLICIES)
         _positive("train", "early_stopping_patience", self.early_stopping_patience, allow_zero=True)
         _positive("train", "early_stopping_min_delta", self.early_stopping_min_delta, allow_zero=True)

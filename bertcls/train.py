@@ -61,7 +61,8 @@ from bertcls.losses import build_loss, build_loss_weight, build_multilabel_loss,
 from bertcls.metrics import core_metrics, is_better, multilabel_metrics
 from bertcls.model import BertForTextClassification, probabilities
 from bertcls.multilabel import DEFAULT_THRESHOLD, tune_thresholds
-from bertcls.precision import resolve as resolve_mixed_precision  # scripts/ import it from here too
+from bertcls.precision import resolve as resolve_mixed_precision
+from bertcls.probe import C_GRID, fit_linear  # scripts/ import it from here too
 from bertcls.tracking import check_trackers, flat_config
 
 # What a run writes into output.dir; only these are removed by output.overwrite=true.
@@ -194,7 +195,7 @@ def build_optimizer(model: BertForTextClassification, cfg: Config) -> torch.opti
         is_head = name.startswith("head.")
         no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
         groups.setdefault((is_head, no_decay, scales.get(id(p), 1.0)), []).append(p)
-    head_lr = t.head_lr if t.head_lr is not None else t.lr
+    head_lr = resolve_head_lr(t, head_only=not any(p.requires_grad for p in model.backbone.parameters()))
     param_groups = [
         {
             "params": ps,
@@ -206,6 +207,30 @@ def build_optimizer(model: BertForTextClassification, cfg: Config) -> torch.opti
     # The fused kernel is the fastest AdamW on CUDA and on CPU alike (on a 2-core CPU it made MiniLM training steps
     # about 11% faster than the default foreach implementation); the Trainer uses it too.
     return torch.optim.AdamW(param_groups, lr=t.lr, fused=True)
+
+
+def use_lbfgs(cfg: Config, cached: bool) -> bool:
+    """Whether the head is fitted by L-BFGS (bertcls.probe) instead of the epoch loop."""
+    t, linear = cfg.train, not cfg.model.hidden_sizes
+    if t.head_solver == "lbfgs" and not (cached and linear):
+        raise BertclsError(
+            "train.head_solver=lbfgs fits a linear head on cached features: it needs model.freeze_backbone=true "
+            "(no unfrozen layers), train.cache=true and model.hidden_sizes=[]; or set train.head_solver=adamw"
+        )
+    return cached and linear and (t.head_solver == "lbfgs" or (t.head_solver == "auto" and t.sampler != "balanced"))
+
+
+def lbfgs_grid(has_validation: bool) -> tuple[float, ...]:
+    """The C values fitted: the grid when validation can choose, else scikit-learn's default C=1."""
+    return C_GRID if has_validation else (1.0,)
+
+
+def resolve_head_lr(t, head_only: bool) -> float:
+    """``train.head_lr`` as a number: null is ``lr``; auto is ``lr`` when only the head trains (so a frozen run's
+    ``train.lr`` is what it uses) and 10 x ``lr`` when the backbone trains too (a new head catches up faster)."""
+    if t.head_lr == "auto":
+        return t.lr if head_only else 10 * t.lr
+    return float(t.head_lr) if t.head_lr is not None else t.lr
 
 
 def data_seed(cfg: Config) -> int:
@@ -544,6 +569,7 @@ def _run(cfg: Config) -> dict[str, Any]:
     cached = cfg.train.cache and model.backbone_fully_frozen
     if cached and cfg.data.window_stride:
         raise BertclsError("data.window_stride does not work with the feature cache; set train.cache=false")
+    lbfgs = use_lbfgs(cfg, cached)
     if cached:
         # Head-only epochs on stored backbone features: the backbone runs once per split, or never on a warm cache.
         model.to(accelerator.device)
@@ -609,6 +635,13 @@ def _run(cfg: Config) -> dict[str, Any]:
     t = cfg.train
     updates_per_epoch = math.ceil(len(train_loader) / t.grad_accum_steps)
     total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * updates_per_epoch)
+    if lbfgs:
+        total_steps = len(lbfgs_grid(val_ds is not None))
+        log(
+            f"head fitted by L-BFGS on cached features (train.head_solver={t.head_solver}), {total_steps} L2 "
+            "strength(s) tried on validation: train.lr, head_lr, epochs and max_steps do not apply "
+            "(train.head_solver=adamw trains with them)"
+        )
     num_epochs = math.ceil(total_steps / updates_per_epoch)
     # The prepared scheduler steps once per process each update, hence the factor (accelerate's examples do this).
     scheduler = get_scheduler(
@@ -636,7 +669,9 @@ def _run(cfg: Config) -> dict[str, Any]:
 
     history: list[dict[str, Any]] = []
     loss_curve: list[list[float]] = []
-    best: dict[str, Any] = {"metric": cfg.eval.metric, "value": None, "step": None}
+    # The L2 strength of an L-BFGS head is chosen by validation loss: smoother than accuracy on a few thousand rows.
+    select = "loss" if lbfgs else cfg.eval.metric
+    best: dict[str, Any] = {"metric": select, "value": None, "step": None}
     # Early stopping counts evaluations since the last improvement of more than min_delta (best/ still follows
     # every improvement, however small).
     stopping: dict[str, Any] = {"patience": t.early_stopping_patience, "min_delta": t.early_stopping_min_delta}
@@ -663,12 +698,12 @@ def _run(cfg: Config) -> dict[str, Any]:
                 # Every process tunes on the same gathered predictions, so all hold the same thresholds.
                 unwrapped.thresholds = tune_thresholds(gold, probs).tolist()
             record["validation"] = split_metrics(probs, gold, n, unwrapped.thresholds)
-            value = record["validation"][cfg.eval.metric]
+            value = record["validation"][select]
             v = record["validation"]
             accelerator.log({f"validation/{k}": x for k, x in v.items() if k != "num_examples"}, step=step)
             log(f"step {step} epoch {epoch:.2f}: validation {describe_metrics(v)}")
             # A model that has gone non-finite never becomes best/, whatever its accuracy looks like.
-            if math.isfinite(v["loss"]) and is_better(cfg.eval.metric, value, best["value"]):
+            if math.isfinite(v["loss"]) and is_better(select, value, best["value"]):
                 best.update(value=value, step=step)
                 if multi:
                     best["thresholds"] = dict(zip(data.labels, unwrapped.thresholds, strict=True))
@@ -678,7 +713,7 @@ def _run(cfg: Config) -> dict[str, Any]:
                     best_head.update({k: v.detach().clone() for k, v in unwrapped.head.state_dict().items()})
                 elif main:
                     unwrapped.save_pretrained(out / "best")
-            if is_better(cfg.eval.metric, value, stopping["reference"], t.early_stopping_min_delta):
+            if is_better(select, value, stopping["reference"], t.early_stopping_min_delta):
                 stopping.update(reference=value, evals_without_improvement=0)
             else:
                 stopping["evals_without_improvement"] += 1
@@ -731,75 +766,92 @@ def _run(cfg: Config) -> dict[str, Any]:
     tick = time.perf_counter()
     module.train()
     with signals:
-        for epoch in range(start_epoch, num_epochs):
-            # accelerate's sharded batch sampler does not pass set_epoch on to ours, so set it directly.
-            train_sampler.set_epoch(epoch)
-            if t.gradual_unfreeze:
-                unfreeze_for_epoch(unwrapped, epoch, log)
-            # On resume, the batches of this epoch seen before the checkpoint are skipped (same order: same epoch seed).
-            skip = skip_batches if epoch == start_epoch else 0
-            loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-            # accelerate's loader re-sets its epoch counter on the sampler at each pass; a resumed run's (and the
-            # skipping loader's) counter starts at 0, so it is told the true epoch too.
-            loader.set_epoch(epoch)
-            nonfinite = torch.zeros((), dtype=torch.long, device=accelerator.device)
-            batch_in_epoch = skip
-            for group in micro_batch_groups(loader, t.grad_accum_steps):
-                examples += sum(len(b["labels"]) for b in group)
-                losses = backward_group(accelerator, module, group, forward, loss_fn, loss_weight)
-                for loss in losses:
-                    nonfinite += (~torch.isfinite(loss)).long()
-                    # Summed on the device: reading the loss every step would force a host sync each step.
-                    running += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
-                running_n += len(losses)
-                batch_in_epoch += len(group)
-                if t.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm)
-                bad = nonfinite_loss(accelerator, nonfinite)
-                if bad and t.nan_policy == "stop":
-                    progress.close()  # so the error is the last line on the terminal
-                    raise TrainingStopped(nan_message(losses, step + 1, scheduler.get_last_lr()[0], out))
-                if not bad:
-                    optimizer.step()
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if bad:  # nan_policy=skip: no update was made, and the non-finite losses stay out of the curve
-                    nan_skipped += 1
-                    running_n -= int(nonfinite.item())
-                    log(f"non-finite loss at step {step + 1}: skipped the optimizer step ({nan_skipped} so far)")
-                nonfinite.zero_()
-                step += 1
+        if lbfgs:
+            # Each fit of the L2 grid is one step, evaluated like an epoch; best/ is the one validation prefers.
+            linear = unwrapped.head.layers[-1]
+            x = train_ds.features.to(accelerator.device).float().clone()  # features made in inference mode
+            y = train_ds.labels.to(accelerator.device)
+            for c in lbfgs_grid(val_ds is not None):
+                loss, iterations = fit_linear(linear, x, y, loss_fn, c)
+                step, examples = step + 1, examples + len(x)
+                loss_curve.append([step, loss])
+                log(f"L-BFGS fit {step}: C={c:g} ({iterations} iterations), train loss {loss:.4f}")
                 progress.update(1)
-                if step % 10 == 0 or step == total_steps:
-                    mean_loss = accelerator.reduce(running, "mean").item() / running_n
-                    loss_curve.append([step, mean_loss])
-                    accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
-                    running.zero_()
-                    running_n = 0
-                    rate = examples * accelerator.num_processes / (time.perf_counter() - tick - eval_time)
-                    progress.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{rate:.0f}")
-                if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < total_steps:
-                    run_eval(step / updates_per_epoch)
-                every = cfg.checkpoint.every_steps
-                saved_now = bool(every and step % every == 0 and step < total_steps and not stopping["stopped"])
-                if saved_now:
-                    checkpoint(epoch, batch_in_epoch)
-                if stop_requested(accelerator, signals):
-                    path = checkpoint(epoch, batch_in_epoch) if not saved_now else out / CHECKPOINTS / f"step-{step}"
-                    progress.close()
-                    raise TrainingStopped(
-                        f"stopped by signal {signals.received} at step {step}; checkpoint {path}; resume with: "
-                        f"{resume_command(sys.argv[1:])}",
-                        exit_code=128 + (signals.received or 15),
-                    )
-                if step >= total_steps or stopping["stopped"]:
+                run_eval(step)
+                history[-1]["C"] = c
+        else:
+            for epoch in range(start_epoch, num_epochs):
+                # accelerate's sharded batch sampler does not pass set_epoch on to ours, so set it directly.
+                train_sampler.set_epoch(epoch)
+                if t.gradual_unfreeze:
+                    unfreeze_for_epoch(unwrapped, epoch, log)
+                # On resume, the batches of this epoch seen before the checkpoint are skipped (same epoch seed, same
+                # order).
+                skip = skip_batches if epoch == start_epoch else 0
+                loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+                # accelerate's loader re-sets its epoch counter on the sampler at each pass; a resumed run's (and the
+                # skipping loader's) counter starts at 0, so it is told the true epoch too.
+                loader.set_epoch(epoch)
+                nonfinite = torch.zeros((), dtype=torch.long, device=accelerator.device)
+                batch_in_epoch = skip
+                for group in micro_batch_groups(loader, t.grad_accum_steps):
+                    examples += sum(len(b["labels"]) for b in group)
+                    losses = backward_group(accelerator, module, group, forward, loss_fn, loss_weight)
+                    for loss in losses:
+                        nonfinite += (~torch.isfinite(loss)).long()
+                        # Summed on the device: reading the loss every step would force a host sync each step.
+                        running += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+                    running_n += len(losses)
+                    batch_in_epoch += len(group)
+                    if t.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm)
+                    bad = nonfinite_loss(accelerator, nonfinite)
+                    if bad and t.nan_policy == "stop":
+                        progress.close()  # so the error is the last line on the terminal
+                        raise TrainingStopped(nan_message(losses, step + 1, scheduler.get_last_lr()[0], out))
+                    if not bad:
+                        optimizer.step()
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if bad:  # nan_policy=skip: no update was made, and the non-finite losses stay out of the curve
+                        nan_skipped += 1
+                        running_n -= int(nonfinite.item())
+                        log(f"non-finite loss at step {step + 1}: skipped the optimizer step ({nan_skipped} so far)")
+                    nonfinite.zero_()
+                    step += 1
+                    progress.update(1)
+                    if step % 10 == 0 or step == total_steps:
+                        mean_loss = accelerator.reduce(running, "mean").item() / running_n
+                        loss_curve.append([step, mean_loss])
+                        accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
+                        running.zero_()
+                        running_n = 0
+                        rate = examples * accelerator.num_processes / (time.perf_counter() - tick - eval_time)
+                        progress.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{rate:.0f}")
+                    if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < total_steps:
+                        run_eval(step / updates_per_epoch)
+                    every = cfg.checkpoint.every_steps
+                    saved_now = bool(every and step % every == 0 and step < total_steps and not stopping["stopped"])
+                    if saved_now:
+                        checkpoint(epoch, batch_in_epoch)
+                    if stop_requested(accelerator, signals):
+                        path = (
+                            checkpoint(epoch, batch_in_epoch) if not saved_now else out / CHECKPOINTS / f"step-{step}"
+                        )
+                        progress.close()
+                        raise TrainingStopped(
+                            f"stopped by signal {signals.received} at step {step}; checkpoint {path}; resume with: "
+                            f"{resume_command(sys.argv[1:])}",
+                            exit_code=128 + (signals.received or 15),
+                        )
+                    if step >= total_steps or stopping["stopped"]:
+                        break
+                if step >= total_steps or epoch == num_epochs - 1 or stopping["stopped"]:
                     break
-            if step >= total_steps or epoch == num_epochs - 1 or stopping["stopped"]:
-                break
-            run_eval(epoch + 1)
-            if stopping["stopped"]:
-                break
-    if not stopping["stopped"]:  # a stopped run was just evaluated at this step
+                run_eval(epoch + 1)
+                if stopping["stopped"]:
+                    break
+    if not stopping["stopped"] and not lbfgs:  # a stopped run (or each L-BFGS fit) was evaluated already
         run_eval(step / updates_per_epoch)
     progress.close()
     train_time = time.perf_counter() - tick - eval_time
@@ -841,7 +893,7 @@ def _run(cfg: Config) -> dict[str, Any]:
         unwrapped.load_state_dict(load_file(out / "best" / "model.safetensors"))
         if multi:
             unwrapped.thresholds = list(best["thresholds"].values())
-        log(f"restored the best checkpoint (step {best['step']}, validation {cfg.eval.metric} {best['value']:.4f})")
+        log(f"restored the best checkpoint (step {best['step']}, validation {select} {best['value']:.4f})")
     if test_loader is not None:
         result["test"] = evaluate_split(module, test_loader, accelerator, test_ds, forward, unwrapped.thresholds)
         tst = result["test"]
@@ -908,7 +960,7 @@ def train_lp_ft(cfg: Config) -> dict[str, Any]:
     check_output_dir(cfg)
     probe_dir = Path(cfg.output.dir) / "linear_probe"
     t = cfg.train
-    head_lr = t.head_lr if t.head_lr is not None else t.lr
+    head_lr = resolve_head_lr(t, head_only=False)  # the head's rate in phase 2, for the probe too (if not L-BFGS)
     probe = replace(
         cfg,
         model=replace(cfg.model, freeze_backbone=True, unfreeze_top_k=0),
@@ -918,6 +970,7 @@ def train_lp_ft(cfg: Config) -> dict[str, Any]:
             epochs=t.lp_epochs,
             max_steps=-1,
             lr=head_lr,
+            head_lr=head_lr,
             warmup_ratio=0.0,
             gradual_unfreeze=False,
             # Resuming an lp_ft run reruns the probe (seconds on the cache); only phase 2 resumes.

@@ -147,6 +147,7 @@ def work_bertcls(job: dict[str, Any]) -> dict[str, Any]:
         f"train.max_steps={job.get('max_steps', -1)}",
         f"train.cache_dir={tmp / 'cache'}",
         f"model.freeze_backbone={job.get('frozen', False)}",
+        "train.head_solver=adamw",  # the same epochs of head steps as the Trainer runs (not an L-BFGS fit)
         *job.get("overrides", []),
     ]
     cfg = load_config(None, overrides)

@@ -47,6 +47,8 @@ def main() -> None:
             "model.freeze_backbone=true",
             "data.test=null",
             f"train.epochs={args.epochs}",
+            "train.head_solver=adamw",  # epochs of head steps, as this benchmark has always timed
+            "train.lr=3e-3",
             f"train.cache_dir={tmp}/cache",
             "output.overwrite=true",
             *args.overrides,

@@ -153,6 +153,9 @@ def main() -> None:
                         ]
                         if mode == "frozen":
                             run_overrides += [
+                                # epochs of AdamW from each initializer (L-BFGS would reach the same optimum from any)
+                                "train.head_solver=adamw",
+                                "train.lr=3e-3",
                                 f"train.epochs={args.frozen_epochs}",
                                 f"eval.every_steps={args.frozen_eval_every}",
                             ]

@@ -28,7 +28,8 @@ def frozen_cfg(tiny_bert, tiny_data, out, cache_dir, *extra):
 
 
 def test_cached_and_uncached_training_give_the_same_head(tiny_bert, tiny_data, tmp_path):
-    common = ("model.dropout=0", "train.group_by_length=false", "model.head_init=orthogonal")
+    # The same epochs of AdamW steps on both paths (the cache's default L-BFGS fit has no uncached counterpart).
+    common = ("model.dropout=0", "train.group_by_length=false", "model.head_init=orthogonal", "train.head_solver=adamw")
     a = train(frozen_cfg(tiny_bert, tiny_data, tmp_path / "a", tmp_path / "cache", "train.cache=true", *common))
     b = train(frozen_cfg(tiny_bert, tiny_data, tmp_path / "b", tmp_path / "cache", "train.cache=false", *common))
     assert a["feature_cache"]["used"] and not b["feature_cache"]["used"]
@@ -123,6 +124,7 @@ def test_lp_ft_probes_on_the_cache_then_fine_tunes_everything(tiny_bert, tiny_da
         out,
         "train.schedule=lp_ft",
         "train.lp_epochs=2",
+        "train.head_solver=adamw",  # phase 1 in epochs (its default, an L-BFGS fit, is tested below)
         "train.epochs=1",
         f"train.cache_dir={tmp_path / 'cache'}",
     )
@@ -140,3 +142,12 @@ def test_lp_ft_probes_on_the_cache_then_fine_tunes_everything(tiny_bert, tiny_da
     assert not torch.equal(probe.head.layers[-1].weight, start.head.layers[-1].weight)
     metrics = __import__("json").loads((out / "metrics.json").read_text())
     assert metrics["linear_probe"]["test"]["num_examples"] == 40
+
+
+def test_lp_ft_probe_is_an_lbfgs_fit_by_default(tiny_bert, tiny_data, tmp_path):
+    from bertcls.probe import C_GRID
+
+    cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", "train.schedule=lp_ft", "train.max_steps=2")
+    result = train(cfg)
+    assert [h["C"] for h in result["linear_probe"]["history"]] == list(C_GRID)
+    assert result["linear_probe"]["best"]["metric"] == "loss"

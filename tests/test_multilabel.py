@@ -421,7 +421,9 @@ def test_shipped_multilabel_config_runs_on_given_files(tiny_bert, ml_data, tmp_p
 
 def test_frozen_cached_path_agrees_with_the_uncached_one(tiny_bert, ml_data, tmp_path):
     # Cached features have no lengths, so both runs batch without length grouping to see the same order.
+    # The same AdamW epochs on both paths (the cache's default L-BFGS fit has no uncached counterpart).
     extra = ("model.freeze_backbone=true", "model.dropout=0", "train.group_by_length=false", "eval.threshold=0.4")
+    extra += ("train.head_solver=adamw",)
     cached = train(ml_cfg(tiny_bert, ml_data, tmp_path / "a", *extra, f"train.cache_dir={tmp_path / 'cache'}"))
     plain = train(ml_cfg(tiny_bert, ml_data, tmp_path / "b", *extra, "train.cache=false"))
     assert cached["feature_cache"]["used"] and not plain["feature_cache"]["used"]
@@ -433,7 +435,7 @@ def test_frozen_cached_path_agrees_with_the_uncached_one(tiny_bert, ml_data, tmp
     assert best.thresholds == [0.4, 0.4, 0.4]
     assert recomputed_test_metrics(best, ml_data["test"])["micro_f1"] == pytest.approx(cached["test"]["micro_f1"])
     # tuned thresholds reach best/ of a cached run too (its best head is kept in memory and written at the end)
-    tuned = train(ml_cfg(tiny_bert, ml_data, tmp_path / "c", *extra[:3], "eval.threshold=tune"))
+    tuned = train(ml_cfg(tiny_bert, ml_data, tmp_path / "c", *extra[:3], "eval.threshold=tune"))  # L-BFGS here
     best = BertForTextClassification.from_pretrained(tmp_path / "c" / "best")
     assert best.thresholds == list(tuned["best"]["thresholds"].values())
 

@@ -259,6 +259,7 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
             "output.overwrite=true",
             f"model.freeze_backbone={mode}",
             f"train.cache_dir={tmp_path / 'cache'}",
+            "train.head_solver=adamw",  # frozen: epochs of steps on the cache, checkpointed like full training
             "checkpoint.every_steps=2",
         ]
         proc = run_torchrun(args)
