@@ -9,6 +9,8 @@ Loading never unpickles arbitrary objects: accelerate 1.15's ``load_state`` read
 ``accelerate.utils.load``, which defaults to ``torch.load(weights_only=True)`` (plus numpy arrays for the RNG
 states); we also pass ``weights_only=True`` explicitly so a future default cannot silently change that. No custom
 objects are registered with ``register_for_checkpointing`` (those accelerate loads with ``weights_only=False``).
+Each process's RNG states (``random_states_<i>.pkl``) are read and checked here before ``load_state``, which
+would only log a missing or unreadable one and carry on with other random numbers than the interrupted run.
 """
 
 from __future__ import annotations
@@ -112,10 +114,12 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict[str, Any
     """Restore model, optimizer, scheduler and RNG states from ``path``; returns (state.json, best head or None).
 
     Raises:
-        BertclsError: the folder is damaged or holds something that is not plain tensors.
+        BertclsError: the folder is damaged, lacks this process's RNG state or holds something that is not plain
+            tensors.
     """
     from safetensors.torch import load_file
 
+    rng = read_rng_state(path, accelerator.process_index)
     try:
         state = json.loads((path / STATE_FILE).read_text())
         accelerator.load_state(str(path), load_kwargs={"weights_only": True})
@@ -123,7 +127,79 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict[str, Any
     except Exception as e:  # unpickling refusals, corrupt safetensors, shape mismatches: all mean a bad checkpoint
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BertclsError(f"cannot resume from {path}: {type(e).__name__}: {first[:300]}") from e
+    check_rng_restored(path, accelerator.process_index, rng)
     return state, head
+
+
+RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")  # what every process saves, on any device
+
+
+def rng_file(path: Path, process_index: int) -> Path:
+    """The file accelerate's ``save_state`` writes each process's RNG states into."""
+    from accelerate.utils.constants import RNG_STATE_NAME
+
+    return Path(path) / f"{RNG_STATE_NAME}_{process_index}.pkl"
+
+
+def read_rng_state(path: Path, process_index: int) -> dict[str, Any]:
+    """This process's RNG states from checkpoint ``path``, read as ``load_state`` reads them (weights only).
+
+    accelerate's ``load_state`` logs "Could not load random states" at info level and carries on when that file is
+    missing or unreadable, so a resumed run would silently draw other dropout masks and shuffles than the run it
+    continues; here that is an error.
+
+    Raises:
+        BertclsError: the file is missing, unreadable, or lacks the Python, numpy or torch state.
+    """
+    from accelerate.utils import load
+
+    file = rng_file(path, process_index)
+    if not file.is_file():
+        raise BertclsError(
+            f"cannot resume from {path}: {file.name} (the random state of process {process_index}) is missing; "
+            "resume with as many processes as wrote the checkpoint, or from another one (train.resume_from=<folder>)"
+        )
+    try:
+        states = load(file, map_location="cpu", weights_only=True)
+        missing = [k for k in RNG_KEYS if k not in states] if isinstance(states, dict) else list(RNG_KEYS)
+        if missing:
+            raise ValueError(f"no {', '.join(missing)} in it")
+    except Exception as e:  # truncated, overwritten, a pickle of other objects: weights_only refuses it unrun
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BertclsError(
+            f"cannot resume from {path}: {file.name} (the random state of process {process_index}) is damaged "
+            f"({type(e).__name__}: {first[:200]}); resume from another checkpoint (train.resume_from=<folder>) "
+            "or start again without train.resume_from"
+        ) from e
+    return states
+
+
+def check_rng_restored(path: Path, process_index: int, states: dict[str, Any]) -> None:
+    """Raise BertclsError unless Python's, numpy's and torch's RNGs (CPU, and CUDA where saved and present) are now
+    as ``states`` holds them: ``load_state`` swallows a failure to set one (a state of the wrong size or type, a GPU
+    count that differs)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    ours, theirs = np.random.get_state(), states["numpy_random_seed"]
+    restored = (
+        random.getstate() == states["random_state"]
+        and len(ours) == len(theirs)
+        and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
+        and torch.equal(torch.get_rng_state(), torch.as_tensor(states["torch_manual_seed"]))
+    )
+    if restored and torch.cuda.is_available() and "torch_cuda_manual_seed" in states:
+        saved = states["torch_cuda_manual_seed"]
+        now = torch.cuda.get_rng_state_all()
+        restored = len(saved) <= len(now) and all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(saved, now))
+    if not restored:
+        raise BertclsError(
+            f"cannot resume from {path}: the random state in {rng_file(path, process_index).name} could not be "
+            "restored (damaged, or saved on a machine with other devices); resume from another checkpoint "
+            "(train.resume_from=<folder>) or start again without train.resume_from"
+        )
 
 
 class StopSignals:

@@ -215,10 +215,15 @@ class LayerStats:
 
 @dataclass
 class InitReport:
-    """What ``describe_init`` found: per-layer weight statistics and, given a batch, the std of the logits."""
+    """What ``describe_init`` found: per-layer weight statistics and, given a batch, the std of the logits; given
+    labels too, the loss at initialization against ``expected_loss``, the loss of uniform predictions: ln(num_labels)
+    for softmax over the labels, ln 2 for a sigmoid per label (multi-label). An initial loss well above it means
+    confidently wrong logits at step 0 (a head initialized too large)."""
 
     layers: list[LayerStats] = field(default_factory=list)
     logits_std: float | None = None
+    initial_loss: float | None = None
+    expected_loss: float | None = None
 
     def __str__(self) -> str:
         lines = [f"{'layer':<24}{'shape':<14}{'fan_in':>8}{'fan_out':>8}{'mean':>11}{'std':>10}"]
@@ -229,13 +234,20 @@ class InitReport:
             )
         if self.logits_std is not None:
             lines.append(f"std of logits on the batch: {self.logits_std:.4f}")
+        if self.initial_loss is not None and self.expected_loss is not None:
+            lines.append(
+                f"initial loss on the batch: {self.initial_loss:.4f} (uniform predictions: {self.expected_loss:.4f})"
+            )
         return "\n".join(lines)
 
 
 def describe_init(model: nn.Module, batch: Mapping[str, torch.Tensor] | None = None) -> InitReport:
     """Report the head's layers (or every Linear of a plain module) and, with a batch, the std of the logits.
 
-    For a ``BertForTextClassification`` only the head is described; the backbone's weights are pretrained.
+    For a ``BertForTextClassification`` only the head is described; the backbone's weights are pretrained. The
+    model is called as ``model(**batch)`` without the batch's ``labels``; when the batch has them, the report also
+    holds the loss on the batch (cross-entropy; binary cross-entropy for a multi-label model) and what uniform
+    predictions would score (ln(num_labels); ln 2 for multi-label).
     """
     target = getattr(model, "head", model)
     report = InitReport()
@@ -246,13 +258,24 @@ def describe_init(model: nn.Module, batch: Mapping[str, torch.Tensor] | None = N
                 LayerStats(name or "linear", tuple(w.shape), w.shape[1], w.shape[0], w.mean().item(), w.std().item())
             )
     if batch is not None:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
         was_training = model.training
         model.eval()
         with torch.inference_mode():
-            out = model(**batch)
+            out = model(**inputs)
         model.train(was_training)
-        logits = out.logits if hasattr(out, "logits") else out
-        report.logits_std = logits.float().std().item()
+        logits = (out.logits if hasattr(out, "logits") else out).float()
+        report.logits_std = logits.std().item()
+        labels = batch.get("labels")
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if getattr(model, "multi_label", False):
+                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
+                report.expected_loss = math.log(2)
+            else:
+                loss = nn.functional.cross_entropy(logits, labels)
+                report.expected_loss = math.log(logits.shape[-1])
+            report.initial_loss = loss.item()
     return report
 
 

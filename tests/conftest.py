@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import random
@@ -128,11 +129,17 @@ def run_torchrun(train_args: list[str], timeout: float = 180, module: list[str] 
     No retry: a run that outlives ``timeout`` fails the test with every process's stack (py-spy, when installed),
     and torchrun and its workers (which run in sessions of their own) are all killed.
     """
-    from scripts.stress_ddp import descendants, dump_stacks, kill_tree
-
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", *(module or ["bertcls.train"]), *train_args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return run_process_tree(cmd, timeout)
+
+
+def run_process_tree(cmd: list[str], timeout: float, env: dict[str, str] | None = None):
+    """Run ``cmd`` (a launcher and its workers) from the project root with one thread per process; past ``timeout``
+    fail with every process's stack, after killing the whole tree."""
+    from scripts.stress_ddp import descendants, dump_stacks, kill_tree
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -141,7 +148,7 @@ def run_torchrun(train_args: list[str], timeout: float = 180, module: list[str] 
         stacks = dump_stacks(pids)
         kill_tree(pids)
         _, err = proc.communicate()
-        raise AssertionError(f"2-process run alive after {timeout}s\n{stacks}\nstderr tail:\n{err[-3000:]}") from None
+        raise AssertionError(f"{cmd[2]} run alive after {timeout}s\n{stacks}\nstderr tail:\n{err[-3000:]}") from None
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
@@ -161,3 +168,20 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, expected: str) -> N
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert proc.stderr.startswith("error: ") and expected in proc.stderr, proc.stderr
+
+
+@contextlib.contextmanager
+def linear_output_dtypes():
+    """Collect ``(module.training, output dtype)`` of every ``nn.Linear`` call while the block runs (a global forward
+    hook): what precision the matmuls inside a forward pass really ran at."""
+    seen: list[tuple[bool, torch.dtype]] = []
+
+    def hook(module, _inputs, output):
+        if isinstance(module, torch.nn.Linear):
+            seen.append((module.training, output.dtype))
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()

@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.image as mpimg  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
@@ -24,7 +25,7 @@ from bertcls.evaluate import evaluate, evaluate_checkpoint, main  # noqa: E402
 from bertcls.metrics import expected_calibration_error, paired_bootstrap  # noqa: E402
 from bertcls.plots import plot_confusion_matrix, plot_curves  # noqa: E402
 
-from .conftest import assert_one_line_error, make_rows, run_cli, write_csv  # noqa: E402
+from .conftest import assert_one_line_error, linear_output_dtypes, make_rows, run_cli, write_csv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["negative", "positive"]
@@ -277,12 +278,19 @@ def test_precision_auto_is_trainings_and_is_recorded(checkpoints, tiny_data, tmp
     from bertcls.precision import resolve
 
     test = load_split(str(tiny_data["test"]))
-    auto = evaluate_checkpoint(checkpoints[0], test)  # the default: auto, as training's mixed_precision
-    full = evaluate_checkpoint(checkpoints[0], test, precision="no")
+    with linear_output_dtypes() as auto_dtypes:
+        auto = evaluate_checkpoint(checkpoints[0], test)  # the default: auto, as training's mixed_precision
+    with linear_output_dtypes() as full_dtypes:
+        full = evaluate_checkpoint(checkpoints[0], test, precision="no")
     assert auto.metrics["precision"] == resolve("auto", "cpu") and full.metrics["precision"] == "no"
     np.testing.assert_allclose(auto.probs, full.probs, atol=0.02)  # bf16 rounding, where it applies
-    bf16 = evaluate_checkpoint(checkpoints[0], test, precision="bf16")
+    with linear_output_dtypes() as bf16_dtypes:
+        bf16 = evaluate_checkpoint(checkpoints[0], test, precision="bf16")
     assert bf16.metrics["precision"] == "bf16" and not np.array_equal(bf16.probs, full.probs)
+    # the matmuls inside the forward passes ran at the precision recorded
+    dtype = {"no": torch.float32, "bf16": torch.bfloat16}
+    assert {d for _, d in auto_dtypes} == {dtype[auto.metrics["precision"]]}
+    assert {d for _, d in full_dtypes} == {torch.float32} and {d for _, d in bf16_dtypes} == {torch.bfloat16}
     with pytest.raises(BertclsError, match="unknown precision 'fp8'"):
         evaluate(checkpoints[0], str(tiny_data["test"]), output=tmp_path / "x", precision="fp8", verbose=False)
     assert not (tmp_path / "x").exists()

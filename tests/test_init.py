@@ -137,4 +137,69 @@ def test_describe_init_reports_layer_stats_and_logit_std():
     assert [s.shape for s in report.layers] == [(8, 16), (3, 8)]
     assert report.layers[0].fan_in == 16 and report.layers[0].fan_out == 8
     assert close(report.layers[0].weight_std, net[0].weight.std().item(), rel=1e-4)
-    assert "fan_in" in str(report)
+    assert report.logits_std is None and report.initial_loss is None
+    assert "fan_in" in str(report) and "logits" not in str(report)
+
+
+class Scaled(nn.Module):
+    """A 5-label classifier on plain features whose output is scaled: logits of a known spread."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.linear = nn.Linear(32, 5)
+        self.dropout = nn.Dropout(0.5)  # must be off while the report is made
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.linear(self.dropout(x))
+
+
+def test_describe_init_logit_std_and_initial_loss_on_a_batch():
+    torch.manual_seed(0)
+    x, y = torch.randn(256, 32), torch.randint(0, 5, (256,))
+    small, large = Scaled(0.01), Scaled(100.0)
+    for net in (small, large):
+        net.train()
+        report = describe_init(net, {"x": x, "labels": y})
+        with torch.no_grad():
+            logits = net.scale * net.linear(x)  # no dropout: the report is made in eval mode
+        assert report.logits_std == pytest.approx(logits.std().item(), rel=1e-5)
+        assert report.initial_loss == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+        assert report.expected_loss == pytest.approx(math.log(5))
+        assert net.training  # put back as it was
+        assert f"std of logits on the batch: {report.logits_std:.4f}" in str(report)
+        assert f"initial loss on the batch: {report.initial_loss:.4f} (uniform predictions: 1.6094)" in str(report)
+    # near-zero logits score about ln(5); large ones are confidently wrong about half the time: far above it
+    assert describe_init(small, {"x": x, "labels": y}).initial_loss == pytest.approx(math.log(5), abs=0.01)
+    assert describe_init(large, {"x": x, "labels": y}).initial_loss > 5 * math.log(5)
+    assert describe_init(small, {"x": x}).initial_loss is None  # no labels, no loss
+
+
+def test_describe_init_on_a_bert_classifier_batch(tiny_bert):
+    from bertcls import BertForTextClassification
+    from bertcls.data import TextClassificationDataset
+
+    texts = ["a gripping film", "dull and flat", "the plot was lovely", "weak ending", "good", "boring movie"]
+    labels = ["positive", "negative", "positive", "negative", "positive", "negative"]
+    names = ["negative", "positive", "neutral"]
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=names, seed=0)
+    ds = TextClassificationDataset(texts, labels, model.tokenizer, max_length=32, label_names=names)
+    batch = ds.collate([ds[i] for i in range(len(texts))])
+    report = describe_init(model, batch)
+    assert [s.shape for s in report.layers] == [(3, 32)]  # the head only, not the backbone's Linears
+    model.eval()
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert report.logits_std == pytest.approx(logits.std().item(), rel=1e-5)
+    assert report.initial_loss == pytest.approx(nn.functional.cross_entropy(logits, batch["labels"]).item(), rel=1e-5)
+    assert report.expected_loss == pytest.approx(math.log(3))
+
+    multi = BertForTextClassification.from_pretrained(tiny_bert, labels=names, seed=0, task="multi_label")
+    targets = torch.tensor([[0, 1, 0], [1, 0, 0], [0, 1, 1], [1, 0, 0], [0, 1, 0], [1, 0, 1]], dtype=torch.float)
+    report = describe_init(multi, {k: v for k, v in batch.items() if k != "labels"} | {"labels": targets})
+    multi.eval()
+    with torch.no_grad():
+        logits = multi(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, targets).item()
+    assert report.initial_loss == pytest.approx(bce, rel=1e-5)
+    assert report.expected_loss == pytest.approx(math.log(2))  # a sigmoid per label at 0.5

@@ -13,7 +13,7 @@ from transformers import AutoModel
 from bertcls import BertclsError, BertForTextClassification, TextClassificationDataset, toplayer
 from bertcls.init import init_tensor
 
-from .conftest import write_tiny_encoder
+from .conftest import linear_output_dtypes, write_tiny_encoder
 
 LABELS = ["negative", "positive"]
 TEXTS = ["a good film", "the plot was very dull and weak", "quite lovely", "bad"]
@@ -214,8 +214,13 @@ def test_predict_keeps_input_order_across_length_sorted_batches(tiny_model):
 
 def test_predict_precision(tiny_model):
     texts = ["a gripping, beautiful film", "awful", "good " * 9]
-    full = tiny_model.predict_proba(texts)  # the method's default: full precision
-    bf16 = tiny_model.predict_proba(texts, precision="bf16")
+    with linear_output_dtypes() as full_dtypes:
+        full = tiny_model.predict_proba(texts)  # the method's default: full precision
+    with linear_output_dtypes() as bf16_dtypes:
+        bf16 = tiny_model.predict_proba(texts, precision="bf16")
+    # the matmuls inside the forward pass (backbone and head) ran at the precision asked for
+    assert full_dtypes and {d for _, d in full_dtypes} == {torch.float32}
+    assert bf16_dtypes and {d for _, d in bf16_dtypes} == {torch.bfloat16}
     assert torch.allclose(full, tiny_model.predict_proba(texts, precision="no"))
     assert torch.allclose(bf16, full, atol=0.02) and not torch.equal(bf16, full)  # bf16 ran, and only rounded
     assert bf16.dtype == torch.float32 and torch.allclose(bf16.sum(-1), torch.ones(3), atol=1e-5)

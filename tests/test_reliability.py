@@ -18,7 +18,7 @@ from bertcls import BertclsError, BertForTextClassification
 from bertcls.checkpoint import CHECKPOINTS, TrainingStopped, list_checkpoints, prune, resolve_resume
 from bertcls.train import load_data, train
 
-from .conftest import make_rows, write_csv
+from .conftest import assert_one_line_error, make_rows, run_cli, write_csv
 from .test_train import ROOT, tiny_cfg, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -81,9 +81,13 @@ def test_sigterm_then_sigkill_then_resume_matches_an_uninterrupted_run(tiny_bert
     # 3. resume to the end: the same numbers as the run that was never interrupted.
     done = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    got, want = numbers(out / "metrics.json"), numbers(ref / "metrics.json")
+    assert_same_numbers(numbers(out / "metrics.json"), numbers(ref / "metrics.json"))
+
+
+def assert_same_numbers(got: dict, want: dict) -> None:
+    """A resumed run's metrics.json against an uninterrupted run's (timings left out): equal, floats within 1e-5."""
     assert got.keys() == want.keys()
-    close = {"history", "test", "train_loss_curve", "best"}  # float results: equal within float tolerance
+    close = {"history", "test", "train_loss_curve", "best", "linear_probe"}  # float results, within float tolerance
     assert {k: v for k, v in got.items() if k not in close} == {k: v for k, v in want.items() if k not in close}
     assert got["best"]["step"] == want["best"]["step"]
     assert got["best"]["value"] == pytest.approx(want["best"]["value"], rel=1e-5)
@@ -93,6 +97,94 @@ def test_sigterm_then_sigkill_then_resume_matches_an_uninterrupted_run(tiny_bert
     assert got["test"] == pytest.approx(want["test"], rel=1e-5, abs=1e-6)
     assert [s for s, _ in got["train_loss_curve"]] == [s for s, _ in want["train_loss_curve"]]
     assert [x for _, x in got["train_loss_curve"]] == pytest.approx([x for _, x in want["train_loss_curve"]], rel=1e-5)
+    if "linear_probe" in want:  # lp_ft: the probe phase, rerun on resume, must come out the same
+        a, b = got["linear_probe"], want["linear_probe"]
+        assert (a["best"]["metric"], a["best"]["step"]) == (b["best"]["metric"], b["best"]["step"])
+        assert a["best"]["value"] == pytest.approx(b["best"]["value"], rel=1e-5)
+        assert a["test"] == pytest.approx(b["test"], rel=1e-5, abs=1e-6)
+        assert len(a["history"]) == len(b["history"])
+        for x, y in zip(a["history"], b["history"], strict=True):
+            assert x["step"] == y["step"] and x["validation"] == pytest.approx(y["validation"], rel=1e-5, abs=1e-6)
+
+
+# Runs bertcls.train with a signal sent to itself right after the checkpoint of a given step in a given folder is
+# complete: the SIGTERM and SIGKILL of the test above at a chosen step, for runs too quick to catch from outside
+# (a cached head-only step takes about a millisecond). argv: output folder, step, signal name, then the overrides.
+SIGNAL_AFTER_CHECKPOINT = """
+import os, signal, sys
+from pathlib import Path
+
+import bertcls.train as t
+
+out, at, sig = Path(sys.argv[1]).resolve(), int(sys.argv[2]), getattr(signal, sys.argv[3])
+save = t.save_checkpoint
+
+
+def save_then_signal(accelerator, where, state, *args, **kwargs):
+    path = save(accelerator, where, state, *args, **kwargs)
+    if Path(where).resolve() == out and state["step"] == at:
+        os.kill(os.getpid(), sig)
+    return path
+
+
+t.save_checkpoint = save_then_signal
+sys.argv = ["bertcls/train.py", *sys.argv[4:]]
+t.main(sys.argv[1:])
+"""
+
+
+def signalled_run(args: list[str], out: Path, step: int, sig: str) -> subprocess.CompletedProcess:
+    """``python -m bertcls.train *args`` (the overrides of ``cli_args``) sent ``sig`` after checkpoint ``step``."""
+    cmd = [sys.executable, "-c", SIGNAL_AFTER_CHECKPOINT, str(out), str(step), sig, *args[3:]]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, *extra: str) -> dict:
+    """SIGTERM after checkpoint 8, resume, SIGKILL after checkpoint 20, resume to the end: the numbers of the run
+    that was never interrupted (36 steps; a checkpoint every 4, an evaluation every 6 and at each epoch's end)."""
+    extra = (*extra, f"train.cache_dir={tmp_path / 'cache'}")
+    ref = tmp_path / "ref"
+    args = cli_args(tiny_bert, tiny_data, ref, *extra)
+    done = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    out = tmp_path / "run"
+    stopped = signalled_run(cli_args(tiny_bert, tiny_data, out, *extra), out, 8, "SIGTERM")
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: stopped by signal 15 at step 8") and last.endswith("train.resume_from=latest")
+    assert [p.name for p in list_checkpoints(out)] == ["step-4", "step-8"]
+    assert not (out / "metrics.json").exists()
+
+    resume = cli_args(tiny_bert, tiny_data, out, *extra, "train.resume_from=latest")
+    killed = signalled_run(resume, out, 20, "SIGKILL")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "resumed at step 8" in (out / "train.log").read_text()
+    assert list_checkpoints(out)[-1].name == "step-20" and not (out / "metrics.json").exists()
+
+    done = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed at step 20" in (out / "train.log").read_text()
+    got, want = numbers(out / "metrics.json"), numbers(ref / "metrics.json")
+    for m in (got, want):  # the reference computed the features, the interrupted runs found them in the cache
+        m.get("feature_cache", {}).pop("splits_reused", None)
+    assert_same_numbers(got, want)
+    return got
+
+
+def test_kill_and_resume_of_a_cached_head_only_run_matches_an_uninterrupted_run(tiny_bert, tiny_data, tmp_path):
+    # The head trains in epochs on cached features (AdamW: an L-BFGS fit has no steps to resume); its dropout draws
+    # from the restored RNG (a high rate and lr, so that other masks show), and the best head so far travels in the
+    # checkpoint.
+    head_only = ("model.freeze_backbone=true", "train.head_solver=adamw", "train.lr=1e-2", "model.dropout=0.5")
+    got = kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, *head_only)
+    assert got["feature_cache"]["used"]
+
+
+def test_kill_and_resume_of_an_lp_ft_run_matches_an_uninterrupted_run(tiny_bert, tiny_data, tmp_path):
+    # The probe phase is rerun on resume (it writes no checkpoints); the fine-tuning phase resumes.
+    got = kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, "train.schedule=lp_ft", "train.lp_epochs=1")
+    assert got["schedule"] == "lp_ft" and got["linear_probe"]["best"]["step"] is not None
 
 
 def test_checkpoints_are_pruned_but_never_the_best(tmp_path):
@@ -241,6 +333,79 @@ def test_planted_pickles_never_run(tiny_bert, tiny_data, tmp_path):
     with pytest.raises(BertclsError, match="cannot resume"):
         train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=3", "train.resume_from=latest"))
     assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def resumable(tiny_bert, tiny_data, tmp_path_factory) -> Path:
+    """An interrupted run's folder: checkpoints at steps 2 and 4, no metrics.json (copy it before damaging it)."""
+    out = tmp_path_factory.mktemp("resumable") / "run"
+    train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=5", "checkpoint.every_steps=2"))
+    (out / "metrics.json").unlink()
+    return out
+
+
+def damaged_copy(resumable: Path, tmp_path: Path) -> tuple[Path, Path]:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(resumable, out)
+    return out, out / CHECKPOINTS / "step-4" / "random_states_0.pkl"
+
+
+def test_a_missing_rng_state_is_a_one_line_error(tiny_bert, tiny_data, resumable, tmp_path):
+    # accelerate's load_state logs "Could not load random states" at info level and goes on: the resumed run
+    # would draw other dropout masks than the run it continues, silently.
+    out, rng = damaged_copy(resumable, tmp_path)
+    rng.unlink()
+    proc = run_cli(
+        "bertcls.train", *tiny_overrides(tiny_bert, tiny_data, out, "train.max_steps=5"), "train.resume_from=latest"
+    )
+    assert_one_line_error(proc, f"cannot resume from {out / CHECKPOINTS / 'step-4'}: random_states_0.pkl")
+    assert "is missing" in proc.stderr and "train.resume_from=<folder>" in proc.stderr
+    assert not (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other_keys", "wrong_size", "pickle"])
+def test_a_damaged_rng_state_is_an_error_naming_the_file(tiny_bert, tiny_data, resumable, tmp_path, damage):
+    out, rng = damaged_copy(resumable, tmp_path)
+    marker = tmp_path / "pwned"
+    if damage == "truncated":
+        rng.write_bytes(rng.read_bytes()[:100])
+    elif damage == "garbage":
+        rng.write_bytes(b"not a torch file")
+    elif damage == "other_keys":
+        torch.save({"step": 0, "torch_manual_seed": torch.get_rng_state()}, rng)
+    elif damage == "wrong_size":  # reads fine, but torch.set_rng_state refuses it (inside load_state, swallowed)
+        states = torch.load(rng, weights_only=False)
+        torch.save({**states, "torch_manual_seed": torch.zeros(7, dtype=torch.uint8)}, rng)
+    else:
+        torch.save(Evil(marker), rng)
+    with pytest.raises(BertclsError, match=r"cannot resume from .*step-4: .*random_states_0\.pkl") as e:
+        train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=5", "train.resume_from=latest"))
+    assert "\n" not in str(e.value) and "train.resume_from" in str(e.value)
+    assert not marker.exists() and not (out / "metrics.json").exists()
+
+
+def test_an_intact_checkpoint_restores_every_rng(resumable):
+    import random
+
+    import numpy as np
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from bertcls.checkpoint import load_checkpoint, read_rng_state
+
+    ck = resumable / CHECKPOINTS / "step-4"
+    saved = read_rng_state(ck, 0)
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(BertForTextClassification.from_pretrained(resumable / "last"))
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)  # states other than the saved ones
+    state, _ = load_checkpoint(accelerator, ck)
+    assert state["step"] == 4
+    assert random.getstate() == saved["random_state"]
+    assert torch.equal(torch.get_rng_state(), saved["torch_manual_seed"])
+    assert np.array_equal(np.random.get_state()[1], saved["numpy_random_seed"][1])
 
 
 def test_no_trust_remote_code_anywhere():

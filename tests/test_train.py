@@ -17,7 +17,7 @@ from bertcls.config import Config, load_config
 from bertcls.data import load_split
 from bertcls.train import train
 
-from .conftest import make_rows, run_torchrun, write_csv
+from .conftest import linear_output_dtypes, make_rows, run_process_tree, run_torchrun, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -129,10 +129,19 @@ def test_validation_is_cut_from_train_when_missing(tiny_bert, tiny_data, tmp_pat
 
 
 def test_runs_with_different_precision_in_one_process(tiny_bert, tiny_data, tmp_path):
-    # A notebook calls train() again with other settings; accelerate's per-process state must not block it.
-    train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "a", "train.max_steps=2", "train.mixed_precision=no"))
-    result = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "b", "train.max_steps=2", "train.mixed_precision=bf16"))
-    assert result["mixed_precision"] == "bf16"
+    # A notebook calls train() again with other settings; accelerate's per-process state must not block it. The
+    # matmuls inside the forward passes (every nn.Linear, backbone and head, training and evaluation) run at the
+    # precision asked for: float32, then bfloat16 under autocast.
+    with linear_output_dtypes() as full:
+        a = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "a", "train.max_steps=2", "train.mixed_precision=no"))
+    with linear_output_dtypes() as half:
+        b = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "b", "train.max_steps=2", "train.mixed_precision=bf16"))
+    assert (a["mixed_precision"], b["mixed_precision"]) == ("no", "bf16")
+    for seen, dtype in ((full, torch.float32), (half, torch.bfloat16)):
+        assert {training for training, _ in seen} == {True, False}  # both training steps and evaluation were seen
+        assert {d for _, d in seen} == {dtype}
+    # the loss and the reported numbers stay float32: bf16 only rounded, it did not change what was learned much
+    assert b["test"]["loss"] == pytest.approx(a["test"]["loss"], abs=0.05) and b["test"]["loss"] != a["test"]["loss"]
 
 
 def test_same_seed_same_metrics(tiny_bert, tiny_data, tmp_path):
@@ -173,9 +182,26 @@ def test_config_layers_and_validation(tmp_path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_every_shipped_config_loads(path):
+def test_every_shipped_config_loads_and_trains_two_steps(path, tiny_bert, tiny_data, tmp_path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
+    # The config's own settings, on the tiny model and (instead of packaged or placeholder files) the tiny data.
+    data = [f"data.{split}={tiny_data[split]}" for split in ("train", "validation", "test")]
+    small = ["train.max_steps=2", f"output.dir={tmp_path / 'run'}", f"train.cache_dir={tmp_path / 'cache'}"]
+    cfg = load_config(path, [f"model.name_or_path={tiny_bert}", *data, *small])
+    result = train(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["labels"] == ["negative", "positive"]
+    lbfgs = "C" in metrics["history"][-1]  # frozen.yaml's linear head is fitted by L-BFGS: a step per L2 strength
+    assert metrics["history"][-1]["step"] == (len(metrics["history"]) if lbfgs else 2)
+    assert metrics["test"]["num_examples"] == 40 and result["test"] == metrics["test"]
+    assert metrics["feature_cache"]["used"] == (cfg.model.freeze_backbone and cfg.train.cache)
+    best = BertForTextClassification.from_pretrained(tmp_path / "run" / "best")
+    prediction = best.predict(["a good film"])[0]
+    assert set(prediction.get("labels", [prediction.get("label")])) <= {"negative", "positive"}
+    assert best.spec.pooling == cfg.model.pooling and best.multi_label == (cfg.data.task == "multi_label")
+    for tracker in cfg.output.tracking:  # advanced.yaml logs to TensorBoard
+        assert any((tmp_path / "run" / "tracking").rglob("events.out.tfevents.*")), tracker
 
 
 def test_default_yaml_is_the_no_argument_run():
@@ -290,6 +316,25 @@ def test_accelerate_config_example_is_valid():
 
     cfg = ClusterConfig.from_yaml_file(str(ROOT / "configs" / "accelerate" / "multi_gpu.yaml"))
     assert cfg.num_processes == 4 and str(cfg.distributed_type).endswith("MULTI_GPU")
+
+
+ACCELERATE_CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=[p.name for p in ACCELERATE_CONFIGS])
+def test_accelerate_config_example_launches(path, tiny_bert, tiny_data, tmp_path):
+    # As its header says to run it, with 2 processes instead of the file's 4 and no GPU visible: accelerate launches
+    # them through torch.distributed.run, and the workers train on CPU (gloo). `--cpu` is no way to do this: accelerate
+    # launch then starts one plain process (several CPU processes need mpirun there).
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), "--num_processes", "2"]
+    cmd += ["-m", "bertcls.train", *tiny_overrides(tiny_bert, tiny_data, out, "train.max_steps=2")]
+    proc = run_process_tree(cmd, timeout=240, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["num_processes"] == 2
+    assert metrics["history"][-1]["step"] == 2 and metrics["test"]["num_examples"] == 40
 
 
 def test_max_length_beyond_the_backbone_is_capped(tiny_bert, tmp_path, capsys):
