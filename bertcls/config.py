@@ -134,9 +134,7 @@ class TrainConfig:
     max_steps: int = doc(-1, "optimizer steps to run; > 0 overrides epochs")
     batch_size: int = doc(32, "examples per step per process")
     lr: float = doc(1e-4, "peak learning rate of the backbone (and of the head unless head_lr is set)")
-    head_lr: Any = doc(
-        "auto", "learning rate of the head: a number, null (= lr), or auto (lr when only the head trains, else 10 x lr)"
-    )
+    head_lr: float | None = doc(None, "learning rate of the head (null: the same as lr)")
     head_solver: str = doc(
         "auto",
         "head-only training on cached features: lbfgs (a linear head fitted to convergence, its L2 strength chosen on "
@@ -178,9 +176,8 @@ class TrainConfig:
         _positive("train", "dist_timeout", self.dist_timeout)
         _choice("train", "sampler", self.sampler, SAMPLERS)
         _choice("train", "head_solver", self.head_solver, HEAD_SOLVERS)
-        h = self.head_lr
-        if h != "auto" and h is not None and (isinstance(h, (bool, str)) or not isinstance(h, (int, float)) or h <= 0):
-            raise BertclsError(f"train.head_lr must be a number > 0, null (same as lr) or auto, got {h!r}")
+        if self.head_lr is not None:
+            _positive("train", "head_lr", self.head_lr)
         _choice("train", "nan_policy", self.nan_policy, NAN_POLICIES)
         _positive("train", "early_stopping_patience", self.early_stopping_patience, allow_zero=True)
         _positive("train", "early_stopping_min_delta", self.early_stopping_min_delta, allow_zero=True)

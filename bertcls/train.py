@@ -195,7 +195,7 @@ def build_optimizer(model: BertForTextClassification, cfg: Config) -> torch.opti
         is_head = name.startswith("head.")
         no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
         groups.setdefault((is_head, no_decay, scales.get(id(p), 1.0)), []).append(p)
-    head_lr = resolve_head_lr(t, head_only=not any(p.requires_grad for p in model.backbone.parameters()))
+    head_lr = t.head_lr if t.head_lr is not None else t.lr
     param_groups = [
         {
             "params": ps,
@@ -223,14 +223,6 @@ def use_lbfgs(cfg: Config, cached: bool) -> bool:
 def lbfgs_grid(has_validation: bool) -> tuple[float, ...]:
     """The C values fitted: the grid when validation can choose, else scikit-learn's default C=1."""
     return C_GRID if has_validation else (1.0,)
-
-
-def resolve_head_lr(t, head_only: bool) -> float:
-    """``train.head_lr`` as a number: null is ``lr``; auto is ``lr`` when only the head trains (so a frozen run's
-    ``train.lr`` is what it uses) and 10 x ``lr`` when the backbone trains too (a new head catches up faster)."""
-    if t.head_lr == "auto":
-        return t.lr if head_only else 10 * t.lr
-    return float(t.head_lr) if t.head_lr is not None else t.lr
 
 
 def data_seed(cfg: Config) -> int:
@@ -960,7 +952,7 @@ def train_lp_ft(cfg: Config) -> dict[str, Any]:
     check_output_dir(cfg)
     probe_dir = Path(cfg.output.dir) / "linear_probe"
     t = cfg.train
-    head_lr = resolve_head_lr(t, head_only=False)  # the head's rate in phase 2, for the probe too (if not L-BFGS)
+    head_lr = t.head_lr if t.head_lr is not None else t.lr
     probe = replace(
         cfg,
         model=replace(cfg.model, freeze_backbone=True, unfreeze_top_k=0),
@@ -970,7 +962,6 @@ def train_lp_ft(cfg: Config) -> dict[str, Any]:
             epochs=t.lp_epochs,
             max_steps=-1,
             lr=head_lr,
-            head_lr=head_lr,
             warmup_ratio=0.0,
             gradual_unfreeze=False,
             # Resuming an lp_ft run reruns the probe (seconds on the cache); only phase 2 resumes.
