@@ -16,8 +16,8 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bertcls.data import TRUNCATIONS
 from bertcls.errors import BertclsError
+from bertcls.long_texts import TRUNCATIONS
 from bertcls.multilabel import TASKS
 from bertcls.precision import PRECISIONS
 
