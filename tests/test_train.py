@@ -311,6 +311,19 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
             assert [h["step"] for h in resumed["history"]] == [h["step"] for h in metrics["history"]]
 
 
+@pytest.mark.integration
+def test_two_processes_fit_the_frozen_head_by_lbfgs(tiny_bert, tiny_data, tmp_path):
+    from bertcls.probe import C_GRID
+
+    out = tmp_path / "run"
+    args = tiny_overrides(tiny_bert, tiny_data, out, "model.freeze_backbone=true", f"train.cache_dir={tmp_path / 'c'}")
+    proc = run_torchrun(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2 and [h["C"] for h in metrics["history"]] == list(C_GRID)
+    assert metrics["test"]["num_examples"] == 40 and metrics["best"]["metric"] == "loss"
+
+
 def test_accelerate_config_example_is_valid():
     from accelerate.commands.config.config_args import ClusterConfig
 
