@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -62,3 +65,9 @@ def test_ratio_lines_put_each_tool_at_its_own_defaults():
     )
     # nothing to compare when the default Trainer did not run
     assert not any("defaults against defaults" in x for x in bench.ratio_lines(runs[:2], "bf16"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the check runs for minutes")
+def test_gpu_check_says_no_cuda_and_exits_3():
+    proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and proc.stdout.strip() == "no CUDA device", proc.stderr
