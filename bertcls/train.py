@@ -547,7 +547,9 @@ def _run(cfg: Config) -> dict[str, Any]:
         # the backbone can (the run's config.yaml records the value used).
         if main:
             print(f"data.max_length={cfg.data.max_length} is more than {m.name_or_path} reads; using {positions}")
-        cfg.data.max_length = model.max_length = positions
+        # A copy: the caller's config (a notebook's, a sweep's) is never changed by a run.
+        cfg = replace(cfg, data=replace(cfg.data, max_length=positions))
+        model.max_length = positions
     out = prepare_output_dir(cfg) if main else Path(cfg.output.dir)
     accelerator.wait_for_everyone()
     log = RunLog(out / "train.log", main)

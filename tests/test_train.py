@@ -373,6 +373,7 @@ def test_max_length_beyond_the_backbone_is_capped(tiny_bert, tmp_path, capsys):
     )
     train(cfg)
     assert "data.max_length=128 is more than" in capsys.readouterr().out
+    assert cfg.data.max_length == 128  # the caller's config is left as it was; the run's config.yaml says 72
     assert "max_length: 72" in (out / "config.yaml").read_text()
     assert BertForTextClassification.from_pretrained(out / "best").max_length == 72
 
