@@ -23,7 +23,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
-from bertcls.errors import BertclsError
+from bertcls.errors import BertclsError, first_line
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"  # written last: a folder without it is not a complete checkpoint
@@ -125,7 +125,7 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict[str, Any
         accelerator.load_state(str(path), load_kwargs={"weights_only": True})
         head = load_file(str(path / BEST_HEAD_FILE)) if (path / BEST_HEAD_FILE).is_file() else None
     except Exception as e:  # unpickling refusals, corrupt safetensors, shape mismatches: all mean a bad checkpoint
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise BertclsError(f"cannot resume from {path}: {type(e).__name__}: {first[:300]}") from e
     check_rng_restored(path, accelerator.process_index, rng)
     return state, head
@@ -165,7 +165,7 @@ def read_rng_state(path: Path, process_index: int) -> dict[str, Any]:
         if missing:
             raise ValueError(f"no {', '.join(missing)} in it")
     except Exception as e:  # truncated, overwritten, a pickle of other objects: weights_only refuses it unrun
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise BertclsError(
             f"cannot resume from {path}: {file.name} (the random state of process {process_index}) is damaged "
             f"({type(e).__name__}: {first[:200]}); resume from another checkpoint (train.resume_from=<folder>) "

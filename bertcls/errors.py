@@ -23,6 +23,12 @@ def some(values: Sequence[object], limit: int = 5, width: int = 40) -> str:
     return ", ".join(map(repr, shown)) + (f" and {more} more" if more > 0 else "")
 
 
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (its type name when it has no message), for one-line errors."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def label_set(labels: Sequence[str]) -> str:
     """A label set for an error message, with a hint when it is too large to be one."""
     hint = f" ({len(labels)} distinct: is the label column a text column?)" if len(labels) > 100 else ""

@@ -28,7 +28,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from bertcls import toplayer
 from bertcls.card import write_model_card
 from bertcls.dropout import use_fast_dropout
-from bertcls.errors import BertclsError
+from bertcls.errors import BertclsError, first_line
 from bertcls.init import InitSpec, apply_init, init_tensor, parse_init, warn_if_symmetric
 from bertcls.multilabel import (
     DEFAULT_DELIMITER,
@@ -594,7 +594,7 @@ def load_backbone(name: str, attn_implementation: str | None = "sdpa") -> tuple[
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as e:
         where = "folder" if path.exists() else "hub model (needs internet; set HF_HUB_OFFLINE=0)"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise BertclsError(f"could not load {where} '{name}': {first}") from e
     return backbone, tokenizer
 

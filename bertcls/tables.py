@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bertcls.errors import BertclsError
+from bertcls.errors import BertclsError, first_line
 from bertcls.resources import is_packaged, packaged_data_file
 
 # file suffix -> (datasets builder, extra builder kwargs)
@@ -68,7 +68,7 @@ def read_table(source: str, split: str = "train"):
     try:
         return datasets.load_dataset(name, split=hub_split or split)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise BertclsError(
             f"'{source}' is neither a local file nor a loadable hub dataset (hub access needs internet): {first}"
         ) from e
