@@ -217,14 +217,6 @@ def encode_windows(
     return encoded, doc_ids
 
 
-def average_windows(probs: torch.Tensor, doc_ids: Sequence[int], num_docs: int) -> torch.Tensor:
-    """Mean of the window probabilities of each text: (num_windows, C) -> (num_docs, C)."""
-    index = torch.as_tensor(list(doc_ids), dtype=torch.long)
-    sums = torch.zeros(num_docs, probs.shape[-1], dtype=probs.dtype).index_add_(0, index, probs)
-    counts = torch.bincount(index, minlength=num_docs).clamp(min=1).to(probs.dtype)
-    return sums / counts.unsqueeze(-1)
-
-
 def _keys(out) -> list[str]:
     return [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in out]
 

@@ -378,7 +378,8 @@ class BertForTextClassification(nn.Module):
         are grouped by length; long texts are truncated (or read as windows) as the model was trained
         (``model.truncation``, ``model.window_stride``). ``precision``: ``no`` (full), ``bf16``, ``fp16``, or
         ``auto`` (bf16 where the model's device has it, as training's ``mixed_precision: auto``)."""
-        from bertcls.data import average_windows, encode, encode_windows, iter_length_sorted_batches
+        from bertcls.data import encode, encode_windows, iter_length_sorted_batches
+        from bertcls.long_texts import mean_of_windows
         from bertcls.precision import autocast, check_precision, resolve
 
         check_precision(precision)
@@ -400,7 +401,7 @@ class BertForTextClassification(nn.Module):
             probs[idx] = self.probabilities(logits).cpu()
         self.train(was_training)
         # A long text read as windows gets the mean of its windows' probabilities.
-        return probs if doc_ids is None else average_windows(probs, doc_ids, len(texts))
+        return probs if doc_ids is None else torch.from_numpy(mean_of_windows(probs.numpy(), doc_ids, len(texts)))
 
     def predict(
         self,

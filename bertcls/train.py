@@ -48,7 +48,6 @@ from bertcls.data import (
     ShuffledBatchSampler,
     Split,
     TextClassificationDataset,
-    average_windows,
     build_labels,
     drop_empty_texts,
     label_targets,
@@ -57,12 +56,13 @@ from bertcls.data import (
     split_validation,
 )
 from bertcls.errors import BertclsError, cli_errors
+from bertcls.long_texts import mean_of_windows
 from bertcls.losses import build_loss, build_loss_weight, build_multilabel_loss, class_weights, pos_weights
 from bertcls.metrics import core_metrics, is_better, multilabel_metrics
 from bertcls.model import BertForTextClassification, probabilities
 from bertcls.multilabel import DEFAULT_THRESHOLD, tune_thresholds
-from bertcls.precision import resolve as resolve_mixed_precision
-from bertcls.probe import C_GRID, fit_linear  # scripts/ import it from here too
+from bertcls.precision import resolve as resolve_mixed_precision  # scripts/ import it from here too
+from bertcls.probe import C_GRID, fit_linear
 from bertcls.tracking import check_trackers, flat_config
 
 # What a run writes into output.dir; only these are removed by output.overwrite=true.
@@ -332,7 +332,7 @@ def split_predictions(
     probs, gold, gathered = predict_loader(model, loader, accelerator, len(ds), forward, task)
     doc_ids = getattr(ds, "doc_ids", None)
     if doc_ids is not None:  # windows of long texts: a text's probabilities are the mean over its windows
-        probs = average_windows(torch.from_numpy(probs), doc_ids, ds.num_docs).numpy()
+        probs = mean_of_windows(probs, doc_ids, ds.num_docs)
         gold = np.asarray(ds.doc_label_ids)
         gathered = ds.num_docs if gathered == len(ds) else gathered
     return probs, gold, gathered
