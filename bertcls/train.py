@@ -380,17 +380,18 @@ def backward_group(accelerator: Accelerator, module, group: list[dict], forward,
     mean loss is scaled by its share of the group's total ``loss_weight`` (over every process), so the gradient is
     the one of a single batch of all the group's examples, a short last group included.
     """
-    total = sum(loss_weight(b["labels"]) for b in group)
+    weights = [loss_weight(b["labels"]) for b in group]
+    total = sum(weights)
     if accelerator.num_processes > 1:
         total = accelerator.reduce(total, "sum") / accelerator.num_processes  # DDP averages the gradients
     losses = []
-    for i, batch in enumerate(group):
+    for i, (batch, weight) in enumerate(zip(group, weights, strict=True)):
         labels = batch.pop("labels")
         batch.pop("index", None)
         # Gradients are all-reduced across processes only on the group's last micro-batch.
         with accelerator.no_sync(module) if i < len(group) - 1 else contextlib.nullcontext():
             loss = loss_fn(forward(module, batch), labels)
-            accelerator.backward(loss * (loss_weight(labels) / total))
+            accelerator.backward(loss * (weight / total))
         losses.append(loss.detach())
     return losses
 
