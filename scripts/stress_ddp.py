@@ -74,24 +74,35 @@ def kill_tree(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def run_tree(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[int | None, str, str, str]:
+    """Run ``cmd`` (a launcher and its workers) from the project root with one thread per process. Returns (exit
+    code, stdout, stderr, stacks); past ``timeout`` the exit code is None, the stacks are every process's (taken
+    before the whole tree is killed), else they are empty."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err, ""
+    except subprocess.TimeoutExpired:
+        pids = descendants(proc.pid)
+        stacks = dump_stacks(pids)
+        kill_tree(pids)
+        out, err = proc.communicate()
+        return None, out, err, stacks
+
+
 def run_once(i: int, data: Path, args, out: Path) -> tuple[str, float, str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "bertcls.train", f"data.train={data / 'tr.csv'}", f"data.validation={data / 'va.csv'}"]
     cmd += [f"data.test={data / 'te.csv'}", "train.max_steps=8", "train.batch_size=8", "checkpoint.every_steps=3"]
     cmd += [f"train.seed={args.seed0 + i}", f"output.dir={out / f'run-{i}'}", f"model.name_or_path={args.model}"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    try:
-        log, _ = proc.communicate(timeout=args.timeout)
-        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-    except subprocess.TimeoutExpired:
-        pids = descendants(proc.pid)
-        (out / f"hang-{i}.txt").write_text(dump_stacks(pids))
-        kill_tree(pids)
-        log, _ = proc.communicate()
-        status = "hang"
+    code, stdout, stderr, stacks = run_tree(cmd, args.timeout)
     elapsed = time.perf_counter() - start
+    status = "hang" if code is None else "ok" if code == 0 else f"failed (exit {code})"
+    log = stdout + stderr
+    if code is None:
+        (out / f"hang-{i}.txt").write_text(stacks)
     if status != "ok":
         (out / f"log-{i}.txt").write_text(log)
     shutil.rmtree(out / f"run-{i}", ignore_errors=True)

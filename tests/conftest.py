@@ -147,19 +147,12 @@ def run_torchrun(train_args: list[str], timeout: float = 180, module: list[str] 
 def run_process_tree(cmd: list[str], timeout: float, env: dict[str, str] | None = None):
     """Run ``cmd`` (a launcher and its workers) from the project root with one thread per process; past ``timeout``
     fail with every process's stack, after killing the whole tree."""
-    from scripts.stress_ddp import descendants, dump_stacks, kill_tree
+    from scripts.stress_ddp import run_tree
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        pids = descendants(proc.pid)
-        stacks = dump_stacks(pids)
-        kill_tree(pids)
-        _, err = proc.communicate()
-        raise AssertionError(f"{cmd[2]} run alive after {timeout}s\n{stacks}\nstderr tail:\n{err[-3000:]}") from None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    code, out, err, stacks = run_tree(cmd, timeout, env)
+    if code is None:
+        raise AssertionError(f"{cmd[2]} run alive after {timeout}s\n{stacks}\nstderr tail:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(cmd, code, out, err)
 
 
 ROOT = Path(__file__).resolve().parents[1]
