@@ -35,6 +35,7 @@ def test_preload_env_adds_the_library_once(tmp_path, monkeypatch):
     assert allocator.preload_env({}) is None
 
 
+@pytest.mark.integration
 def test_training_command_runs_under_jemalloc_when_found(tiny_bert, tiny_data, tmp_path, monkeypatch):
     found = allocator.find_jemalloc()
     if found is None:
@@ -49,6 +50,7 @@ def test_training_command_runs_under_jemalloc_when_found(tiny_bert, tiny_data, t
     assert proc.returncode == 0 and "allocator system malloc" in proc.stdout, proc.stderr
 
 
+@pytest.mark.integration
 def test_a_missing_allocator_library_is_a_one_line_error(tiny_bert, tiny_data, tmp_path, monkeypatch):
     monkeypatch.setenv(allocator.ENV, str(tmp_path / "nope.so"))
     proc = run_cli("bertcls.train", *tiny_overrides(tiny_bert, tiny_data, tmp_path / "a", "train.max_steps=1"))

@@ -15,6 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.integration
 def test_bench_quick_runs_both_tools(tiny_bert, tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--model", str(tiny_bert)]
@@ -67,6 +68,7 @@ def test_ratio_lines_put_each_tool_at_its_own_defaults():
     assert not any("defaults against defaults" in x for x in bench.ratio_lines(runs[:2], "bf16"))
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the check runs for minutes")
 def test_gpu_check_says_no_cuda_and_exits_3():
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], capture_output=True, text=True, timeout=120)

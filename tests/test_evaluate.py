@@ -175,6 +175,7 @@ def test_unknown_labels_error_or_skip(checkpoints, tmp_path):
 # ---------------------------------------------------------------- command line
 
 
+@pytest.mark.integration
 def test_cli_report_and_skip_count(checkpoints, tmp_path):
     rows = make_rows(12, 5) + [{"text": "meh", "label": "neutral", "other": "a"}] * 2
     data = write_csv(tmp_path / "d.csv", rows)
@@ -190,6 +191,7 @@ def test_cli_report_and_skip_count(checkpoints, tmp_path):
     assert len(read_predictions(out / "predictions.csv")) == 14  # every input row, the skipped ones too
 
 
+@pytest.mark.integration
 def test_cli_errors_are_one_line(checkpoints, tiny_data, tmp_path, capsys):
     good = checkpoints[0]
     no_weights = tmp_path / "no_weights"
@@ -257,6 +259,7 @@ def test_plots_are_valid_pngs(tmp_path):
     assert_png(plot_curves({"train_loss_curve": [[1, 0.7]], "history": [{"step": 1}]}, tmp_path / "noval.png"))
 
 
+@pytest.mark.integration
 def test_training_writes_curves_and_the_script_redraws_them(tiny_bert, tiny_data, tmp_path):
     from bertcls.train import train
 

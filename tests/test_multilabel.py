@@ -166,6 +166,7 @@ def test_options_of_the_other_task_are_refused():
         assert expected in str(e.value), (expected, str(e.value))
 
 
+@pytest.mark.integration
 def test_train_cli_errors_are_one_line(tiny_bert, ml_data, tmp_path, capsys):
     from bertcls.train import main
 
@@ -298,6 +299,7 @@ def test_sigmoid_probabilities_and_label_sets(ml_model):
         ml_model.thresholds = [0.5, 0.5]
 
 
+@pytest.mark.integration
 def test_thresholds_saved_are_the_ones_predict_and_its_cli_apply(ml_model, tmp_path, capsys):
     p = float(ml_model.predict_proba(TEXTS[:1])[0, 2])  # the "good" probability of the first text
     ckpts = {}
@@ -448,6 +450,7 @@ def test_pos_weight_balanced_run_and_windows(tiny_bert, ml_data, tmp_path):
     assert result["test"]["num_examples"] == 40  # texts, not windows
 
 
+@pytest.mark.integration
 def test_evaluate_cli_on_a_multilabel_checkpoint(ml_model, ml_data, tmp_path, capsys):
     from bertcls.evaluate import main
 
@@ -539,6 +542,7 @@ def test_hf_export_applies_a_sigmoid_per_label(tiny_bert, tmp_path):
         assert {d["label"]: d["score"] for d in g} == pytest.approx(e["probabilities"], abs=1e-5)
 
 
+@pytest.mark.integration
 def test_two_processes_with_torchrun(tiny_bert, tmp_path):
     # 37 validation examples over 2 processes, batches of 5: padded multi-hot label rows must not count twice.
     d = tmp_path / "data"

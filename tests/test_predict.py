@@ -38,6 +38,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_cli_texts_equal_model_predict(checkpoint, model):
     proc = run_cli("--checkpoint", str(checkpoint), "--json", *TEXTS)
     assert proc.returncode == 0, proc.stderr
@@ -67,6 +68,7 @@ def test_printed_table_and_top_k(checkpoint, model, capsys):
     assert [list(p["probabilities"]) for p in top1] == [[p["label"]] for p in model.predict(TEXTS, precision="auto")]
 
 
+@pytest.mark.integration
 def test_csv_in_csv_out_keeps_columns_and_order(checkpoint, model, tmp_path):
     rows = make_rows(15, 4)
     src = write_csv(tmp_path / "in.csv", rows)
@@ -105,6 +107,7 @@ def test_jsonl_in_jsonl_out_with_pairs_and_top_k(model, tmp_path):
         assert list(g["probabilities"]) == list(top2) and g["probabilities"] == pytest.approx(top2)
 
 
+@pytest.mark.integration
 def test_errors_are_one_line(checkpoint, tmp_path, capsys):
     src = write_csv(tmp_path / "in.csv", make_rows(3, 1))
     proc = run_cli("--checkpoint", str(checkpoint), "--input", str(tmp_path / "nope.csv"), "--output", "x.csv")

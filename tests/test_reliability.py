@@ -48,6 +48,7 @@ def numbers(metrics_path: Path) -> dict:
     return {k: v for k, v in metrics.items() if k not in TIMING}
 
 
+@pytest.mark.integration
 def test_sigterm_then_sigkill_then_resume_matches_an_uninterrupted_run(tiny_bert, tiny_data, tmp_path):
     # 12 steps per epoch, 36 in all: a checkpoint every 4 steps, an evaluation every 6 and at each epoch's end.
     ref = tmp_path / "ref"
@@ -172,6 +173,7 @@ def kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, *extra: str) -> dict
     return got
 
 
+@pytest.mark.integration
 def test_kill_and_resume_of_a_cached_head_only_run_matches_an_uninterrupted_run(tiny_bert, tiny_data, tmp_path):
     # The head trains in epochs on cached features (AdamW: an L-BFGS fit has no steps to resume); its dropout draws
     # from the restored RNG (a high rate and lr, so that other masks show), and the best head so far travels in the
@@ -181,6 +183,7 @@ def test_kill_and_resume_of_a_cached_head_only_run_matches_an_uninterrupted_run(
     assert got["feature_cache"]["used"]
 
 
+@pytest.mark.integration
 def test_kill_and_resume_of_an_lp_ft_run_matches_an_uninterrupted_run(tiny_bert, tiny_data, tmp_path):
     # The probe phase is rerun on resume (it writes no checkpoints); the fine-tuning phase resumes.
     got = kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, "train.schedule=lp_ft", "train.lp_epochs=1")
@@ -352,6 +355,7 @@ def damaged_copy(resumable: Path, tmp_path: Path) -> tuple[Path, Path]:
     return out, out / CHECKPOINTS / "step-4" / "random_states_0.pkl"
 
 
+@pytest.mark.integration
 def test_a_missing_rng_state_is_a_one_line_error(tiny_bert, tiny_data, resumable, tmp_path):
     # accelerate's load_state logs "Could not load random states" at info level and goes on: the resumed run
     # would draw other dropout masks than the run it continues, silently.

@@ -216,6 +216,7 @@ def test_every_config_key_is_documented():
     assert [k for k in keys if f"`{k}`" not in readme] == []
 
 
+@pytest.mark.integration
 def test_cli_help_lists_options():
     proc = run_cli("--help")
     assert proc.returncode == 0
@@ -223,6 +224,7 @@ def test_cli_help_lists_options():
         assert key in proc.stdout
 
 
+@pytest.mark.integration
 def test_cli_errors_are_one_line_without_traceback(tiny_bert, tiny_data, tmp_path):
     base = [
         f"model.name_or_path={tiny_bert}",
@@ -253,6 +255,7 @@ def test_cli_errors_are_one_line_without_traceback(tiny_bert, tiny_data, tmp_pat
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
+@pytest.mark.integration
 def test_two_processes_with_torchrun(tiny_bert, tmp_path):
     # 37 validation examples over 2 processes: one process gets a padded batch that must not be counted twice.
     d = tmp_path / "data"
