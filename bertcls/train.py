@@ -1,8 +1,11 @@
 """``python -m bertcls.train``: fine-tune a classifier with an accelerate-driven loop.
 
-``train(cfg)`` does the work and is what notebooks call; ``main()`` only parses the command line. The loop follows
-the accelerate examples: one ``prepare``, ``accumulate``/``backward``, clipping on sync steps, and
-``gather_for_metrics`` in evaluation, so the same code runs on CPU, one GPU, or many under ``accelerate launch``.
+``train(cfg)`` does the work and is what notebooks call; ``main()`` only parses the command line. The recipe reads
+top to bottom like accelerate's examples: ``setup`` (accelerator, data, model, output folder, datasets, loss,
+optimizer and scheduler, one ``prepare``, resume), then ``fit`` (``train_epoch`` per epoch, evaluation between
+epochs), then ``finalize`` (best/ and last/, the test split, metrics.json). Where the loop stands lives in one
+``RunState``, which checkpoints save and resume restores. The same code runs on CPU, one GPU, or many processes
+under ``accelerate launch`` / torchrun.
 """
 
 from __future__ import annotations
@@ -16,13 +19,12 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import transformers
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
@@ -30,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from bertcls import allocator
+from bertcls import speed
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
 from bertcls.checkpoint import (
     CHECKPOINTS,
@@ -50,24 +52,145 @@ from bertcls.data import (
     TextClassificationDataset,
     build_labels,
     drop_empty_texts,
-    label_targets,
-    length_sorted_batches,
     load_split,
     split_validation,
 )
 from bertcls.errors import BertclsError, cli_errors
-from bertcls.long_texts import mean_of_windows
-from bertcls.losses import build_loss, build_loss_weight, build_multilabel_loss, class_weights, pos_weights
-from bertcls.metrics import core_metrics, is_better, multilabel_metrics
-from bertcls.model import BertForTextClassification, probabilities
-from bertcls.multilabel import DEFAULT_THRESHOLD, tune_thresholds
+from bertcls.inference import forward_features, forward_tokens, make_eval_loader, split_metrics, split_predictions
+from bertcls.metrics import is_better
+from bertcls.model import BertForTextClassification
+from bertcls.multilabel import tune_thresholds
 from bertcls.precision import resolve as resolve_mixed_precision  # scripts/ import it from here too
 from bertcls.probe import C_GRID, fit_linear
+from bertcls.speed import allocator
+from bertcls.tasks import Task, get_task
 from bertcls.tracking import check_trackers, flat_config
+
+__all__ = ["forward_features", "forward_tokens", "resolve_mixed_precision", "train", "main"]
 
 # What a run writes into output.dir; only these are removed by output.overwrite=true.
 RUN_FILES = ("best", "last", "metrics.json", "config.yaml", "train.log", "curves.png", "tracking", CHECKPOINTS)
 RUN_RESULTS = ("best", "last", "metrics.json", CHECKPOINTS)  # a folder with any of these holds a run worth keeping
+
+
+# ---------------------------------------------------------------- run state
+
+
+@dataclass
+class RunState:
+    """Where the loop stands and what it has seen so far: a checkpoint's state.json is ``state_dict()``."""
+
+    step: int = 0  # optimizer steps taken (skipped non-finite steps included)
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of `epoch` done: a resumed run skips them
+    examples: int = 0  # training examples seen by this process
+    nan_skipped_steps: int = 0
+    running_loss: float = 0.0  # the mean loss since the last point of the curve (filled in when saved)
+    running_n: int = 0  # micro-batch losses summed since then
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per evaluation
+    train_loss_curve: list[list[float]] = field(default_factory=list)  # [step, mean loss] every 10 steps
+    best: dict[str, Any] = field(default_factory=dict)  # metric, value, step (and the decision state)
+    early_stopping: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, metric: str, patience: int, min_delta: float) -> RunState:
+        # Early stopping counts evaluations since the last improvement of more than min_delta (best/ still follows
+        # every improvement, however small).
+        stopping = {"patience": patience, "min_delta": min_delta, "stopped": False, "step": None, "reference": None}
+        stopping["evals_without_improvement"] = 0
+        return cls(best={"metric": metric, "value": None, "step": None}, early_stopping=stopping)
+
+    @property
+    def stopped(self) -> bool:
+        return self.early_stopping["stopped"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        for f in fields(self):
+            setattr(self, f.name, saved[f.name])
+
+
+@dataclass
+class Timer:
+    """Seconds spent in the loop: evaluation inside it is kept apart from training speed."""
+
+    tick: float = 0.0  # when the loop started
+    eval_time: float = 0.0  # validation with metrics and best/ writing
+    predict_time: float = 0.0  # prediction alone: the evaluation speed reported in metrics.json
+    predicted: int = 0
+
+    def train_time(self) -> float:
+        return time.perf_counter() - self.tick - self.eval_time
+
+
+@dataclass
+class RunData:
+    labels: list[str]
+    train: Split
+    validation: Split | None
+    test: Split | None
+
+
+class RunLog:
+    """Prints (above the progress bar) and appends to train.log, on the main process only."""
+
+    def __init__(self, path: Path | None, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def __call__(self, msg: str) -> None:
+        if not self.enabled:
+            return
+        tqdm.write(msg)
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(msg + "\n")
+
+
+@dataclass
+class Run:
+    """What ``setup`` builds, in the order it builds it; the loop reads it and moves ``state`` on."""
+
+    cfg: Config  # the resolved config (data.max_length capped to what the backbone reads): never the caller's
+    accelerator: Accelerator
+    precision: str
+    task: Task
+    data: RunData
+    model: BertForTextClassification  # the plain module: what is saved, whatever was wrapped for training
+    out: Path
+    log: RunLog
+    cached: bool  # head-only training on stored backbone features
+    lbfgs: bool  # the head is fitted by L-BFGS instead of the epoch loop
+    module: Any = None  # what trains, prepared by accelerate: the model, or its head on cached features
+    forward: Callable = forward_tokens
+    train_ds: Any = None
+    val_ds: Any = None
+    test_ds: Any = None
+    train_loader: Any = None
+    train_sampler: Any = None  # ours, under accelerate's wrapper: set_epoch is not passed on to it
+    val_loader: Any = None
+    test_loader: Any = None
+    cache_hits: list[bool] = field(default_factory=list)
+    optimizer: Any = None
+    scheduler: Any = None
+    loss_fn: Callable | None = None
+    loss_weight: Callable | None = None
+    total_steps: int = 0
+    updates_per_epoch: int = 1
+    state: RunState = field(default_factory=RunState)
+    running: torch.Tensor | None = None  # the summed train loss since the last curve point, on the device
+    best_head: dict[str, torch.Tensor] = field(default_factory=dict)  # cached runs keep the best head in memory
+    progress: Any = None
+    timer: Timer = field(default_factory=Timer)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
 
 
 # ---------------------------------------------------------------- setup helpers
@@ -87,18 +210,9 @@ def has_accelerator() -> bool:
     return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
 
 
-@dataclass
-class RunData:
-    labels: list[str]
-    train: Split
-    validation: Split | None
-    test: Split | None
-
-
 def load_data(cfg: Config, log=print) -> RunData:
     """Read the splits, fix the label set, cut a validation split if none is given, and check labels agree."""
-    d = cfg.data
-    multi = d.task == "multi_label"
+    d, task = cfg.data, get_task(cfg.data.task)
 
     def read(src: str) -> Split:
         split = load_split(
@@ -115,20 +229,12 @@ def load_data(cfg: Config, log=print) -> RunData:
         log(f"validation: {len(validation.texts)} rows ({d.validation_fraction:g}) held out of {d.train}")
     if test is None:
         log("test: none (set data.test to evaluate the best checkpoint on a test split)")
-    # A multi-label example holds a set of labels; the label set is every label of every example.
-    found = [v for s in train.labels for v in s] if multi else train.labels
-    labels = list(d.labels) if d.labels else build_labels(found)
-    if multi and len(labels) < 2:
-        raise BertclsError(
-            f"{d.train}: the training examples use {len(labels)} label(s) {labels}; a multi-label classifier needs two "
-            "or more (for one yes/no label use data.task=single_label)"
-        )
-    if not multi and len(set(map(str, train.labels))) < 2:
-        raise BertclsError(f"{d.train}: every training example has the same label; a classifier needs two or more")
-    label_targets(train.labels, labels, d.task, f"train data {d.train}")
+    labels = list(d.labels) if d.labels else build_labels(task.label_values(train.labels))
+    task.check_label_count(labels, train.labels, d.train)
+    task.targets(train.labels, labels, f"train data {d.train}")
     for name, split in (("validation", validation), ("test", test)):
         if split is not None:
-            label_targets(split.labels, labels, d.task, f"{name} data {split.source or d.train}")
+            task.targets(split.labels, labels, f"{name} data {split.source or d.train}")
     return RunData(labels, train, validation, test)
 
 
@@ -220,6 +326,11 @@ def use_lbfgs(cfg: Config, cached: bool) -> bool:
     return cached and linear and (t.head_solver == "lbfgs" or (t.head_solver == "auto" and t.sampler != "balanced"))
 
 
+def uses_cache(cfg: Config) -> bool:
+    """Whether the head trains on stored backbone features: the backbone is wholly frozen and the cache is on."""
+    return cfg.train.cache and cfg.model.freeze_backbone and cfg.model.unfreeze_top_k == 0
+
+
 def lbfgs_grid(has_validation: bool) -> tuple[float, ...]:
     """The C values fitted: the grid when validation can choose, else scikit-learn's default C=1."""
     return C_GRID if has_validation else (1.0,)
@@ -266,99 +377,7 @@ def make_train_loader(ds, cfg: Config, pin: bool) -> DataLoader:
     )
 
 
-def make_eval_loader(ds, batch_size: int, pin: bool) -> DataLoader:
-    # Length-sorted batches; every item carries its index so predictions are put back in input order.
-    return DataLoader(
-        ds,
-        batch_sampler=length_sorted_batches(ds.lengths, batch_size),
-        collate_fn=ds.collate,
-        pin_memory=pin,
-        generator=torch.Generator(),  # leaves the global RNG (dropout's) alone, as in make_train_loader
-    )
-
-
-def forward_tokens(module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits of the whole model on a tokenized batch."""
-    return module(**batch).logits
-
-
-def forward_features(module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits of the head alone on a batch of cached backbone features."""
-    return module(batch["features"])
-
-
-@torch.inference_mode()
-def predict_loader(
-    model, loader: DataLoader, accelerator: Accelerator, n: int, forward=None, task: str = "single_label"
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Probabilities and gold labels (indices, or multi-hot rows for a multi-label task) for all ``n`` examples in
-    input order, gathered across processes.
-
-    Length-sorted batches differ in size between processes, and accelerate repeats a few examples so every process
-    gets the same number of batches. So each batch is padded to a common size (index -1), gathered, and rows are
-    kept by their example index: every example counts exactly once. Results go to CPU at once, so accelerator
-    memory does not grow with the dataset. Also returns how many distinct examples were seen.
-    """
-    model.eval()
-    probs: np.ndarray | None = None
-    gold: np.ndarray | None = None
-    seen = np.zeros(n, dtype=bool)
-    for batch in loader:
-        index = batch.pop("index")
-        labels = batch.pop("labels", None)
-        logits = (forward or forward_tokens)(model, batch).float()
-        if labels is None:
-            labels = torch.full_like(index, -1)
-        if accelerator.num_processes > 1:
-            padded = accelerator.pad_across_processes((logits, labels, index), dim=0, pad_index=-1)
-            logits, labels, index = accelerator.gather(padded)
-        index = index.cpu().numpy()
-        keep = index >= 0
-        index = index[keep]
-        if probs is None:
-            probs = np.zeros((n, logits.shape[-1]), dtype=np.float32)
-            gold = np.full((n, *labels.shape[1:]), -1, dtype=np.int64)
-        probs[index] = probabilities(logits, task).cpu().numpy()[keep]
-        gold[index] = labels.cpu().numpy()[keep]
-        seen[index] = True
-    assert probs is not None and gold is not None, "evaluation loader yielded no batches"
-    return probs, gold, int(seen.sum())
-
-
-def split_predictions(
-    model, loader, accelerator, ds, forward=None, task: str = "single_label"
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """``predict_loader`` per text: the windows of a long text are averaged into one row."""
-    probs, gold, gathered = predict_loader(model, loader, accelerator, len(ds), forward, task)
-    doc_ids = getattr(ds, "doc_ids", None)
-    if doc_ids is not None:  # windows of long texts: a text's probabilities are the mean over its windows
-        probs = mean_of_windows(probs, doc_ids, ds.num_docs)
-        gold = np.asarray(ds.doc_label_ids)
-        gathered = ds.num_docs if gathered == len(ds) else gathered
-    return probs, gold, gathered
-
-
-def split_metrics(
-    probs: np.ndarray, gold: np.ndarray, gathered: int, thresholds: list[float] | None = None
-) -> dict[str, float]:
-    """core_metrics (single-label), or multilabel_metrics at ``thresholds`` when ``thresholds`` are given."""
-    result = multilabel_metrics(gold, probs, thresholds) if thresholds is not None else core_metrics(gold, probs)
-    result["num_examples"] = gathered
-    return result
-
-
-def evaluate_split(model, loader, accelerator, ds, forward=None, thresholds=None) -> dict[str, float]:
-    """Metrics of one split; multi-label when ``thresholds`` (one per label) are given."""
-    task = "single_label" if thresholds is None else "multi_label"
-    probs, gold, gathered = split_predictions(model, loader, accelerator, ds, forward, task)
-    return split_metrics(probs, gold, gathered, thresholds)
-
-
-def describe_metrics(v: dict[str, float]) -> str:
-    """The headline numbers of a metrics dict, for the log."""
-    keys = ("loss", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss")
-    keys = keys if "micro_f1" in v else ("loss", "accuracy", "macro_f1")
-    return " ".join(f"{k} {v[k]:.4f}" for k in keys)
+# ---------------------------------------------------------------- one optimizer step
 
 
 def micro_batch_groups(loader, k: int):
@@ -422,22 +441,7 @@ def stop_requested(accelerator: Accelerator, signals: StopSignals) -> bool:
     return bool(accelerator.reduce(flag, "sum").item())
 
 
-# ---------------------------------------------------------------- the run
-
-
-class RunLog:
-    """Prints (above the progress bar) and appends to train.log, on the main process only."""
-
-    def __init__(self, path: Path | None, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def __call__(self, msg: str) -> None:
-        if not self.enabled:
-            return
-        tqdm.write(msg)
-        if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(msg + "\n")
+# ---------------------------------------------------------------- the recipe
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -446,7 +450,8 @@ def train(cfg: Config) -> dict[str, Any]:
     Raises:
         BertclsError: bad data, labels, options or output folder (one-line messages).
     """
-    allocator.cap_primitive_cache()  # before the first bf16 matmul: memory that does not grow with new batch lengths
+    if cfg.train.speedups:  # before the first bf16 matmul: memory that does not grow with new batch lengths
+        allocator.cap_primitive_cache()
     threads = torch.get_num_threads()
     try:
         return train_lp_ft(cfg) if cfg.train.schedule == "lp_ft" else _run(cfg)
@@ -476,12 +481,51 @@ def lost_peer(e: RuntimeError) -> bool:
 
 def _run(cfg: Config) -> dict[str, Any]:
     start = time.perf_counter()
+    run = setup(cfg)
+    run.progress = tqdm(
+        total=run.total_steps, initial=run.state.step, disable=not run.main, desc="training", unit="step",
+        dynamic_ncols=True,
+    )  # fmt: skip
+    run.timer.tick = time.perf_counter()
+    run.module.train()
+    with StopSignals() as signals:
+        fit_lbfgs(run) if run.lbfgs else fit(run, signals)
+    run.progress.close()
+    return finalize(run, start)
+
+
+# -- setup: each step fits on a screen; everything is checked before anything is written
+
+
+def setup(cfg: Config) -> Run:
     precision = resolve_mixed_precision(cfg.train.mixed_precision)
+    cached = uses_cache(cfg)
+    accelerator, trackers = setup_accelerator(cfg, precision, cached)
+    # Output folder, data, options and model are checked before anything is written, so a typo costs nothing there.
+    check_output_dir(cfg)
+    resume_dir = resolve_resume(cfg.train.resume_from, Path(cfg.output.dir))
+    data = load_data(cfg, print if accelerator.is_main_process else lambda _msg: None)
+    check_run_options(cfg, data, accelerator, cached)
+    task = get_task(cfg.data.task)
+    model, cfg = setup_model(cfg, data.labels, task, accelerator)
+    out, log = setup_output(cfg, accelerator, resume_dir, trackers)
+    run = Run(cfg, accelerator, precision, task, data, model, out, log, cached, use_lbfgs(cfg, cached))
+    setup_datasets(run)
+    setup_training(run)
+    log_plan(run)
+    select = "loss" if run.lbfgs else cfg.eval.metric  # an L-BFGS head's L2 strength: smoother than accuracy
+    run.state = RunState.start(select, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta)
+    run.running = torch.zeros((), device=accelerator.device)
+    if resume_dir is not None:
+        resume(run, resume_dir)
+    return run
+
+
+def setup_accelerator(cfg: Config, precision: str, cached: bool) -> tuple[Accelerator, list[str]]:
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         # accelerate keeps its state per process and refuses a second Accelerator with another precision; a
         # notebook or a sweep calls train() many times, so start each single-process run from a clean state.
         AcceleratorState._reset_state()
-    will_cache = cfg.train.cache and cfg.model.freeze_backbone and cfg.model.unfreeze_top_k == 0
     trackers = check_trackers(cfg.output.tracking)
     accelerator = Accelerator(
         # Trackers write under output.dir/tracking (TensorBoard: an event file per run).
@@ -489,7 +533,7 @@ def _run(cfg: Config) -> dict[str, Any]:
         project_dir=cfg.output.dir if trackers else None,
         # On cached features only the tiny head trains: autocast would only add casts (2x slower per step on CPU).
         # The backbone still runs under `precision` when the features are computed.
-        mixed_precision="no" if will_cache else precision,
+        mixed_precision="no" if cached else precision,
         # No gradient_accumulation_steps: the loop accumulates itself (micro_batch_groups, no_sync), because accelerate
         # divides every micro-batch's loss by k, which under-weighs a last partial group.
         # accelerate only sets up several CPU processes (gloo) when told it is on CPU.
@@ -499,26 +543,35 @@ def _run(cfg: Config) -> dict[str, Any]:
         # A process that died or hangs makes the others fail at their next collective after this long, not 30 min.
         kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.train.dist_timeout))],
     )
-    main = accelerator.is_main_process
     set_seed(cfg.train.seed)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    return accelerator, trackers
 
-    # Output folder, data and model are checked before anything is written, so a typo costs nothing there.
-    check_output_dir(cfg)
-    resume_dir = resolve_resume(cfg.train.resume_from, Path(cfg.output.dir))
-    data = load_data(cfg, print if main else lambda _msg: None)
-    if cfg.train.early_stopping_patience and data.validation is None:
+
+def check_run_options(cfg: Config, data: RunData, accelerator: Accelerator, cached: bool) -> None:
+    """Options that only the data, the processes or the backbone's freezing can rule out."""
+    t = cfg.train
+    if t.early_stopping_patience and data.validation is None:
         raise BertclsError("train.early_stopping_patience needs a validation split (data.validation or a fraction)")
-    multi = cfg.data.task == "multi_label"
-    tune = multi and cfg.eval.threshold == "tune"
-    if tune and data.validation is None:
+    if cfg.eval.threshold == "tune" and data.validation is None:
         raise BertclsError("eval.threshold=tune needs a validation split (data.validation or a fraction)")
+    if t.gradual_unfreeze and (cfg.model.freeze_backbone or accelerator.num_processes > 1):
+        # Under DDP the frozen layers would be unused parameters in the reducer; one process keeps it simple.
+        raise BertclsError("train.gradual_unfreeze needs model.freeze_backbone=false and a single process")
+    if cached and cfg.data.window_stride:
+        raise BertclsError("data.window_stride does not work with the feature cache; set train.cache=false")
+
+
+def setup_model(
+    cfg: Config, labels: list[str], task: Task, accelerator: Accelerator
+) -> tuple[BertForTextClassification, Config]:
+    """The model, and the run's config: a copy with data.max_length capped to what the backbone reads."""
     m = cfg.model
     model = BertForTextClassification.from_pretrained(
         m.name_or_path,
-        labels=data.labels,
+        labels=labels,
         head_init=m.head_init,
         bias_init=m.bias_init,
         pooling=m.pooling,
@@ -531,26 +584,29 @@ def _run(cfg: Config) -> dict[str, Any]:
         seed=cfg.train.seed,
         task=cfg.data.task,
     )
-    if multi:
-        # Tuned thresholds replace 0.5 at each evaluation; best/ and last/ keep the ones tuned for their weights.
-        model.thresholds = DEFAULT_THRESHOLD if tune else cfg.eval.threshold
-        model.label_delimiter = cfg.data.label_delimiter
+    task.configure(model, cfg.eval.threshold == "tune", cfg.eval.threshold, cfg.data.label_delimiter)
     if m.reinit_top_k:
         model.reinit_top_layers(m.reinit_top_k, torch.Generator().manual_seed(cfg.train.seed))
-    if cfg.train.gradual_unfreeze and (m.freeze_backbone or accelerator.num_processes > 1):
-        # Under DDP the frozen layers would be unused parameters in the reducer; one process keeps it simple.
-        raise BertclsError("train.gradual_unfreeze needs model.freeze_backbone=false and a single process")
+    if cfg.train.speedups:
+        speed.apply(model)
     # Set after loading, so a checkpoint given as name_or_path (lp_ft's second phase) reads texts as configured too.
     model.truncation, model.window_stride = cfg.data.truncation, cfg.data.window_stride
     positions = max_positions(model.backbone.config)
     if positions is not None and cfg.data.max_length > positions:
         # Texts longer than the position embeddings would fail deep in the first forward pass; read at most what
         # the backbone can (the run's config.yaml records the value used).
-        if main:
+        if accelerator.is_main_process:
             print(f"data.max_length={cfg.data.max_length} is more than {m.name_or_path} reads; using {positions}")
         # A copy: the caller's config (a notebook's, a sweep's) is never changed by a run.
         cfg = replace(cfg, data=replace(cfg.data, max_length=positions))
         model.max_length = positions
+    return model, cfg
+
+
+def setup_output(
+    cfg: Config, accelerator: Accelerator, resume_dir: Path | None, trackers: list[str]
+) -> tuple[Path, RunLog]:
+    main = accelerator.is_main_process
     out = prepare_output_dir(cfg) if main else Path(cfg.output.dir)
     accelerator.wait_for_everyone()
     log = RunLog(out / "train.log", main)
@@ -560,364 +616,395 @@ def _run(cfg: Config) -> dict[str, Any]:
             log(f"resuming from {resume_dir}")
     if trackers:
         accelerator.init_trackers("tracking", config=flat_config(cfg))
+    return out, log
 
-    cached = cfg.train.cache and model.backbone_fully_frozen
-    if cached and cfg.data.window_stride:
-        raise BertclsError("data.window_stride does not work with the feature cache; set train.cache=false")
-    lbfgs = use_lbfgs(cfg, cached)
-    if cached:
-        # Head-only epochs on stored backbone features: the backbone runs once per split, or never on a warm cache.
-        model.to(accelerator.device)
-        cache_dir = Path(cfg.train.cache_dir).expanduser() if cfg.train.cache_dir else DEFAULT_CACHE_DIR
 
-        def make_ds(split: Split, _with_index: bool) -> FeatureDataset:
-            feats, hit = load_or_compute(
-                model, split, cfg.data.max_length, precision, accelerator, cache_dir, log, cfg.eval.batch_size
-            )
-            cache_hits.append(hit)
-            return FeatureDataset(feats, label_targets(split.labels, data.labels, cfg.data.task))
-
-        module, forward = model.head, forward_features
+def setup_datasets(run: Run) -> None:
+    """Tokenized splits; or, for head-only training on the cache, the backbone's stored features of each split
+    (the backbone runs once per split, or never on a warm cache)."""
+    d = run.data
+    if run.cached:
+        run.model.to(run.accelerator.device)
+        run.module, run.forward = run.model.head, forward_features
     else:
-
-        def make_ds(split: Split, with_index: bool) -> TextClassificationDataset:
-            return TextClassificationDataset(
-                split.texts,
-                split.labels,
-                model.tokenizer,
-                cfg.data.max_length,
-                split.text_pairs,
-                data.labels,
-                with_index=with_index,
-                truncation=cfg.data.truncation,
-                # evaluation always reads whole texts as windows when they are on; training only if asked
-                window_stride=cfg.data.window_stride if (with_index or cfg.data.train_windows) else 0,
-                task=cfg.data.task,
-            )
-
-        module, forward = model, forward_tokens
-    cache_hits: list[bool] = []
-    train_ds = make_ds(data.train, False)
-    val_ds = make_ds(data.validation, True) if data.validation is not None else None
-    test_ds = make_ds(data.test, True) if data.test is not None else None
-    if cached:
-        log(f"feature cache {cache_dir}: {sum(cache_hits)} of {len(cache_hits)} split(s) reused")
+        run.module, run.forward = run.model, forward_tokens
+    make = feature_dataset if run.cached else token_dataset
+    run.train_ds = make(run, d.train, False)
+    run.val_ds = make(run, d.validation, True) if d.validation is not None else None
+    run.test_ds = make(run, d.test, True) if d.test is not None else None
+    if run.cached:
+        run.log(f"feature cache {cache_dir(run.cfg)}: {sum(run.cache_hits)} of {len(run.cache_hits)} split(s) reused")
         # Head steps are far too small to split across threads: one thread avoids waiting on the others (which
         # costs more than the work itself when the cores are shared, e.g. 30 ms instead of 1 ms per step).
         torch.set_num_threads(1)
 
+
+def cache_dir(cfg: Config) -> Path:
+    return Path(cfg.train.cache_dir).expanduser() if cfg.train.cache_dir else DEFAULT_CACHE_DIR
+
+
+def feature_dataset(run: Run, split: Split, _with_index: bool) -> FeatureDataset:
+    cfg = run.cfg
+    feats, hit = load_or_compute(
+        run.model, split, cfg.data.max_length, run.precision, run.accelerator, cache_dir(cfg), run.log,
+        cfg.eval.batch_size,
+    )  # fmt: skip
+    run.cache_hits.append(hit)
+    return FeatureDataset(feats, run.task.targets(split.labels, run.data.labels))
+
+
+def token_dataset(run: Run, split: Split, with_index: bool) -> TextClassificationDataset:
+    d = run.cfg.data
+    return TextClassificationDataset(
+        split.texts,
+        split.labels,
+        run.model.tokenizer,
+        d.max_length,
+        split.text_pairs,
+        run.data.labels,
+        with_index=with_index,
+        truncation=d.truncation,
+        # evaluation always reads whole texts as windows when they are on; training only if asked
+        window_stride=d.window_stride if (with_index or d.train_windows) else 0,
+        task=d.task,
+    )
+
+
+def setup_training(run: Run) -> None:
+    """Loaders, loss, optimizer and scheduler, prepared by accelerate."""
+    cfg, accelerator, t = run.cfg, run.accelerator, run.cfg.train
     pin = accelerator.device.type == "cuda"
-    train_loader = make_train_loader(train_ds, cfg, pin)
-    train_sampler = train_loader.batch_sampler
-    eval_loaders = [make_eval_loader(ds, cfg.eval.batch_size, pin) for ds in (val_ds, test_ds) if ds is not None]
-    optimizer = build_optimizer(model, cfg)
-    if multi:
-        rows = label_targets(data.train.labels, data.labels, "multi_label")
-        weights = pos_weights(cfg.loss.pos_weight, data.labels, rows)
-        if weights is not None:
-            log(f"pos_weight: {dict(zip(data.labels, [round(w, 4) for w in weights.tolist()], strict=True))}")
-        loss_fn, loss_weight = build_multilabel_loss(weights), build_loss_weight(None, multi_label=True)
-    else:
-        weights = class_weights(cfg.loss.class_weights, data.labels, label_targets(data.train.labels, data.labels))
-        if weights is not None:
-            log(f"class weights: {dict(zip(data.labels, [round(w, 4) for w in weights.tolist()], strict=True))}")
-        loss_fn, loss_weight = build_loss(weights, cfg.loss.label_smoothing), build_loss_weight(weights)
+    train_loader = make_train_loader(run.train_ds, cfg, pin)
+    run.train_sampler = train_loader.batch_sampler
+    evals = [make_eval_loader(ds, cfg.eval.batch_size, pin) for ds in (run.val_ds, run.test_ds) if ds is not None]
+    optimizer = build_optimizer(run.model, cfg)
+    targets = run.task.targets(run.data.train.labels, run.data.labels)
+    run.loss_fn, run.loss_weight = run.task.build_loss(cfg.loss, run.data.labels, targets, run.log)
+    run.module, run.optimizer, run.train_loader, *evals = accelerator.prepare(
+        run.module, optimizer, train_loader, *evals
+    )
+    run.val_loader = evals.pop(0) if run.val_ds is not None else None
+    run.test_loader = evals.pop(0) if run.test_ds is not None else None
 
-    module, optimizer, train_loader, *eval_loaders = accelerator.prepare(module, optimizer, train_loader, *eval_loaders)
-    val_loader = eval_loaders.pop(0) if val_ds is not None else None
-    test_loader = eval_loaders.pop(0) if test_ds is not None else None
-
-    t = cfg.train
-    updates_per_epoch = math.ceil(len(train_loader) / t.grad_accum_steps)
-    total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * updates_per_epoch)
-    if lbfgs:
-        total_steps = len(lbfgs_grid(val_ds is not None))
-        log(
-            f"head fitted by L-BFGS on cached features (train.head_solver={t.head_solver}), {total_steps} L2 "
-            "strength(s) tried on validation: train.lr, head_lr, epochs and max_steps do not apply "
-            "(train.head_solver=adamw trains with them)"
-        )
-    num_epochs = math.ceil(total_steps / updates_per_epoch)
+    run.updates_per_epoch = math.ceil(len(run.train_loader) / t.grad_accum_steps)
+    run.total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * run.updates_per_epoch)
+    if run.lbfgs:
+        run.total_steps = len(lbfgs_grid(run.val_ds is not None))
     # The prepared scheduler steps once per process each update, hence the factor (accelerate's examples do this).
     scheduler = get_scheduler(
         t.scheduler,
-        optimizer,
-        num_warmup_steps=int(t.warmup_ratio * total_steps) * accelerator.num_processes,
-        num_training_steps=total_steps * accelerator.num_processes,
+        run.optimizer,
+        num_warmup_steps=int(t.warmup_ratio * run.total_steps) * accelerator.num_processes,
+        num_training_steps=run.total_steps * accelerator.num_processes,
     )
-    scheduler = accelerator.prepare(scheduler)
+    run.scheduler = accelerator.prepare(scheduler)
 
-    unwrapped = model  # the plain module: what is saved, whatever was wrapped for training
-    n_train = sum(p.numel() for p in unwrapped.parameters() if p.requires_grad)
-    mode = (
-        "head only"
-        if unwrapped.backbone_fully_frozen
-        else (f"head + top {unwrapped.unfreeze_top_k} layers" if unwrapped.freeze_backbone else "full fine-tuning")
-    )
-    log(
-        f"bertcls: {m.name_or_path} | {len(data.labels)} labels {data.labels} | {mode}, {n_train:,} trainable params"
-        f" | train {len(train_ds)}, validation {len(val_ds) if val_ds else 0}, test {len(test_ds) if test_ds else 0}"
-        f" | {total_steps} steps x {t.batch_size * accelerator.num_processes * t.grad_accum_steps} examples"
-        f" | {accelerator.device}, {accelerator.num_processes} process(es), precision {precision}"
+
+def log_plan(run: Run) -> None:
+    """One line that says what this run will do."""
+    cfg, model, accelerator, t = run.cfg, run.model, run.accelerator, run.cfg.train
+    if run.lbfgs:
+        run.log(
+            f"head fitted by L-BFGS on cached features (train.head_solver={t.head_solver}), {run.total_steps} L2 "
+            "strength(s) tried on validation: train.lr, head_lr, epochs and max_steps do not apply "
+            "(train.head_solver=adamw trains with them)"
+        )
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if model.backbone_fully_frozen:
+        mode = "head only"
+    else:
+        mode = f"head + top {model.unfreeze_top_k} layers" if model.freeze_backbone else "full fine-tuning"
+    sizes = (len(ds) if ds else 0 for ds in (run.val_ds, run.test_ds))
+    run.log(
+        f"bertcls: {cfg.model.name_or_path} | {len(run.data.labels)} labels {run.data.labels} | {mode}, "
+        f"{n_train:,} trainable params | train {len(run.train_ds)}, validation {next(sizes)}, test {next(sizes)}"
+        f" | {run.total_steps} steps x {t.batch_size * accelerator.num_processes * t.grad_accum_steps} examples"
+        f" | {accelerator.device}, {accelerator.num_processes} process(es), precision {run.precision}"
         + ("" if accelerator.device.type != "cpu" else f", allocator {allocator.name()}")
     )
 
-    history: list[dict[str, Any]] = []
-    loss_curve: list[list[float]] = []
-    # The L2 strength of an L-BFGS head is chosen by validation loss: smoother than accuracy on a few thousand rows.
-    select = "loss" if lbfgs else cfg.eval.metric
-    best: dict[str, Any] = {"metric": select, "value": None, "step": None}
-    # Early stopping counts evaluations since the last improvement of more than min_delta (best/ still follows
-    # every improvement, however small).
-    stopping: dict[str, Any] = {"patience": t.early_stopping_patience, "min_delta": t.early_stopping_min_delta}
-    stopping.update(stopped=False, step=None, reference=None, evals_without_improvement=0)
-    step, examples, nan_skipped = 0, 0, 0
-    running, running_n = torch.zeros((), device=accelerator.device), 0
-    start_epoch, skip_batches = 0, 0
 
-    eval_time = 0.0
-    # Prediction alone (no metrics, no checkpoint writing): the evaluation speed reported in metrics.json.
-    predict_time, predicted = 0.0, 0
-    best_head: dict[str, torch.Tensor] = {}
+def resume(run: Run, path: Path) -> None:
+    saved, saved_head = load_checkpoint(run.accelerator, path)
+    s = run.state
+    s.load_state_dict(saved)
+    run.running.fill_(s.running_loss)
+    run.best_head.update(saved_head or {})
+    run.log(f"resumed at step {s.step} (epoch {s.epoch}, batch {s.batch_in_epoch})")
 
-    def run_eval(epoch: float) -> None:
-        nonlocal eval_time, predict_time, predicted
-        eval_start = time.perf_counter()
-        record: dict[str, Any] = {"step": step, "epoch": round(epoch, 3), "lr": scheduler.get_last_lr()[0]}
-        if loss_curve:
-            record["train_loss"] = loss_curve[-1][1]
-        if val_loader is not None:
-            probs, gold, n = split_predictions(module, val_loader, accelerator, val_ds, forward, cfg.data.task)
-            predict_time, predicted = predict_time + time.perf_counter() - eval_start, predicted + len(gold)
-            if tune:
-                # Every process tunes on the same gathered predictions, so all hold the same thresholds.
-                unwrapped.thresholds = tune_thresholds(gold, probs).tolist()
-            record["validation"] = split_metrics(probs, gold, n, unwrapped.thresholds)
-            value = record["validation"][select]
-            v = record["validation"]
-            accelerator.log({f"validation/{k}": x for k, x in v.items() if k != "num_examples"}, step=step)
-            log(f"step {step} epoch {epoch:.2f}: validation {describe_metrics(v)}")
-            # A model that has gone non-finite never becomes best/, whatever its accuracy looks like.
-            if math.isfinite(v["loss"]) and is_better(select, value, best["value"]):
-                best.update(value=value, step=step)
-                if multi:
-                    best["thresholds"] = dict(zip(data.labels, unwrapped.thresholds, strict=True))
-                if cached:
-                    # Only the head changes: keep its best weights in memory and write best/ once, at the end,
-                    # instead of a 90+ MB checkpoint at every improvement of a seconds-long run.
-                    best_head.update({k: v.detach().clone() for k, v in unwrapped.head.state_dict().items()})
-                elif main:
-                    unwrapped.save_pretrained(out / "best")
-            if is_better(select, value, stopping["reference"], t.early_stopping_min_delta):
-                stopping.update(reference=value, evals_without_improvement=0)
-            else:
-                stopping["evals_without_improvement"] += 1
-            if t.early_stopping_patience and stopping["evals_without_improvement"] >= t.early_stopping_patience:
-                stopping.update(stopped=True, step=step)
-                log(
-                    f"early stopping at step {step}: no {cfg.eval.metric} gain > {t.early_stopping_min_delta} in "
-                    f"{t.early_stopping_patience} evaluation(s); best step {best['step']}"
-                )
-        history.append(record)
-        module.train()
-        eval_time += time.perf_counter() - eval_start
 
-    def snapshot(epoch: int, batch_in_epoch: int) -> dict[str, Any]:
-        """What the loop has done so far, for state.json (every process calls it: the loss is reduced)."""
-        return {
-            "step": step,
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "examples": examples,
-            "nan_skipped_steps": nan_skipped,
-            "running_loss": accelerator.reduce(running.clone(), "mean").item(),
-            "running_n": running_n,
-            "history": history,
-            "train_loss_curve": loss_curve,
-            "best": best,
-            "early_stopping": stopping,
-        }
+# -- the loop
 
-    def checkpoint(epoch: int, batch_in_epoch: int) -> Path:
-        head = best_head if cached and best_head else None
-        path = save_checkpoint(accelerator, out, snapshot(epoch, batch_in_epoch), cfg.checkpoint.keep_last, head)
-        log(f"checkpoint {path}")
-        return path
 
-    if resume_dir is not None:
-        saved, saved_head = load_checkpoint(accelerator, resume_dir)
-        step, examples, nan_skipped = saved["step"], saved["examples"], saved["nan_skipped_steps"]
-        running.fill_(saved["running_loss"])
-        running_n = saved["running_n"]
-        history[:], loss_curve[:] = saved["history"], saved["train_loss_curve"]
-        best.update(saved["best"])
-        stopping.update(saved["early_stopping"])
-        best_head.update(saved_head or {})
-        start_epoch, skip_batches = saved["epoch"], saved["batch_in_epoch"]
-        log(f"resumed at step {step} (epoch {start_epoch}, batch {skip_batches})")
+def fit(run: Run, signals: StopSignals) -> None:
+    """Train epoch after epoch, evaluating after each, until the steps are done or early stopping says stop."""
+    s = run.state
+    num_epochs = math.ceil(run.total_steps / run.updates_per_epoch)
+    start_epoch, skip = s.epoch, s.batch_in_epoch
+    for epoch in range(start_epoch, num_epochs):
+        # On resume, the batches of this epoch seen before the checkpoint are skipped (same epoch seed, same order).
+        train_epoch(run, epoch, skip if epoch == start_epoch else 0, signals)
+        if s.step >= run.total_steps or epoch == num_epochs - 1 or s.stopped:
+            break
+        evaluate_validation(run, epoch + 1)
+        if s.stopped:
+            break
+    if not s.stopped:  # a stopped run was evaluated already
+        evaluate_validation(run, s.step / run.updates_per_epoch)
 
-    signals = StopSignals()
-    progress = tqdm(total=total_steps, initial=step, disable=not main, desc="training", unit="step", dynamic_ncols=True)
-    tick = time.perf_counter()
-    module.train()
-    with signals:
-        if lbfgs:
-            # Each fit of the L2 grid is one step, evaluated like an epoch; best/ is the one validation prefers.
-            linear = unwrapped.head.layers[-1]
-            x = train_ds.features.to(accelerator.device).float().clone()  # features made in inference mode
-            y = train_ds.labels.to(accelerator.device)
-            for c in lbfgs_grid(val_ds is not None):
-                loss, iterations = fit_linear(linear, x, y, loss_fn, c)
-                step, examples = step + 1, examples + len(x)
-                loss_curve.append([step, loss])
-                log(f"L-BFGS fit {step}: C={c:g} ({iterations} iterations), train loss {loss:.4f}")
-                progress.update(1)
-                run_eval(step)
-                history[-1]["C"] = c
-        else:
-            for epoch in range(start_epoch, num_epochs):
-                # accelerate's sharded batch sampler does not pass set_epoch on to ours, so set it directly.
-                train_sampler.set_epoch(epoch)
-                if t.gradual_unfreeze:
-                    unfreeze_for_epoch(unwrapped, epoch, log)
-                # On resume, the batches of this epoch seen before the checkpoint are skipped (same epoch seed, same
-                # order).
-                skip = skip_batches if epoch == start_epoch else 0
-                loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-                # accelerate's loader re-sets its epoch counter on the sampler at each pass; a resumed run's (and the
-                # skipping loader's) counter starts at 0, so it is told the true epoch too.
-                loader.set_epoch(epoch)
-                nonfinite = torch.zeros((), dtype=torch.long, device=accelerator.device)
-                batch_in_epoch = skip
-                for group in micro_batch_groups(loader, t.grad_accum_steps):
-                    examples += sum(len(b["labels"]) for b in group)
-                    losses = backward_group(accelerator, module, group, forward, loss_fn, loss_weight)
-                    for loss in losses:
-                        nonfinite += (~torch.isfinite(loss)).long()
-                        # Summed on the device: reading the loss every step would force a host sync each step.
-                        running += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
-                    running_n += len(losses)
-                    batch_in_epoch += len(group)
-                    if t.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(module.parameters(), t.max_grad_norm)
-                    bad = nonfinite_loss(accelerator, nonfinite)
-                    if bad and t.nan_policy == "stop":
-                        progress.close()  # so the error is the last line on the terminal
-                        raise TrainingStopped(nan_message(losses, step + 1, scheduler.get_last_lr()[0], out))
-                    if not bad:
-                        optimizer.step()
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if bad:  # nan_policy=skip: no update was made, and the non-finite losses stay out of the curve
-                        nan_skipped += 1
-                        running_n -= int(nonfinite.item())
-                        log(f"non-finite loss at step {step + 1}: skipped the optimizer step ({nan_skipped} so far)")
-                    nonfinite.zero_()
-                    step += 1
-                    progress.update(1)
-                    if step % 10 == 0 or step == total_steps:
-                        mean_loss = accelerator.reduce(running, "mean").item() / running_n
-                        loss_curve.append([step, mean_loss])
-                        accelerator.log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
-                        running.zero_()
-                        running_n = 0
-                        rate = examples * accelerator.num_processes / (time.perf_counter() - tick - eval_time)
-                        progress.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{rate:.0f}")
-                    if cfg.eval.every_steps and step % cfg.eval.every_steps == 0 and step < total_steps:
-                        run_eval(step / updates_per_epoch)
-                    every = cfg.checkpoint.every_steps
-                    saved_now = bool(every and step % every == 0 and step < total_steps and not stopping["stopped"])
-                    if saved_now:
-                        checkpoint(epoch, batch_in_epoch)
-                    if stop_requested(accelerator, signals):
-                        path = (
-                            checkpoint(epoch, batch_in_epoch) if not saved_now else out / CHECKPOINTS / f"step-{step}"
-                        )
-                        progress.close()
-                        raise TrainingStopped(
-                            f"stopped by signal {signals.received} at step {step}; checkpoint {path}; resume with: "
-                            f"{resume_command(sys.argv[1:])}",
-                            exit_code=128 + (signals.received or 15),
-                        )
-                    if step >= total_steps or stopping["stopped"]:
-                        break
-                if step >= total_steps or epoch == num_epochs - 1 or stopping["stopped"]:
-                    break
-                run_eval(epoch + 1)
-                if stopping["stopped"]:
-                    break
-    if not stopping["stopped"] and not lbfgs:  # a stopped run (or each L-BFGS fit) was evaluated already
-        run_eval(step / updates_per_epoch)
-    progress.close()
-    train_time = time.perf_counter() - tick - eval_time
 
-    accelerator.wait_for_everyone()
-    last_thresholds = unwrapped.thresholds
-    if main:
-        unwrapped.save_pretrained(out / "last")
-        if best["step"] is None:  # no validation split: the last model is the one we keep
-            unwrapped.save_pretrained(out / "best")
-    if best_head:
-        unwrapped.head.load_state_dict(best_head)
-        if multi:
-            unwrapped.thresholds = list(best["thresholds"].values())
-        if main:
-            unwrapped.save_pretrained(out / "best")
-    accelerator.wait_for_everyone()
+def train_epoch(run: Run, epoch: int, skip: int, signals: StopSignals) -> None:
+    s, t = run.state, run.cfg.train
+    # accelerate's sharded batch sampler does not pass set_epoch on to ours, so set it directly.
+    run.train_sampler.set_epoch(epoch)
+    if t.gradual_unfreeze:
+        unfreeze_for_epoch(run.model, epoch, run.log)
+    loader = run.accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
+    # accelerate's loader re-sets its epoch counter on the sampler at each pass; a resumed run's (and the skipping
+    # loader's) counter starts at 0, so it is told the true epoch too.
+    loader.set_epoch(epoch)
+    s.epoch, s.batch_in_epoch = epoch, skip
+    for group in micro_batch_groups(loader, t.grad_accum_steps):
+        optimizer_step(run, group)
+        s.batch_in_epoch += len(group)
+        if after_step(run, signals):
+            break
 
+
+def optimizer_step(run: Run, group: list[dict]) -> None:
+    """Forward and backward over one update's micro-batches, then step, unless a loss is not finite."""
+    s, t, accelerator = run.state, run.cfg.train, run.accelerator
+    s.examples += sum(len(b["labels"]) for b in group)
+    losses = backward_group(accelerator, run.module, group, run.forward, run.loss_fn, run.loss_weight)
+    nonfinite = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    for loss in losses:
+        nonfinite += (~torch.isfinite(loss)).long()
+        # Summed on the device: reading the loss every step would force a host sync each step.
+        run.running += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
+    s.running_n += len(losses)
+    if t.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(run.module.parameters(), t.max_grad_norm)
+    bad = nonfinite_loss(accelerator, nonfinite)
+    if bad and t.nan_policy == "stop":
+        run.progress.close()  # so the error is the last line on the terminal
+        raise TrainingStopped(nan_message(losses, s.step + 1, run.lr, run.out))
+    if not bad:
+        run.optimizer.step()
+        run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    if bad:  # nan_policy=skip: no update was made, and the non-finite losses stay out of the curve
+        s.nan_skipped_steps += 1
+        s.running_n -= int(nonfinite.item())
+        run.log(f"non-finite loss at step {s.step + 1}: skipped the optimizer step ({s.nan_skipped_steps} so far)")
+    s.step += 1
+    run.progress.update(1)
+
+
+def after_step(run: Run, signals: StopSignals) -> bool:
+    """The loss curve, evaluation and checkpoints every so many steps, and a requested stop; True: leave the loop."""
+    s, cfg = run.state, run.cfg
+    if s.step % 10 == 0 or s.step == run.total_steps:
+        log_train_loss(run)
+    if cfg.eval.every_steps and s.step % cfg.eval.every_steps == 0 and s.step < run.total_steps:
+        evaluate_validation(run, s.step / run.updates_per_epoch)
+    every = cfg.checkpoint.every_steps
+    saved_now = bool(every and s.step % every == 0 and s.step < run.total_steps and not s.stopped)
+    if saved_now:
+        save_state(run)
+    if stop_requested(run.accelerator, signals):
+        path = save_state(run) if not saved_now else run.out / CHECKPOINTS / f"step-{s.step}"
+        run.progress.close()
+        raise TrainingStopped(
+            f"stopped by signal {signals.received} at step {s.step}; checkpoint {path}; resume with: "
+            f"{resume_command(sys.argv[1:])}",
+            exit_code=128 + (signals.received or 15),
+        )
+    return s.step >= run.total_steps or s.stopped
+
+
+def log_train_loss(run: Run) -> None:
+    s, accelerator = run.state, run.accelerator
+    mean_loss = accelerator.reduce(run.running, "mean").item() / s.running_n
+    s.train_loss_curve.append([s.step, mean_loss])
+    accelerator.log({"train/loss": mean_loss, "train/lr": run.lr}, step=s.step)
+    run.running.zero_()
+    s.running_n = 0
+    rate = s.examples * accelerator.num_processes / run.timer.train_time()
+    run.progress.set_postfix(loss=f"{mean_loss:.4f}", ex_s=f"{rate:.0f}")
+
+
+def fit_lbfgs(run: Run) -> None:
+    """The linear head by L-BFGS on cached features: each L2 strength of the grid is one step, evaluated like an
+    epoch; best/ is the one validation prefers."""
+    s, device = run.state, run.accelerator.device
+    linear = run.model.head.layers[-1]
+    x = run.train_ds.features.to(device).float().clone()  # features made in inference mode
+    y = run.train_ds.labels.to(device)
+    for c in lbfgs_grid(run.val_ds is not None):
+        loss, iterations = fit_linear(linear, x, y, run.loss_fn, c)
+        s.step, s.examples = s.step + 1, s.examples + len(x)
+        s.train_loss_curve.append([s.step, loss])
+        run.log(f"L-BFGS fit {s.step}: C={c:g} ({iterations} iterations), train loss {loss:.4f}")
+        run.progress.update(1)
+        evaluate_validation(run, s.step)
+        s.history[-1]["C"] = c
+
+
+def evaluate_validation(run: Run, epoch: float) -> None:
+    """Score the validation split, keep the best model, count evaluations for early stopping."""
+    s, timer = run.state, run.timer
+    eval_start = time.perf_counter()
+    record: dict[str, Any] = {"step": s.step, "epoch": round(epoch, 3), "lr": run.lr}
+    if s.train_loss_curve:
+        record["train_loss"] = s.train_loss_curve[-1][1]
+    if run.val_loader is not None:
+        probs, gold, n = split_predictions(
+            run.module, run.val_loader, run.accelerator, run.val_ds, run.forward, run.task
+        )
+        timer.predict_time, timer.predicted = (
+            timer.predict_time + time.perf_counter() - eval_start,
+            timer.predicted + len(gold),
+        )
+        if run.cfg.eval.threshold == "tune":
+            # Every process tunes on the same gathered predictions, so all hold the same thresholds.
+            run.model.thresholds = tune_thresholds(gold, probs).tolist()
+        v = record["validation"] = split_metrics(run.task, probs, gold, n, run.model.thresholds)
+        run.accelerator.log({f"validation/{k}": x for k, x in v.items() if k != "num_examples"}, step=s.step)
+        run.log(f"step {s.step} epoch {epoch:.2f}: validation {run.task.describe(v)}")
+        keep_best(run, v)
+        count_for_early_stopping(run, v[s.best["metric"]])
+    s.history.append(record)
+    run.module.train()
+    timer.eval_time += time.perf_counter() - eval_start
+
+
+def keep_best(run: Run, v: dict[str, float]) -> None:
+    s, select = run.state, run.state.best["metric"]
+    # A model that has gone non-finite never becomes best/, whatever its accuracy looks like.
+    if not (math.isfinite(v["loss"]) and is_better(select, v[select], s.best["value"])):
+        return
+    s.best.update(value=v[select], step=s.step, **run.task.decision_state(run.model))
+    if run.cached:
+        # Only the head changes: keep its best weights in memory and write best/ once, at the end, instead of a
+        # 90+ MB checkpoint at every improvement of a seconds-long run.
+        run.best_head.update({k: x.detach().clone() for k, x in run.model.head.state_dict().items()})
+    elif run.main:
+        run.model.save_pretrained(run.out / "best")
+
+
+def count_for_early_stopping(run: Run, value: float) -> None:
+    s, t, stopping = run.state, run.cfg.train, run.state.early_stopping
+    if is_better(s.best["metric"], value, stopping["reference"], t.early_stopping_min_delta):
+        stopping.update(reference=value, evals_without_improvement=0)
+    else:
+        stopping["evals_without_improvement"] += 1
+    if t.early_stopping_patience and stopping["evals_without_improvement"] >= t.early_stopping_patience:
+        stopping.update(stopped=True, step=s.step)
+        run.log(
+            f"early stopping at step {s.step}: no {run.cfg.eval.metric} gain > {t.early_stopping_min_delta} in "
+            f"{t.early_stopping_patience} evaluation(s); best step {s.best['step']}"
+        )
+
+
+def save_state(run: Run) -> Path:
+    """A checkpoint of the run (every process calls this: the running loss is reduced)."""
+    s = run.state
+    s.running_loss = run.accelerator.reduce(run.running.clone(), "mean").item()
+    head = run.best_head if run.cached and run.best_head else None
+    path = save_checkpoint(run.accelerator, run.out, s.state_dict(), run.cfg.checkpoint.keep_last, head)
+    run.log(f"checkpoint {path}")
+    return path
+
+
+# -- finalize
+
+
+def finalize(run: Run, start: float) -> dict[str, Any]:
+    """Write best/ and last/, put the best model in memory, score the test split, write metrics.json."""
+    train_time = run.timer.train_time()
+    decisions = save_models(run)
+    s, accelerator = run.state, run.accelerator
     result: dict[str, Any] = {
-        "labels": data.labels,
-        "history": history,
-        "train_loss_curve": loss_curve,
-        "best": best,
-        "train_examples_per_s": examples * accelerator.num_processes / train_time,
+        "labels": run.data.labels,
+        "history": s.history,
+        "train_loss_curve": s.train_loss_curve,
+        "best": s.best,
+        "train_examples_per_s": s.examples * accelerator.num_processes / train_time,
         "train_time_s": train_time,
-        "eval_time_s": eval_time,
-        "eval_examples_per_s": predicted / predict_time if predict_time else None,
-        "mixed_precision": precision,
+        "eval_time_s": run.timer.eval_time,
+        "eval_examples_per_s": run.timer.predicted / run.timer.predict_time if run.timer.predict_time else None,
+        "mixed_precision": run.precision,
         "num_processes": accelerator.num_processes,
-        "feature_cache": {"used": cached, "splits_reused": sum(cache_hits), "splits": len(cache_hits)},
-        "early_stopping": {k: v for k, v in stopping.items() if k != "reference"},
-        "nan_skipped_steps": nan_skipped,
+        "feature_cache": {"used": run.cached, "splits_reused": sum(run.cache_hits), "splits": len(run.cache_hits)},
+        "early_stopping": {k: v for k, v in s.early_stopping.items() if k != "reference"},
+        "nan_skipped_steps": s.nan_skipped_steps,
     }
-    restore = best["step"] is not None and best["step"] != step and (test_loader is not None or stopping["stopped"])
-    if restore and not best_head:  # (a cached run already holds its best head, loaded above)
-        from safetensors.torch import load_file
-
-        # The model left in memory (and tested) is the best one, as after early stopping in other tools.
-        unwrapped.load_state_dict(load_file(out / "best" / "model.safetensors"))
-        if multi:
-            unwrapped.thresholds = list(best["thresholds"].values())
-        log(f"restored the best checkpoint (step {best['step']}, validation {select} {best['value']:.4f})")
-    if test_loader is not None:
-        result["test"] = evaluate_split(module, test_loader, accelerator, test_ds, forward, unwrapped.thresholds)
-        tst = result["test"]
-        accelerator.log({f"test/{k}": x for k, x in tst.items() if k != "num_examples"}, step=step)
-        log(f"test (best checkpoint, step {best['step'] or step}): {describe_metrics(tst)}")
+    restore_best(run)
+    if run.test_loader is not None:
+        probs, gold, n = split_predictions(run.module, run.test_loader, accelerator, run.test_ds, run.forward, run.task)
+        result["test"] = tst = split_metrics(run.task, probs, gold, n, run.model.thresholds)
+        accelerator.log({f"test/{k}": x for k, x in tst.items() if k != "num_examples"}, step=s.step)
+        run.log(f"test (best checkpoint, step {s.best['step'] or s.step}): {run.task.describe(tst)}")
     result["total_time_s"] = time.perf_counter() - start
     result["finished"] = True
-    if main:
-        from bertcls.card import run_card_info, write_model_card
-
-        # The cards of best/ and last/ were written when they were saved; only now are the final metrics known.
-        for name in ("best", "last"):
-            info = run_card_info(cfg, result, name)
-            if multi:  # each folder's own thresholds, whichever model is in memory now
-                best_thresholds = list(best["thresholds"].values()) if "thresholds" in best else last_thresholds
-                info["thresholds"] = last_thresholds if name == "last" else best_thresholds
-            write_model_card(out / name, unwrapped, info)
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        from bertcls.plots import plot_curves  # here, not at the top: matplotlib loads only when a run is done
-
-        plot_curves(result, out / "curves.png", title=f"learning curves: {out}")
-        log(
-            f"done in {result['total_time_s']:.0f}s; checkpoints in {out}/best and {out}/last, metrics in "
-            f"{out}/metrics.json"
-        )
+    if run.main:
+        write_results(run, result, decisions)
     # No process tears down the process group while another still writes its last files.
     accelerator.wait_for_everyone()
     finish_run(accelerator)
     return result
+
+
+def save_models(run: Run) -> dict[str, dict[str, Any]]:
+    """Save last/ and best/ (the last model when nothing chose a best one); returns each folder's decision state
+    (multi-label thresholds), whichever model stays in memory."""
+    s, model = run.state, run.model
+    run.accelerator.wait_for_everyone()
+    last = run.task.decision_state(model)
+    decisions = {"last": last, "best": {k: s.best[k] for k in last if k in s.best} or last}
+    if run.main:
+        model.save_pretrained(run.out / "last")
+        if s.best["step"] is None:  # no validation split: the last model is the one we keep
+            model.save_pretrained(run.out / "best")
+    if run.best_head:
+        model.head.load_state_dict(run.best_head)
+        run.task.load_decision_state(model, decisions["best"])
+        if run.main:
+            model.save_pretrained(run.out / "best")
+    run.accelerator.wait_for_everyone()
+    return decisions
+
+
+def restore_best(run: Run) -> None:
+    """The model left in memory (and tested) is the best one, as after early stopping in other tools."""
+    s = run.state
+    needed = s.best["step"] is not None and s.best["step"] != s.step and (run.test_loader is not None or s.stopped)
+    if not needed or run.best_head:  # (a cached run already holds its best head, loaded by save_models)
+        return
+    from safetensors.torch import load_file
+
+    run.model.load_state_dict(load_file(run.out / "best" / "model.safetensors"))
+    run.task.load_decision_state(run.model, s.best)
+    run.log(
+        f"restored the best checkpoint (step {s.best['step']}, validation {s.best['metric']} {s.best['value']:.4f})"
+    )
+
+
+def write_results(run: Run, result: dict[str, Any], decisions: dict[str, dict[str, Any]]) -> None:
+    from bertcls.card import run_card_info, write_model_card
+    from bertcls.plots import plot_curves  # here, not at the top: matplotlib loads only when a run is done
+
+    out = run.out
+    # The cards of best/ and last/ were written when they were saved; only now are the final metrics known.
+    for name in ("best", "last"):
+        info = run_card_info(run.cfg, result, name)
+        # each folder's own decision state (thresholds as a list), whichever model is in memory now
+        info |= {k: list(v.values()) for k, v in decisions[name].items()}
+        write_model_card(out / name, run.model, info)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    plot_curves(result, out / "curves.png", title=f"learning curves: {out}")
+    where = f"checkpoints in {out}/best and {out}/last, metrics in {out}/metrics.json"
+    run.log(f"done in {result['total_time_s']:.0f}s; {where}")
 
 
 def finish_run(accelerator: Accelerator) -> None:
@@ -1007,10 +1094,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[str | None, list[str]]:
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
-    if argv is None:  # the command line (not a call from Python): use jemalloc when the machine has it
-        allocator.rerun_under_jemalloc()
     config, overrides = parse_args(argv)
     cfg = load_config(config, overrides)
+    if argv is None and cfg.train.speedups:  # the command line (not a call from Python): jemalloc when found
+        allocator.rerun_under_jemalloc()
+    import transformers
+
     transformers.logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise in a run log
     train(cfg)
     # Only after a run that returned: an exception's traceback still holds the DDP wrapper (see finish_run).

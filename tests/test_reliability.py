@@ -231,9 +231,9 @@ def test_nan_loss_stops_with_advice_and_keeps_the_last_good_checkpoint(tiny_bert
 
 
 def test_nan_policy_skip_skips_and_counts(tiny_bert, tiny_data, tmp_path, monkeypatch):
-    import bertcls.train as train_module
+    import bertcls.losses as losses_module
 
-    real = train_module.build_loss
+    real = losses_module.build_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -246,7 +246,7 @@ def test_nan_policy_skip_skips_and_counts(tiny_bert, tiny_data, tmp_path, monkey
 
         return wrapped
 
-    monkeypatch.setattr(train_module, "build_loss", poisoned)
+    monkeypatch.setattr(losses_module, "build_loss", poisoned)
     out = tmp_path / "run"
     result = train(tiny_cfg(tiny_bert, tiny_data, out, "train.epochs=1", "train.nan_policy=skip"))
     assert result["nan_skipped_steps"] == 2
