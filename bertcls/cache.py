@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from bertcls.atomic import atomic_file
 from bertcls.data import Split, encode, iter_length_sorted_batches
 from bertcls.precision import autocast
 
@@ -146,11 +146,9 @@ def load_or_compute(
     feats = compute_features(model, split, max_length, accelerator, precision, batch_size)
     if path is not None and accelerator.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
         meta = {"source": split.source, "rows": str(len(split)), "pooling": model.spec.pooling}
-        save_file({"features": feats.contiguous()}, tmp, metadata=meta)
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            save_file({"features": feats.contiguous()}, tmp, metadata=meta)
     accelerator.wait_for_everyone()
     return feats, False
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from bertcls.atomic import replace_dir
 from bertcls.errors import BertclsError, first_line
 
 CHECKPOINTS = "checkpoints"
@@ -93,9 +94,8 @@ def save_checkpoint(
         if extra_tensors:
             save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / BEST_HEAD_FILE))
         (tmp / STATE_FILE).write_text(json.dumps(state))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        # Not atomic_dir: every process writes into this folder, so its name is one they all know.
+        replace_dir(tmp, final)
         prune(root.parent, keep_last, protect_step=(state.get("best") or {}).get("step"))
     accelerator.wait_for_everyone()
     return final

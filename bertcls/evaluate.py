@@ -25,10 +25,11 @@ import torch
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
 from bertcls.errors import BertclsError, cli_errors, label_set, some
 from bertcls.metrics import classification_report, multilabel_report, paired_bootstrap
-from bertcls.model import BertForTextClassification, checkpoint_task, load_checkpoint
+from bertcls.model import BertForTextClassification
 from bertcls.multilabel import decide, join_labels, multi_hot, parse_label_set
 from bertcls.precision import PRECISIONS, check_precision, resolve
 from bertcls.resources import is_packaged
+from bertcls.serialization import checkpoint_task, load_checkpoint
 
 UNKNOWN_LABEL_CHOICES = ("error", "skip")
 CLI_OPTIONS = {

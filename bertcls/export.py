@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,8 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertcls.atomic import atomic_dir
+from bertcls.card import write_model_card
 from bertcls.errors import BertclsError, check_parent, cli_errors, label_set, some
-from bertcls.model import BertForTextClassification, _replace_dir, load_checkpoint
+from bertcls.model import BertForTextClassification
 from bertcls.onnx_predict import (
     ONNX_CONFIG_NAME,
     ONNX_FORMAT_VERSION,
@@ -41,6 +42,7 @@ from bertcls.onnx_predict import (
     TOKENIZER_FILE,
     OnnxClassifier,
 )
+from bertcls.serialization import load_checkpoint
 
 FORMATS = ("onnx", "hf")
 QUANTIZATIONS = ("int8",)
@@ -80,19 +82,20 @@ def _check_output(output: Path, overwrite: bool) -> None:
     check_parent(output, "--output")
 
 
-def _staging(output: Path) -> Path:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-
-
 def _load(checkpoint: str | os.PathLike | BertForTextClassification) -> BertForTextClassification:
     model = checkpoint if isinstance(checkpoint, BertForTextClassification) else load_checkpoint(checkpoint)
     return model.eval()
 
 
-def _copy_card(checkpoint: str | os.PathLike | BertForTextClassification, target: Path) -> None:
+def _write_card(
+    checkpoint: str | os.PathLike | BertForTextClassification, model: BertForTextClassification, target: Path
+) -> None:
+    """The checkpoint's own card (it holds what its training run knew: data, config, metrics), or for a model in
+    memory the card of what the model knows."""
     if not isinstance(checkpoint, BertForTextClassification) and (Path(checkpoint) / "README.md").is_file():
         shutil.copy(Path(checkpoint) / "README.md", target / "README.md")
+    else:
+        write_model_card(target, model)
 
 
 # ---------------------------------------------------------------- ONNX
@@ -132,8 +135,7 @@ def export_onnx(
         raise BertclsError("ONNX export needs a fast tokenizer (tokenizer.json) so that predicting needs no PyTorch")
     with_token_types = model._takes_token_types
     batch = _example_batch(model, with_token_types)
-    tmp = _staging(out)
-    try:
+    with atomic_dir(out) as tmp:
         fp32 = tmp / ("model.fp32.onnx" if quantize else ONNX_MODEL_NAME)
         _torch_to_onnx(_LogitsOnly(model, with_token_types), batch, fp32)
         model.tokenizer.save_pretrained(tmp)
@@ -174,11 +176,7 @@ def export_onnx(
                 config["quantization_report"] = report
                 (tmp / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2))
             fp32.unlink()
-        _copy_card(checkpoint, tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _write_card(checkpoint, model, tmp)
     say(f"ONNX model written to {out} (max logit difference from PyTorch {diff:.1e})")
     if "quantization_report" in config:
         r = config["quantization_report"]
@@ -383,15 +381,10 @@ def export_hf(
     # (tested). save_pretrained writes only attributes named in init_kwargs, so it goes there too.
     tokenizer.truncation_side = "left" if model.truncation == "tail" else "right"
     tokenizer.init_kwargs["truncation_side"] = tokenizer.truncation_side
-    tmp = _staging(out)
-    try:
+    with atomic_dir(out) as tmp:
         hf.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _copy_card(checkpoint, tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _write_card(checkpoint, model, tmp)
     return out
 
 

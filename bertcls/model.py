@@ -4,31 +4,28 @@ It is a plain ``nn.Module`` that *holds* a transformers backbone rather than a `
 transformers v5, ``post_init``/``from_pretrained`` re-initialize custom modules of a subclass (transformers issues
 46620, 42418), which would silently replace the head initializer the user chose. Here the head is initialized by
 bertcls alone, after the backbone is loaded, and never touched by transformers.
+
+This module is the maths only: saving and loading live in ``bertcls.serialization`` (``save_pretrained`` and
+``from_pretrained`` below hand over to it), the CPU speed tricks in ``bertcls.speed`` (applied by whoever builds a
+model to train or predict with), model cards in ``bertcls.card``.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from bertcls import toplayer
-from bertcls.card import write_model_card
-from bertcls.dropout import use_fast_dropout
-from bertcls.errors import BertclsError, first_line
+from bertcls.errors import BertclsError
 from bertcls.init import InitSpec, apply_init, init_tensor, parse_init, warn_if_symmetric
 from bertcls.multilabel import (
     DEFAULT_DELIMITER,
@@ -37,12 +34,6 @@ from bertcls.multilabel import (
     check_thresholds,
     prediction_dicts,
 )
-from bertcls.resources import is_packaged, packaged_model_dir
-
-CONFIG_NAME = "bertcls_config.json"
-WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 # ---------------------------------------------------------------- pooling registry
 
@@ -74,7 +65,7 @@ def pool_pooler(outputs, attention_mask: torch.Tensor) -> torch.Tensor:
     return pooled
 
 
-# Poolings that read the top layer at position 0 only (the top layer then computes only that position).
+# Poolings that read the top layer at position 0 only (bertcls.speed.toplayer then computes only that position).
 FIRST_TOKEN_POOLINGS = ("cls", "pooler")
 
 
@@ -159,7 +150,7 @@ class ClassificationHead(nn.Module):
 # ---------------------------------------------------------------- model
 
 
-def _encoder_layers(backbone: nn.Module) -> nn.ModuleList | None:
+def find_encoder_layers(backbone: nn.Module) -> nn.ModuleList | None:
     for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
         obj: Any = backbone
         for part in path.split("."):
@@ -210,10 +201,6 @@ class BertForTextClassification(nn.Module):
         self.label_delimiter = DEFAULT_DELIMITER
         self._thresholds = [DEFAULT_THRESHOLD] * len(spec.labels) if self.multi_label else None
         self.set_trainable(freeze_backbone, unfreeze_top_k)
-        # Same dropout, cheaper random masks on CPU (bertcls.dropout): about 5% faster training steps.
-        use_fast_dropout(self)
-        # cls/pooler pooling reads only position 0 of the top layer: compute only that (bertcls.toplayer).
-        self._top_first_token = toplayer.install(_encoder_layers(backbone))
 
     # -- labels and trainability
 
@@ -248,7 +235,7 @@ class BertForTextClassification(nn.Module):
 
     def set_trainable(self, freeze_backbone: bool, unfreeze_top_k: int = 0) -> None:
         """Freeze the backbone (head-only training), optionally leaving its top ``unfreeze_top_k`` layers trainable."""
-        layers = _encoder_layers(self.backbone)
+        layers = find_encoder_layers(self.backbone)
         if unfreeze_top_k < 0 or (layers is not None and unfreeze_top_k > len(layers)):
             n = "?" if layers is None else len(layers)
             raise BertclsError(f"unfreeze_top_k must be between 0 and the number of layers ({n}), got {unfreeze_top_k}")
@@ -285,7 +272,7 @@ class BertForTextClassification(nn.Module):
         Raises:
             BertclsError: the layer list of this backbone cannot be found.
         """
-        layers = _encoder_layers(self.backbone)
+        layers = find_encoder_layers(self.backbone)
         if layers is None:
             raise BertclsError(f"cannot find the encoder layers of {type(self.backbone).__name__}")
         return list(layers)
@@ -337,11 +324,7 @@ class BertForTextClassification(nn.Module):
         if token_type_ids is not None and self._takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
         # A fully frozen backbone needs no autograd graph: saves its activations' memory and time.
-        first_only = self._top_first_token and self.spec.pooling in FIRST_TOKEN_POOLINGS
-        with (
-            torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_fully_frozen),
-            toplayer.first_token_only(_encoder_layers(self.backbone), first_only),
-        ):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_fully_frozen):
             outputs = self.backbone(**kwargs)
             return POOLINGS[self.spec.pooling](outputs, attention_mask)
 
@@ -434,102 +417,28 @@ class BertForTextClassification(nn.Module):
             )
         return out
 
-    # -- saving and loading
+    # -- saving and loading (bertcls.serialization)
 
     def save_pretrained(self, directory: str | os.PathLike, card_info: dict[str, Any] | None = None) -> Path:
-        """Write safetensors weights, ``bertcls_config.json``, the tokenizer and a ``README.md`` model card into
-        ``directory`` (``card_info``: what a training run adds to the card, see ``bertcls.card.model_card``).
+        """Write a checkpoint folder: see ``bertcls.serialization.save_pretrained``."""
+        from bertcls.serialization import save_pretrained
 
-        The folder is written in a temporary sibling and renamed into place, so a crash never leaves a half-written
-        checkpoint that looks complete.
-        """
-        target = Path(directory)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-            save_file(state, tmp / WEIGHTS_NAME, metadata={"format": "pt", "bertcls_format": str(FORMAT_VERSION)})
-            self.tokenizer.save_pretrained(tmp)
-            config = {
-                "format_version": FORMAT_VERSION,
-                "head": asdict(self.spec),
-                "max_length": self.max_length,
-                "truncation": self.truncation,
-                "window_stride": self.window_stride,
-                "freeze_backbone": self.freeze_backbone,
-                "unfreeze_top_k": self.unfreeze_top_k,
-                "backbone_config": self.backbone.config.to_dict(),
-            }
-            if self.multi_label:
-                config["thresholds"] = self._thresholds
-                config["label_delimiter"] = self.label_delimiter
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, default=str))
-            write_model_card(tmp, self, card_info)
-            _replace_dir(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return target
+        return save_pretrained(self, directory, card_info)
 
     @classmethod
     def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike,
-        labels: Sequence[str] | None = None,
-        *,
-        head_init: InitSpec = "xavier_uniform",
-        bias_init: InitSpec = "zeros",
-        pooling: str = "cls",
-        dropout: float = 0.1,
-        hidden_sizes: Sequence[int] = (),
-        activation: str = "gelu",
-        freeze_backbone: bool | None = None,
-        unfreeze_top_k: int = 0,
-        max_length: int | None = None,
-        seed: int | None = None,
-        attn_implementation: str | None = "sdpa",
-        task: str | None = None,
+        cls, name_or_path: str | os.PathLike, labels: Sequence[str] | None = None, **options: Any
     ) -> BertForTextClassification:
-        """Load a saved bertcls checkpoint, or a pretrained backbone (folder, hub name or ``packaged:...``) with a
-        new head for ``labels``; ``task`` is ``single_label`` (the default for a new head) or ``multi_label`` (for a
-        checkpoint: checked against the one it was trained for).
+        """A saved bertcls checkpoint, or a pretrained backbone (folder, hub name or ``packaged:...``) with a new head
+        for ``labels``: see ``bertcls.serialization.from_pretrained`` for the options (``head_init``, ``pooling``,
+        ``dropout``, ``hidden_sizes``, ``freeze_backbone``, ``seed``, ``task``, ...).
 
         Raises:
             BertclsError: missing folder, pickle-only weights, corrupt checkpoint, missing labels, bad options.
         """
-        name = str(name_or_path)
-        if is_packaged(name):
-            name = str(packaged_model_dir(name))
-        path = Path(name).expanduser()
-        if (path / CONFIG_NAME).is_file():
-            model = _load_checkpoint(path)
-            if labels is not None and list(map(str, labels)) != model.labels:
-                raise BertclsError(
-                    f"checkpoint {path} was trained for labels {model.labels}, not {list(labels)}; "
-                    "load it without labels, or start from its backbone"
-                )
-            if task is not None and task != model.task:
-                raise BertclsError(
-                    f"checkpoint {path} is a {model.task} classifier, not {task}; start from its backbone instead"
-                )
-            if freeze_backbone is not None:
-                model.set_trainable(freeze_backbone, unfreeze_top_k)
-            return model
-        if labels is None:
-            raise BertclsError(f"'{name}' is a backbone, not a bertcls checkpoint: pass labels=[...] for the new head")
-        spec = HeadSpec(
-            labels=list(labels),
-            pooling=pooling,
-            dropout=dropout,
-            hidden_sizes=list(hidden_sizes),
-            activation=activation,
-            head_init=head_init,
-            bias_init=bias_init,
-            task=task or "single_label",
-        )
-        spec.check_inits()  # before the backbone loads: a typo costs nothing
-        backbone, tokenizer = load_backbone(name, attn_implementation)
-        return cls(backbone, tokenizer, spec, bool(freeze_backbone), unfreeze_top_k, max_length, seed)
+        from bertcls.serialization import from_pretrained
+
+        return from_pretrained(name_or_path, labels, **options)
 
 
 def probabilities(logits: torch.Tensor, task: str = "single_label") -> torch.Tensor:
@@ -537,154 +446,8 @@ def probabilities(logits: torch.Tensor, task: str = "single_label") -> torch.Ten
     return logits.float().sigmoid() if task == "multi_label" else logits.float().softmax(-1)
 
 
-def checkpoint_task(path: str | os.PathLike) -> tuple[str, str]:
-    """(task, label delimiter) of a saved checkpoint, read from its config without loading weights; a folder that
-    is not a readable checkpoint gives the single-label defaults (loading it later says what is wrong)."""
-    try:
-        config = json.loads((Path(path).expanduser() / CONFIG_NAME).read_text())
-        return str(config["head"].get("task", "single_label")), str(config.get("label_delimiter", DEFAULT_DELIMITER))
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-        return "single_label", DEFAULT_DELIMITER
-
-
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` to ``target``; an older ``target`` is moved aside first and removed only once the new one is in."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.endswith(os.sep) or os.sep * 2 in name or name.count("/") > 1
-
-
-def refuse_pickle_only(path: Path) -> None:
-    """Refuse a folder whose weights exist only as pickle files: loading them could run arbitrary code."""
-    files = [p.name for p in path.iterdir() if p.is_file()]
-    if not any(f.endswith(".safetensors") for f in files):
-        pickles = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
-        if pickles:
-            raise BertclsError(
-                f"{path} holds only pickle weights ({', '.join(sorted(pickles))}); bertcls never unpickles files "
-                "because that can run code: convert them to safetensors first"
-            )
-        raise BertclsError(f"{path} has no model weights (*.safetensors)")
-
-
-def load_backbone(name: str, attn_implementation: str | None = "sdpa") -> tuple[PreTrainedModel, Any]:
-    """A transformers encoder and its tokenizer, from a local folder or a hub name; safetensors only."""
-    path = Path(name).expanduser()
-    kwargs: dict[str, Any] = {"use_safetensors": True}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    if path.exists():
-        if not path.is_dir():
-            raise BertclsError(f"model path {path} is a file; give the folder that holds config.json and the weights")
-        if not (path / "config.json").is_file():
-            raise BertclsError(f"{path} has no config.json: not a Hugging Face model folder or bertcls checkpoint")
-        refuse_pickle_only(path)
-        name = str(path)
-    elif _looks_like_path(name):
-        raise BertclsError(f"model folder {name} does not exist")
-    try:
-        backbone = AutoModel.from_pretrained(name, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        where = "folder" if path.exists() else "hub model (needs internet; set HF_HUB_OFFLINE=0)"
-        first = first_line(e)
-        raise BertclsError(f"could not load {where} '{name}': {first}") from e
-    return backbone, tokenizer
-
-
-def check_saved_pooling(path: Path, pooling: Any) -> None:
-    """A checkpoint's pooling runs at every prediction, so a user-registered one must be registered again."""
-    if isinstance(pooling, str) and pooling not in POOLINGS:
-        raise BertclsError(
-            f"checkpoint {path} uses pooling '{pooling}', which is not registered in this process; register it "
-            f"before loading (@bertcls.register_pooling('{pooling}') on the same function; built in: "
-            f"{', '.join(POOLINGS)})"
-        )
-
-
-def _load_checkpoint(path: Path) -> BertForTextClassification:
-    try:
-        config = json.loads((path / CONFIG_NAME).read_text())
-        check_saved_pooling(path, config["head"].get("pooling", "cls"))
-        spec = HeadSpec(**config["head"])
-        backbone_config = dict(config["backbone_config"])
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise BertclsError(f"checkpoint {path}: {CONFIG_NAME} is corrupt or truncated ({type(e).__name__})") from e
-    weights = path / WEIGHTS_NAME
-    if not weights.is_file():
-        refuse_pickle_only(path)
-        raise BertclsError(f"checkpoint {path} has no {WEIGHTS_NAME}")
-    try:
-        state = load_file(weights)
-    except Exception as e:  # safetensors raises its own error types for every kind of corruption
-        raise BertclsError(f"checkpoint {path}: {WEIGHTS_NAME} is corrupt ({str(e).splitlines()[0]})") from e
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, TypeError) as e:
-        raise BertclsError(f"checkpoint {path}: tokenizer files are missing or unreadable; re-save the model") from e
-    model_type = backbone_config.pop("model_type", None)
-    if model_type is None:
-        raise BertclsError(f"checkpoint {path}: {CONFIG_NAME} does not say the backbone's model_type")
-    backbone_config.pop("transformers_version", None)
-    bb_config = AutoConfig.for_model(model_type, **backbone_config)
-    bb_config._attn_implementation = "sdpa"
-    backbone = AutoModel.from_config(bb_config)
-    model = BertForTextClassification(
-        backbone,
-        tokenizer,
-        spec,
-        freeze_backbone=config.get("freeze_backbone", False),
-        unfreeze_top_k=config.get("unfreeze_top_k", 0),
-        max_length=config.get("max_length"),
-        truncation=config.get("truncation", "head"),
-        window_stride=config.get("window_stride", 0),
-        init_head=False,
-    )
-    if model.multi_label:
-        try:
-            model.thresholds = config.get("thresholds") or DEFAULT_THRESHOLD
-            model.label_delimiter = str(config.get("label_delimiter") or DEFAULT_DELIMITER)
-        except (BertclsError, TypeError, ValueError) as e:
-            raise BertclsError(f"checkpoint {path}: {CONFIG_NAME} has bad thresholds ({e})") from e
-    expected = set(model.state_dict())
-    got = set(state)
-    if expected != got:
-        missing, extra = sorted(expected - got), sorted(got - expected)
-        raise BertclsError(
-            f"checkpoint {path}: weights do not match its config (missing {missing[:3]}, unexpected {extra[:3]}); "
-            "was the label set or head changed by hand?"
-        )
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        line = next((s.strip() for s in str(e).splitlines() if "size mismatch" in s), str(e).splitlines()[0])
-        raise BertclsError(f"checkpoint {path}: weights do not match its config ({line})") from e
-    return model
-
-
 def load_checkpoint(path: str | os.PathLike) -> BertForTextClassification:
-    """A saved bertcls checkpoint, for the tools that only use one (evaluate, predict): a plain backbone folder is
-    an error here rather than a request for a new head.
+    """A saved bertcls checkpoint, ready for prediction: see ``bertcls.serialization.load_checkpoint``."""
+    from bertcls.serialization import load_checkpoint
 
-    Raises:
-        BertclsError: the folder is missing, is not a bertcls checkpoint, or is corrupt.
-    """
-    folder = Path(path).expanduser()
-    if folder.is_file():
-        raise BertclsError(f"checkpoint {folder} is a file; give the folder that holds it ({folder.parent})")
-    if not folder.is_dir():
-        raise BertclsError(f"checkpoint folder {folder} does not exist")
-    if not (folder / CONFIG_NAME).is_file():
-        raise BertclsError(
-            f"{folder} is not a bertcls checkpoint (no {CONFIG_NAME}); give a folder written by bertcls.train "
-            "(e.g. runs/default/best) or by model.save_pretrained"
-        )
-    return BertForTextClassification.from_pretrained(folder)
+    return load_checkpoint(path)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from bertcls.atomic import atomic_file
 from bertcls.errors import BertclsError, check_parent, cli_errors
 from bertcls.multilabel import DEFAULT_DELIMITER, join_labels
 from bertcls.onnx_predict import OnnxClassifier, is_onnx_export
@@ -87,23 +88,17 @@ def predict_file(
     rows, texts, pairs = read_input(str(input_path), text_column, text_pair_column)
     preds = predict_texts(model, texts, pairs, batch_size, precision=precision)
     # Written beside the target and renamed into place: an interrupted run leaves no half-written output.
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with tmp.open("w", newline="") as f:
-            if out.suffix.lower() == ".csv":
-                _write_csv(f, rows, preds, model.labels, getattr(model, "label_delimiter", DEFAULT_DELIMITER))
-            else:
-                for row, p in zip(rows, preds):
-                    top = _cut(p, top_k)["probabilities"]
-                    if "labels" in p:  # multi-label
-                        record = {**row, "predicted": p["labels"], "scores": p["scores"], "probabilities": top}
-                    else:
-                        record = {**row, "predicted": p["label"], "score": p["score"], "probabilities": top}
-                    f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(out) as tmp, tmp.open("w", newline="") as f:
+        if out.suffix.lower() == ".csv":
+            _write_csv(f, rows, preds, model.labels, getattr(model, "label_delimiter", DEFAULT_DELIMITER))
+        else:
+            for row, p in zip(rows, preds):
+                top = _cut(p, top_k)["probabilities"]
+                if "labels" in p:  # multi-label
+                    record = {**row, "predicted": p["labels"], "scores": p["scores"], "probabilities": top}
+                else:
+                    record = {**row, "predicted": p["label"], "score": p["score"], "probabilities": top}
+                f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
     return [_cut(p, top_k) for p in preds]
 
 
@@ -118,7 +113,7 @@ def load_predictor(path: str | os.PathLike) -> Classifier:
         return OnnxClassifier.from_folder(path)
     import transformers
 
-    from bertcls.model import load_checkpoint
+    from bertcls.serialization import load_checkpoint
 
     transformers.logging.disable_progress_bar()
     return load_checkpoint(path)

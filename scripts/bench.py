@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bertcls import allocator  # no torch: the parent stays light
+from bertcls.speed import allocator  # no torch: the parent stays light
 
 HERE = Path(__file__).resolve()
 MINILM = "packaged:all-MiniLM-L6-v2"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from bertcls import allocator
+from bertcls.speed import allocator
 
 from .conftest import assert_one_line_error, run_cli
 from .test_train import tiny_overrides

@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
 
-from bertcls import BertclsError, BertForTextClassification, TextClassificationDataset, toplayer
+from bertcls import BertclsError, BertForTextClassification, TextClassificationDataset, speed
 from bertcls.init import init_tensor
+from bertcls.speed import toplayer
 
 from .conftest import linear_output_dtypes, write_tiny_encoder
 
@@ -314,7 +315,7 @@ def test_extra_weights_in_checkpoint_are_reported(tiny_model, tmp_path):
 
 
 def test_fast_dropout_drops_p_and_scales_like_torch():
-    from bertcls.dropout import FastDropout, dropout
+    from bertcls.speed.dropout import FastDropout, dropout
 
     torch.manual_seed(0)
     x = torch.ones(200_000, requires_grad=True)
@@ -340,8 +341,9 @@ def test_fast_dropout_drops_p_and_scales_like_torch():
 
 
 def test_model_uses_fast_dropout_everywhere(tiny_model):
-    from bertcls.dropout import FastDropout
+    from bertcls.speed.dropout import FastDropout
 
+    speed.apply(tiny_model)
     kinds = {type(m) for m in tiny_model.modules() if isinstance(m, torch.nn.Dropout)}
     assert kinds == {FastDropout}
 
@@ -353,31 +355,33 @@ def test_model_uses_fast_dropout_everywhere(tiny_model):
 def test_top_layer_first_token_only_gives_the_same_logits_and_gradients(tmp_path, kind, pooling):
     # cls/pooler pooling reads the top layer at position 0 only; computing just that position changes nothing.
     folder = write_tiny_encoder(tmp_path / kind, kind)
-    model = BertForTextClassification.from_pretrained(folder, labels=LABELS, pooling=pooling, dropout=0.0, seed=0)
-    assert model._top_first_token
-    for module in model.modules():  # no dropout anywhere, so train-mode passes are deterministic
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    batch = model.tokenizer(["good", "a very bad and boring film", "fine , i guess"], padding=True, return_tensors="pt")
     results = {}
-    for fast in (True, False):
-        model._top_first_token = fast
-        model.zero_grad()
+    for fast in (True, False):  # the same weights twice (same folder, same seed), with and without the short path
+        model = BertForTextClassification.from_pretrained(folder, labels=LABELS, pooling=pooling, dropout=0.0, seed=0)
+        if fast:
+            assert toplayer.install(model)
+        for module in model.modules():  # no dropout anywhere, so train-mode passes are deterministic
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        batch = model.tokenizer(
+            ["good", "a very bad and boring film", "fine , i guess"], padding=True, return_tensors="pt"
+        )
         logits = model(**batch).logits
         logits.square().sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results[fast] = logits.detach(), grads
+        if fast:  # the backbone called directly still returns every position
+            assert model.backbone(**batch).last_hidden_state.shape[1] == batch["input_ids"].shape[1]
     (fast_logits, fast_grads), (full_logits, full_grads) = results[True], results[False]
     assert torch.allclose(fast_logits, full_logits, atol=1e-6)
     assert fast_grads.keys() == full_grads.keys()  # every weight of the top layer still gets a gradient
     for name in full_grads:
         assert torch.allclose(fast_grads[name], full_grads[name], atol=1e-5), name
-    # the backbone called directly still returns every position
-    assert model.backbone(**batch).last_hidden_state.shape[1] == batch["input_ids"].shape[1]
 
 
 def test_top_layer_keeps_every_position_for_mean_pooling_and_other_backbones(tiny_bert):
     mean = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, pooling="mean")
+    speed.apply(mean)
     calls = []
     top = mean.encoder_layers()[-1]
     top.register_forward_hook(lambda mod, args, out: calls.append(out.shape[1]))
@@ -386,15 +390,15 @@ def test_top_layer_keeps_every_position_for_mean_pooling_and_other_backbones(tin
     # a layer of neither known layout runs unchanged
     other = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
     layers = other.encoder_layers()
-    assert toplayer.install(layers)
+    assert toplayer.install(other)
     del layers[-1].attention.output  # no longer shaped like BertLayer (nor like DistilBERT's block)
-    assert not toplayer.install(layers)
+    assert not toplayer.install(other)
 
 
 def test_attention_with_fast_dropout_matches_sdpa_and_drops_weights():
     from torch.nn import functional as F
 
-    from bertcls.dropout import sdpa_with_fast_dropout
+    from bertcls.speed.dropout import sdpa_with_fast_dropout
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(3, 2, 7, 8) for _ in range(3))
@@ -412,6 +416,7 @@ def test_attention_with_fast_dropout_matches_sdpa_and_drops_weights():
 
 
 def test_models_use_the_fast_dropout_attention(tiny_model):
-    from bertcls.dropout import ATTENTION
+    from bertcls.speed.dropout import ATTENTION
 
+    speed.apply(tiny_model)
     assert tiny_model.backbone.config._attn_implementation == ATTENTION

@@ -18,8 +18,8 @@ from bertcls.config import load_config
 from bertcls.data import TextClassificationDataset, label_targets, load_split
 from bertcls.losses import build_multilabel_loss, pos_weights
 from bertcls.metrics import is_better, multilabel_metrics
-from bertcls.model import CONFIG_NAME, checkpoint_task
 from bertcls.multilabel import decide, parse_label_set, tune_thresholds
+from bertcls.serialization import CONFIG_NAME, checkpoint_task
 from bertcls.train import load_data, make_train_loader, train
 
 from .conftest import FILLER, NEGATIVE, POSITIVE, assert_one_line_error, run_cli, run_torchrun

@@ -9,8 +9,8 @@ launcher (``python -m torch.backends.xeon.run_cpu``) and Intel's tuning guide re
 An allocator can only be chosen when a process starts (``LD_PRELOAD``), so ``python -m bertcls.train`` re-runs itself
 once with jemalloc preloaded, before it has done any work, when a jemalloc library is found (Debian/Ubuntu:
 ``apt install libjemalloc2``; conda: ``conda install jemalloc``) and the process does not have it already.
-``BERTCLS_ALLOCATOR=system`` keeps the system allocator; ``BERTCLS_ALLOCATOR=/path/to/libjemalloc.so`` names the
-library. Linux only; elsewhere nothing changes.
+``BERTCLS_ALLOCATOR=system`` (or ``train.speedups=false``) keeps the system allocator;
+``BERTCLS_ALLOCATOR=/path/to/libjemalloc.so`` names the library. Linux only; elsewhere nothing changes.
 
 The re-run also sets ``MALLOC_CONF`` (unless it is set). jemalloc 5.3 hands freed blocks above 8 MB
 (``oversize_threshold``) straight back to the kernel, and a batch's large activations are such blocks, freed and

@@ -1,4 +1,4 @@
-"""Dropout with a cheaper random mask on CPU.
+"""Dropout with a cheaper random mask on CPU (applied by ``bertcls.speed.apply``).
 
 torch's CPU dropout draws one random number per element (``bernoulli_``), and on small batches of short texts that
 draw is a visible part of a training step: about 9% of a MiniLM step on this project's 2-core CPU. Here one 64-bit
@@ -78,13 +78,14 @@ def sdpa_with_fast_dropout(module, query, key, value, attention_mask, dropout=0.
 
 
 ATTENTION = "bertcls_sdpa"
-AttentionInterface.register(ATTENTION, sdpa_with_fast_dropout)
-ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
 
 
 def use_fast_dropout(module: nn.Module) -> int:
     """Replace every plain ``nn.Dropout`` inside ``module`` by a ``FastDropout`` with the same ``p``, and switch
     transformers models inside it from SDPA to ``ATTENTION``; returns how many dropout modules were replaced."""
+    # Registered here, not at import: importing bertcls changes nothing in transformers (registering again is a no-op).
+    AttentionInterface.register(ATTENTION, sdpa_with_fast_dropout)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
     replaced = 0
     for parent in module.modules():
         if getattr(getattr(parent, "config", None), "_attn_implementation", None) == "sdpa" and hasattr(

@@ -8,8 +8,8 @@ backbone's multiply-adds, in training (forward and backward) and in prediction a
 
 The result for position 0 is the same computation as the full layer's (the same modules, the same attention function,
 the same mask row), so the model's maths is unchanged; only floating-point rounding can differ, as it does between
-batch sizes. It is switched on only while ``BertForTextClassification`` runs its backbone, so ``model.backbone`` used
-directly still returns every position.
+batch sizes. ``install(model)`` gives the model's top layer the short path and wraps ``model.features`` to switch it
+on while the model runs its backbone, so ``model.backbone`` used directly still returns every position.
 
 It applies to the two layer layouts in ``LAYOUTS``: transformers' ``BertLayer`` (BERT, RoBERTa, ELECTRA and their
 copies: self-attention with ``query``/``key``/``value``, ``attention.output``, ``feed_forward_chunk``) and
@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from bertcls.model import FIRST_TOKEN_POOLINGS, BertForTextClassification, find_encoder_layers
 
 FLAG = "_bertcls_first_token_only"
 
@@ -116,28 +118,35 @@ def first_token_forward(layer: nn.Module) -> Callable[..., torch.Tensor] | None:
     return next((forward for supports, forward in LAYOUTS if supports(layer)), None)
 
 
-def install(layers: list[nn.Module] | None) -> bool:
-    """Give the top layer the first-token-only path (off until ``first_token_only`` switches it on); returns
-    whether this backbone's top layer supports it."""
-    fast = first_token_forward(layers[-1]) if layers else None
-    if fast is None:
+def _top_layer_forward(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs):
+    if not getattr(layer, FLAG, False):
+        return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)
+    return first_token_forward(layer)(layer, hidden_states, attention_mask)
+
+
+def _first_token_features(model: BertForTextClassification, *args, **kwargs) -> torch.Tensor:
+    with first_token_only(find_encoder_layers(model.backbone)):
+        return type(model).features(model, *args, **kwargs)
+
+
+def install(model: BertForTextClassification) -> bool:
+    """Compute only position 0 of the top layer whenever ``model`` computes its pooled features; returns whether it
+    applies (``cls``/``pooler`` pooling on a layer of a known layout). Installing twice changes nothing."""
+    layers = find_encoder_layers(model.backbone)
+    if model.spec.pooling not in FIRST_TOKEN_POOLINGS or not layers or first_token_forward(layers[-1]) is None:
         return False
     top = layers[-1]
-
-    def forward(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs):
-        if not getattr(layer, FLAG, False):
-            return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)
-        return fast(layer, hidden_states, attention_mask)
-
-    top.forward = types.MethodType(forward, top)
+    # Module-level functions bound to their objects, not closures: a deep copy of the model then refers to itself.
+    top.forward = types.MethodType(_top_layer_forward, top)
     setattr(top, FLAG, False)
+    model.features = types.MethodType(_first_token_features, model)
     return True
 
 
 @contextlib.contextmanager
-def first_token_only(layers: list[nn.Module] | None, enabled: bool) -> Iterator[None]:
+def first_token_only(layers: list[nn.Module] | None) -> Iterator[None]:
     """While inside, the top layer (if installed) returns only position 0: ``(batch, 1, hidden)``."""
-    top = layers[-1] if layers and enabled and hasattr(layers[-1], FLAG) else None
+    top = layers[-1] if layers and hasattr(layers[-1], FLAG) else None
     if top is None:
         yield
         return
