@@ -1,8 +1,9 @@
-"""Model cards: the ``README.md`` written into every checkpoint folder.
+"""Model cards: the ``README.md`` written into every checkpoint and export folder.
 
-``model.save_pretrained`` writes a basic card from what the model knows (backbone, labels, head, training mode);
-``train()`` re-writes the cards of ``best/`` and ``last/`` at the end of a run with what only the run knows (data,
-config, validation and test metrics).
+A ``huggingface_hub.ModelCard`` rendered from the Jinja template ``templates/model_card.md``. Saving a model
+(``bertcls.serialization.save_pretrained``) writes a basic card from what the model knows (backbone, labels, head,
+training mode); ``train()`` re-writes the cards of ``best/`` and ``last/`` at the end of a run with what only the run
+knows (data, config, validation and test metrics); an export carries its checkpoint's card.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from bertcls.model import BertForTextClassification
 
 CARD_NAME = "README.md"
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
 
 
 def _init_name(spec: Any) -> str:
@@ -43,99 +45,58 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _metrics_table(rows: list[tuple[str, dict[str, Any] | None]]) -> list[str]:
+def _metric_rows(rows: list[tuple[str, dict[str, Any] | None]]) -> tuple[tuple[str, ...], list[tuple[str, list]]]:
+    """The results table: its metric columns and, for each split that has metrics, its formatted values."""
     present = [(name, m) for name, m in rows if m]
     multi = any("micro_f1" in m for _, m in present)
     keys = ("micro_f1", "macro_f1", "subset_accuracy", "hamming_loss", "loss", "num_examples") if multi else None
     keys = keys or ("accuracy", "macro_f1", "loss", "num_examples")
-    if not present:
-        return []
-    lines = ["| split | " + " | ".join(keys) + " |", "| --- |" + " --- |" * len(keys)]
-    for name, m in present:
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k, "")) for k in keys) + " |")
-    return lines
+    return keys, [(name, [_fmt(m.get(k, "")) for k in keys]) for name, m in present]
 
 
 def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None = None) -> str:
-    """The card as Markdown. ``run_info`` (from a training run) may hold ``base_model``, ``data`` (split name ->
-    source), ``config`` (YAML text), ``validation`` and ``test`` (metric dicts), ``checkpoint`` (which one this is),
-    ``thresholds`` (multi-label: the folder's, when they are not the model's in memory)."""
+    """The card as Markdown, rendered from ``templates/model_card.md``. ``run_info`` (from a training run) may hold
+    ``base_model``, ``data`` (split name -> source), ``config`` (YAML text), ``validation`` and ``test`` (metric
+    dicts), ``metrics_note``, ``checkpoint`` (which one this is), ``thresholds`` (multi-label: the folder's, when
+    they are not the model's in memory)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     info = run_info or {}
     spec = model.spec
-    head = " -> ".join([f"dropout({spec.dropout})"] + [f"Linear({h}) -> {spec.activation}" for h in spec.hidden_sizes])
     multi = model.multi_label
-    kind = f"multi-label text classifier over {len(spec.labels)} labels" if multi else None
-    kind = kind or f"{len(spec.labels)}-class text classifier"
     saved = info.get("thresholds") or model.thresholds or []
-    thresholds = ", ".join(f"`{label}` {t:.4g}" for label, t in zip(spec.labels, saved))
-    lines = [
-        "---",
-        "library_name: bertcls",
-        "pipeline_tag: text-classification",
-        "tags: [bertcls, text-classification]",
-        "---",
-        "",
-        "# Text classifier (bertcls)",
-        "",
-        f"A {kind} fine-tuned with bertcls."
-        + (f" This is the {info['checkpoint']} checkpoint of a training run." if info.get("checkpoint") else ""),
-        "",
-        "## Model",
-        "",
-        f"- **Base model:** {_base_model(model, info)}",
-        f"- **Labels ({len(spec.labels)}):** " + ", ".join(f"`{label}`" for label in spec.labels),
-        f"- **Head:** {head} -> Linear({len(spec.labels)})" + (" -> sigmoid per label" if multi else ""),
-        *([f"- **Thresholds** (a label is predicted at probability >= its threshold): {thresholds}"] if multi else []),
-        f"- **Head initializer:** `{_init_name(spec.head_init)}` (bias: `{_init_name(spec.bias_init)}`)",
-        f"- **Pooling:** `{spec.pooling}`",
-        f"- **Dropout:** {spec.dropout}",
-        f"- **Hidden sizes:** {spec.hidden_sizes or 'none (a single linear layer)'}",
-        f"- **Mode:** {training_mode(model)}",
-        f"- **Max length:** {model.max_length} tokens",
-        "",
-    ]
-    if info.get("data"):
-        lines += ["## Training data", ""]
-        lines += [f"- **{split}:** `{source}`" for split, source in info["data"].items() if source]
-        lines.append("")
-    table = _metrics_table([("validation", info.get("validation")), ("test", info.get("test"))])
-    if table:
-        lines += ["## Results", ""]
-        if info.get("metrics_note"):
-            lines += [info["metrics_note"], ""]
-        lines += [*table, ""]
-        test = info.get("test") or {}
-        if "accuracy" in test:
-            lines += [f"Test accuracy: {test['accuracy']:.4f}", ""]
-    if info.get("config"):
-        lines += ["## Training config", "", "```yaml", str(info["config"]).rstrip(), "```", ""]
-    lines += [
-        "## Use",
-        "",
-        "```python",
-        "from bertcls import BertForTextClassification",
-        "",
-        'model = BertForTextClassification.from_pretrained("path/to/this/folder")',
-        'model.predict(["a gripping, beautiful film"])',
-        "```",
-        "",
-        'or `python -m bertcls.predict --checkpoint path/to/this/folder "some text"`.',
-        "",
-        "## Intended use and limits",
-        "",
-        f"Intended for classifying short texts into the labels above ({', '.join(spec.labels)}), in the language and "
-        "domain of the training data. It knows no other labels: "
-        + (
-            "every input gets each label whose probability reaches its threshold (possibly none). "
-            if multi
-            else "every input gets one of them, however unrelated. "
-        )
-        + f"Texts longer than {model.max_length} tokens are truncated. Accuracy on data unlike the training data "
-        "(other domains, languages, registers) is unknown and likely lower than the results above; it may reproduce "
-        "biases of the training data and of the base model. Check it on your own data before relying on it.",
-        "",
-    ]
-    return "\n".join(lines)
+    keys, rows = _metric_rows([("validation", info.get("validation")), ("test", info.get("test"))])
+    test = info.get("test") or {}
+    n = len(spec.labels)
+    head = [f"dropout({spec.dropout})"] + [f"Linear({h}) -> {spec.activation}" for h in spec.hidden_sizes]
+    metadata = ModelCardData(
+        library_name="bertcls", pipeline_tag="text-classification", tags=["bertcls", "text-classification"]
+    )
+    card = ModelCard.from_template(
+        metadata,
+        template_path=str(TEMPLATE),
+        kind=f"multi-label text classifier over {n} labels" if multi else f"{n}-class text classifier",
+        checkpoint=info.get("checkpoint"),
+        base_model=_base_model(model, info),
+        labels=spec.labels,
+        head=" -> ".join(head),
+        multi_label=multi,
+        thresholds=", ".join(f"`{label}` {t:.4g}" for label, t in zip(spec.labels, saved)),
+        head_init=_init_name(spec.head_init),
+        bias_init=_init_name(spec.bias_init),
+        pooling=spec.pooling,
+        dropout=spec.dropout,
+        hidden_sizes=spec.hidden_sizes or "none (a single linear layer)",
+        mode=training_mode(model),
+        max_length=model.max_length,
+        data={split: source for split, source in (info.get("data") or {}).items() if source},
+        metric_keys=keys,
+        metric_rows=rows,
+        metrics_note=info.get("metrics_note"),
+        test_accuracy=f"{test['accuracy']:.4f}" if "accuracy" in test else None,
+        config=str(info["config"]).rstrip() if info.get("config") else None,
+    )
+    return str(card)
 
 
 def write_model_card(
