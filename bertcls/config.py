@@ -436,8 +436,12 @@ def to_yaml(cfg: Config) -> str:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Each field's docstring (the string literal right under it, as in litgpt's config), whitespace collapsed."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    """Each field's docstring (the string literal right under it, as in litgpt's config), whitespace collapsed;
+    empty where the source is not installed (only .pyc files)."""
+    try:
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    except OSError:
+        return {}
     return {
         node.target.id: " ".join(after.value.value.split())
         for node, after in zip(body, body[1:])
@@ -467,7 +471,7 @@ def _options() -> Iterator[tuple[str, type, list[tuple[str, str, str]]]]:
         yield (
             section.name,
             cls,
-            [(f"{section.name}.{f.name}", _default(f), docs[f.name]) for f in dataclasses.fields(cls)],
+            [(f"{section.name}.{f.name}", _default(f), docs.get(f.name, "")) for f in dataclasses.fields(cls)],
         )
 
 
