@@ -22,8 +22,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from bertcls.atomic import atomic_file
-from bertcls.data import Split, encode, iter_length_sorted_batches
-from bertcls.precision import autocast
+from bertcls.data import Split, encode
+from bertcls.inference import gather_padded, predict_rows, torch_runner
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_DIR = Path(os.environ.get("BERTCLS_CACHE", Path.home() / ".cache" / "bertcls" / "features"))
@@ -86,28 +86,29 @@ def compute_features(
     The backbone runs under ``precision`` autocast (the run's mixed precision); features are stored in float32.
     """
     model.eval()
-    device = accelerator.device
     indices = list(range(len(split)))
     with accelerator.split_between_processes(indices) as mine:
         mine = list(mine)
         texts = [split.texts[i] for i in mine]
         pairs = [split.text_pairs[i] for i in mine] if split.text_pairs is not None else None
-        encoded = encode(model.tokenizer, texts, pairs, max_length, getattr(model, "truncation", "head"))
-        pad_id = model.tokenizer.pad_token_id or 0
-        local = torch.empty(len(mine), model.backbone.config.hidden_size)
+        rows = encode(model.tokenizer, texts, pairs, max_length, getattr(model, "truncation", "head"))
         bar = tqdm(total=len(mine), desc="features", unit="text", disable=not accelerator.is_main_process, leave=False)
-        for idx, batch in iter_length_sorted_batches(encoded, batch_size, pad_id):
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            with autocast(device.type, precision):
-                local[idx] = model.features(**batch).float().cpu()
-            bar.update(len(idx))
+        forward = torch_runner(lambda batch: model.features(**batch), accelerator.device, precision)
+
+        def run_batch(batch):
+            bar.update(len(batch["input_ids"]))
+            return forward(batch)
+
+        local = torch.from_numpy(
+            predict_rows(
+                rows, batch_size, model.tokenizer.pad_token_id or 0, run_batch, model.backbone.config.hidden_size
+            )
+        )
         bar.close()
-        local_index = torch.tensor(mine, dtype=torch.long)
     if accelerator.num_processes == 1:
         return local
-    local, local_index = local.to(device), local_index.to(device)
-    padded = accelerator.pad_across_processes((local, local_index), dim=0, pad_index=-1)
-    feats, index = accelerator.gather(padded)
+    device = accelerator.device
+    feats, index = gather_padded(accelerator, local.to(device), torch.tensor(mine, dtype=torch.long, device=device))
     out = torch.empty(len(split), local.shape[1])
     keep = index >= 0
     out[index[keep].cpu()] = feats[keep].cpu()

@@ -11,12 +11,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from bertcls.errors import BertclsError, label_set, some
-from bertcls.long_texts import (
-    TRUNCATIONS,  # noqa: F401 (re-exported)
-    check_truncation,
-    truncated_positions,
-    window_positions,
-)
+from bertcls.inference import length_sorted_batches, select_tokens
+from bertcls.long_texts import TRUNCATIONS, check_truncation  # noqa: F401 (re-exported)
 from bertcls.multilabel import DEFAULT_DELIMITER, multi_hot, parse_label_set
 from bertcls.tables import COMPRESSIONS, FORMATS, _missing_column, read_table  # noqa: F401 (re-exported)
 
@@ -187,12 +183,7 @@ def encode(
         out = tokenizer(list(texts), pairs, truncation=True, max_length=max_length, padding=False)
         return {k: out[k] for k in _keys(out)}
     out = tokenizer(list(texts), pairs, truncation=False, padding=False, verbose=False)
-    encoded: dict[str, list[list[int]]] = {k: [] for k in _keys(out)}
-    for i in range(len(texts)):
-        keep = truncated_positions(out.sequence_ids(i), max_length, truncation)
-        for k in encoded:
-            encoded[k].append([out[k][i][j] for j in keep])
-    return encoded
+    return select_tokens({k: out[k] for k in _keys(out)}, out.sequence_ids, max_length, truncation)[0]
 
 
 def encode_windows(
@@ -207,14 +198,8 @@ def encode_windows(
     """
     pairs = list(text_pairs) if text_pairs is not None else None
     out = tokenizer(list(texts), pairs, truncation=False, padding=False, verbose=False)
-    encoded: dict[str, list[list[int]]] = {k: [] for k in _keys(out)}
-    doc_ids: list[int] = []
-    for i in range(len(texts)):
-        for keep in window_positions(out.sequence_ids(i), max_length, stride, i):
-            for k in encoded:
-                encoded[k].append([out[k][i][j] for j in keep])
-            doc_ids.append(i)
-    return encoded, doc_ids
+    encoded, doc_ids = select_tokens({k: out[k] for k in _keys(out)}, out.sequence_ids, max_length, stride=stride)
+    return encoded, doc_ids or []
 
 
 def _keys(out) -> list[str]:
@@ -396,12 +381,6 @@ class BalancedBatchSampler(EpochSampler):
         draws = torch.multinomial(self.weights, len(self.labels), replacement=True, generator=self.generator()).tolist()
         for i in range(0, len(draws), self.batch_size):
             yield draws[i : i + self.batch_size]
-
-
-def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Batches over indices sorted by length (longest first), for evaluation; callers restore input order."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def iter_length_sorted_batches(

@@ -1,21 +1,119 @@
-"""Batched prediction over a DataLoader of length-sorted batches, across one process or many, in input order.
+"""One inference path: the tokens a model reads, length-sorted batches, input order restored, windows averaged.
 
-Training's evaluation and its test split use it; every item carries its index, so rows are put back in input order
-and the windows of a long text are averaged into one row.
+Every prediction in bertcls goes through here: ``model.predict_proba`` (and so ``evaluate`` and ``predict``), the
+feature pass of the cache, the ONNX predictor (its own tokenizer and session, the same rows and batches), and
+training's evaluation over accelerate's sharded loaders (``predict_loader``: gathered across processes). Importing
+this module loads neither torch nor transformers, so the ONNX predictor stays free of both; the functions that need
+torch import it themselves.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
-from bertcls.data import length_sorted_batches
-from bertcls.long_texts import mean_of_windows
-from bertcls.tasks import Task
+from bertcls.long_texts import mean_of_windows, truncated_positions, window_positions
+
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+Rows = dict[str, list[list[int]]]  # token columns, one list of ids per row the model reads
+
+# ---------------------------------------------------------------- rows and batches (no torch)
 
 
-def make_eval_loader(ds, batch_size: int, pin: bool) -> DataLoader:
+def select_tokens(
+    columns: Rows,
+    sequence_ids: Callable[[int], Sequence[int | None]],
+    max_length: int,
+    truncation: str = "head",
+    stride: int = 0,
+) -> tuple[Rows, list[int] | None]:
+    """The rows a model reads from whole (untruncated) encodings: per text its ``truncation`` of at most
+    ``max_length`` tokens, or with ``stride`` its windows; plus, with windows, each row's text index."""
+    out: Rows = {k: [] for k in columns}
+    doc_ids: list[int] = []
+    for i in range(len(columns["input_ids"])):
+        seq = sequence_ids(i)
+        kept = (
+            window_positions(seq, max_length, stride, i)
+            if stride
+            else [truncated_positions(seq, max_length, truncation)]
+        )
+        for keep in kept:
+            for k, column in columns.items():
+                out[k].append([column[i][j] for j in keep])
+            doc_ids.append(i)
+    return out, (doc_ids if stride else None)
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches over indices sorted by length (longest first), for evaluation; callers restore input order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_rows(rows: Rows, idx: Sequence[int], pad_id: int) -> dict[str, np.ndarray]:
+    """Rows ``idx`` padded to the longest of them, as int64 arrays."""
+    width = max(len(rows["input_ids"][i]) for i in idx)
+    batch = {}
+    for key, fill in zip(TOKEN_KEYS, (pad_id, 0, 0), strict=True):
+        if key in rows:
+            a = np.full((len(idx), width), fill, dtype=np.int64)
+            for r, i in enumerate(idx):
+                a[r, : len(rows[key][i])] = rows[key][i]
+            batch[key] = a
+    return batch
+
+
+def predict_rows(
+    rows: Rows, batch_size: int, pad_id: int, run_batch: Callable[[dict[str, np.ndarray]], np.ndarray], width: int
+) -> np.ndarray:
+    """``run_batch`` (a padded batch -> (batch, ``width``) float array) over length-sorted batches of ``rows``;
+    returns every row's output in input order, as float32."""
+    lengths = [len(ids) for ids in rows["input_ids"]]
+    out = np.empty((len(lengths), width), dtype=np.float32)
+    for idx in length_sorted_batches(lengths, batch_size):
+        out[idx] = run_batch(pad_rows(rows, idx, pad_id))
+    return out
+
+
+def predict_texts(
+    rows: Rows, doc_ids: list[int] | None, num_texts: int, batch_size: int, pad_id: int, run_batch, width: int
+) -> np.ndarray:
+    """``predict_rows`` per text: a long text read as windows gets the mean of its windows' probabilities."""
+    probs = predict_rows(rows, batch_size, pad_id, run_batch, width)
+    return probs if doc_ids is None else mean_of_windows(probs, doc_ids, num_texts)
+
+
+# ---------------------------------------------------------------- torch: models, and loaders across processes
+
+
+def torch_runner(forward: Callable[[dict[str, Any]], Any], device, precision: str = "no"):
+    """``run_batch`` for ``predict_rows`` from ``forward`` (a tensor batch on ``device`` -> float tensor), under
+    ``precision`` autocast, in inference mode."""
+    import torch
+
+    from bertcls.precision import autocast
+
+    def run_batch(batch: dict[str, np.ndarray]) -> np.ndarray:
+        tensors = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.inference_mode(), autocast(device.type, precision):
+            return forward(tensors).float().cpu().numpy()
+
+    return run_batch
+
+
+def gather_padded(accelerator, *tensors):
+    """Tensors of every process, concatenated; each process's are padded to a common length first (with -1, so
+    an index tensor marks the padding)."""
+    return accelerator.gather(accelerator.pad_across_processes(tensors, dim=0, pad_index=-1))
+
+
+def make_eval_loader(ds, batch_size: int, pin: bool):
+    import torch
+    from torch.utils.data import DataLoader
+
     # Length-sorted batches; every item carries its index so predictions are put back in input order.
     return DataLoader(
         ds,
@@ -26,20 +124,17 @@ def make_eval_loader(ds, batch_size: int, pin: bool) -> DataLoader:
     )
 
 
-def forward_tokens(module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def forward_tokens(module, batch):
     """Logits of the whole model on a tokenized batch."""
     return module(**batch).logits
 
 
-def forward_features(module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def forward_features(module, batch):
     """Logits of the head alone on a batch of cached backbone features."""
     return module(batch["features"])
 
 
-@torch.inference_mode()
-def predict_loader(
-    model, loader: DataLoader, accelerator, n: int, forward, task: Task
-) -> tuple[np.ndarray, np.ndarray, int]:
+def predict_loader(model, loader, accelerator, n: int, forward, task) -> tuple[np.ndarray, np.ndarray, int]:
     """Probabilities and gold labels (indices, or multi-hot rows for a multi-label task) for all ``n`` examples in
     input order, gathered across processes.
 
@@ -48,33 +143,35 @@ def predict_loader(
     kept by their example index: every example counts exactly once. Results go to CPU at once, so accelerator
     memory does not grow with the dataset. Also returns how many distinct examples were seen.
     """
+    import torch
+
     model.eval()
     probs: np.ndarray | None = None
     gold: np.ndarray | None = None
     seen = np.zeros(n, dtype=bool)
-    for batch in loader:
-        index = batch.pop("index")
-        labels = batch.pop("labels", None)
-        logits = forward(model, batch).float()
-        if labels is None:
-            labels = torch.full_like(index, -1)
-        if accelerator.num_processes > 1:
-            padded = accelerator.pad_across_processes((logits, labels, index), dim=0, pad_index=-1)
-            logits, labels, index = accelerator.gather(padded)
-        index = index.cpu().numpy()
-        keep = index >= 0
-        index = index[keep]
-        if probs is None:
-            probs = np.zeros((n, logits.shape[-1]), dtype=np.float32)
-            gold = np.full((n, *labels.shape[1:]), -1, dtype=np.int64)
-        probs[index] = task.probabilities(logits).cpu().numpy()[keep]
-        gold[index] = labels.cpu().numpy()[keep]
-        seen[index] = True
+    with torch.inference_mode():
+        for batch in loader:
+            index = batch.pop("index")
+            labels = batch.pop("labels", None)
+            logits = forward(model, batch).float()
+            if labels is None:
+                labels = torch.full_like(index, -1)
+            if accelerator.num_processes > 1:
+                logits, labels, index = gather_padded(accelerator, logits, labels, index)
+            index = index.cpu().numpy()
+            keep = index >= 0
+            index = index[keep]
+            if probs is None:
+                probs = np.zeros((n, logits.shape[-1]), dtype=np.float32)
+                gold = np.full((n, *labels.shape[1:]), -1, dtype=np.int64)
+            probs[index] = task.probabilities(logits).cpu().numpy()[keep]
+            gold[index] = labels.cpu().numpy()[keep]
+            seen[index] = True
     assert probs is not None and gold is not None, "evaluation loader yielded no batches"
     return probs, gold, int(seen.sum())
 
 
-def split_predictions(model, loader, accelerator, ds, forward, task: Task) -> tuple[np.ndarray, np.ndarray, int]:
+def split_predictions(model, loader, accelerator, ds, forward, task) -> tuple[np.ndarray, np.ndarray, int]:
     """``predict_loader`` per text: the windows of a long text are averaged into one row."""
     probs, gold, gathered = predict_loader(model, loader, accelerator, len(ds), forward, task)
     doc_ids = getattr(ds, "doc_ids", None)
@@ -85,7 +182,7 @@ def split_predictions(model, loader, accelerator, ds, forward, task: Task) -> tu
     return probs, gold, gathered
 
 
-def split_metrics(task: Task, probs: np.ndarray, gold: np.ndarray, gathered: int, thresholds=None) -> dict[str, float]:
+def split_metrics(task, probs: np.ndarray, gold: np.ndarray, gathered: int, thresholds=None) -> dict[str, float]:
     """The task's validation metrics (multi-label: at ``thresholds``) and how many examples they cover."""
     result = task.metrics_of(gold, probs, thresholds)
     result["num_examples"] = gathered

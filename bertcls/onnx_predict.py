@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 
 from bertcls.errors import BertclsError
-from bertcls.long_texts import check_truncation, mean_of_windows, truncated_positions, window_positions
-from bertcls.multilabel import DEFAULT_DELIMITER, check_task, check_thresholds, prediction_dicts, sigmoid
+from bertcls.inference import Rows, predict_texts, select_tokens
+from bertcls.long_texts import check_truncation
+from bertcls.multilabel import DEFAULT_DELIMITER, check_task, check_thresholds
+from bertcls.tasks import get_task
 
 ONNX_CONFIG_NAME = "bertcls_onnx.json"
 ONNX_MODEL_NAME = "model.onnx"
@@ -31,12 +33,6 @@ ONNX_FORMAT_VERSION = 2
 def is_onnx_export(path: str | os.PathLike) -> bool:
     """True when ``path`` is a folder written by ``bertcls.export --format onnx``."""
     return (Path(path).expanduser() / ONNX_CONFIG_NAME).is_file()
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
 
 
 class OnnxClassifier:
@@ -140,27 +136,23 @@ class OnnxClassifier:
     def label_delimiter(self) -> str:
         return str(self.config.get("label_delimiter") or DEFAULT_DELIMITER)
 
-    def _encode(
-        self, texts: Sequence[str], text_pairs: Sequence[str] | None
-    ) -> tuple[list[tuple[list[int], list[int], list[int]]], list[int] | None]:
-        """Rows of (ids, attention mask, token types) as ``model.predict`` builds them: one per text, or with windows
-        one per window, plus each window's text index (None without windows)."""
+    def _encode(self, texts: Sequence[str], text_pairs: Sequence[str] | None) -> tuple[Rows, list[int] | None]:
+        """The rows ``model.predict`` reads (``bertcls.inference.select_tokens``): one per text, or with windows one
+        per window, plus each window's text index (None without windows)."""
         if text_pairs is not None and len(text_pairs) != len(texts):
             raise BertclsError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
         inputs = list(texts) if text_pairs is None else list(zip(texts, text_pairs))
         encodings = self.tokenizer.encode_batch(inputs)
+        columns = {
+            "input_ids": [e.ids for e in encodings],
+            "attention_mask": [e.attention_mask for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings],
+        }
         if self.truncation == "head" and not self.window_stride:  # truncated by the tokenizer already
-            return [(e.ids, e.attention_mask, e.type_ids) for e in encodings], None
-        rows, doc_ids = [], []
-        for i, e in enumerate(encodings):
-            if self.window_stride:
-                kept = window_positions(e.sequence_ids, self.max_length, self.window_stride, i)
-            else:
-                kept = [truncated_positions(e.sequence_ids, self.max_length, self.truncation)]
-            for keep in kept:
-                rows.append(tuple([column[j] for j in keep] for column in (e.ids, e.attention_mask, e.type_ids)))
-                doc_ids.append(i)
-        return rows, doc_ids if self.window_stride else None
+            return columns, None
+        return select_tokens(
+            columns, lambda i: encodings[i].sequence_ids, self.max_length, self.truncation, self.window_stride
+        )
 
     def predict_proba(
         self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
@@ -168,27 +160,14 @@ class OnnxClassifier:
         """Class probabilities (multi-label: a sigmoid per label), (len(texts), num_labels) as float32, in input order.
         Batches are grouped by length; long texts are truncated, or read as windows whose probabilities are averaged,
         as the exported model was trained to read them."""
-        encodings, doc_ids = self._encode(texts, text_pairs)
-        probs = np.empty((len(encodings), self.num_labels), dtype=np.float32)
-        order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i][0]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            width = max(len(encodings[i][0]) for i in idx)
-            batch = {
-                "input_ids": np.full((len(idx), width), self.pad_id, dtype=np.int64),
-                "attention_mask": np.zeros((len(idx), width), dtype=np.int64),
-                "token_type_ids": np.zeros((len(idx), width), dtype=np.int64),
-            }
-            for row, i in enumerate(idx):
-                ids, mask, types = encodings[i]
-                n = len(ids)
-                batch["input_ids"][row, :n] = ids
-                batch["attention_mask"][row, :n] = mask
-                batch["token_type_ids"][row, :n] = types
+        rows, doc_ids = self._encode(texts, text_pairs)
+        task = get_task(self.task)
+
+        def run_batch(batch: dict[str, np.ndarray]) -> np.ndarray:
             (logits,) = self.session.run(["logits"], {k: batch[k] for k in self.input_names})
-            logits = logits.astype(np.float32)
-            probs[idx] = sigmoid(logits) if self.multi_label else _softmax(logits)
-        return probs if doc_ids is None else mean_of_windows(probs, doc_ids, len(texts))
+            return task.numpy_probabilities(logits.astype(np.float32))
+
+        return predict_texts(rows, doc_ids, len(texts), batch_size, self.pad_id, run_batch, self.num_labels)
 
     def predict(
         self, texts: str | Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64
@@ -197,12 +176,5 @@ class OnnxClassifier:
         multi-label export every label at or above its threshold: ``[{"labels": [...], "scores": [...], ...}]``."""
         if isinstance(texts, str):
             texts = [texts]
-        labels = self.labels
         rows = self.predict_proba(list(texts), text_pairs, batch_size).tolist()
-        if self.multi_label:
-            return prediction_dicts(rows, labels, self.config["thresholds"])
-        out = []
-        for row in rows:
-            top = max(range(len(row)), key=row.__getitem__)
-            out.append({"label": labels[top], "score": row[top], "probabilities": dict(zip(labels, row, strict=True))})
-        return out
+        return get_task(self.task).prediction_dicts(rows, self.labels, self.thresholds)

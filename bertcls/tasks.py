@@ -12,6 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 
 class Task:
     """What single- and multi-label classification share; the two subclasses fill in the differences."""
@@ -70,6 +72,11 @@ class SingleLabel(Task):
     def probabilities(self, logits):
         return logits.float().softmax(-1)
 
+    def numpy_probabilities(self, logits):
+        z = logits - logits.max(-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(-1, keepdims=True)
+
     def build_loss(self, loss_cfg, labels: Sequence[str], train_targets, log):
         """``(loss_fn, loss_weight)``: cross-entropy with ``loss.class_weights`` and ``loss.label_smoothing``."""
         from bertcls import losses
@@ -127,6 +134,11 @@ class MultiLabel(Task):
 
     def probabilities(self, logits):
         return logits.float().sigmoid()
+
+    def numpy_probabilities(self, logits):
+        from bertcls.multilabel import sigmoid
+
+        return sigmoid(logits)
 
     def build_loss(self, loss_cfg, labels: Sequence[str], train_targets, log):
         """``(loss_fn, loss_weight)``: binary cross-entropy per label with ``loss.pos_weight``."""
