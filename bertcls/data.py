@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from bertcls.errors import BertclsError, label_set, some
-from bertcls.inference import length_sorted_batches, select_tokens
+from bertcls.inference import select_tokens
 from bertcls.long_texts import TRUNCATIONS, check_truncation  # noqa: F401 (re-exported)
 from bertcls.multilabel import DEFAULT_DELIMITER, multi_hot, parse_label_set
 from bertcls.tables import COMPRESSIONS, FORMATS, _missing_column, read_table  # noqa: F401 (re-exported)
@@ -381,12 +381,3 @@ class BalancedBatchSampler(EpochSampler):
         draws = torch.multinomial(self.weights, len(self.labels), replacement=True, generator=self.generator()).tolist()
         for i in range(0, len(draws), self.batch_size):
             yield draws[i : i + self.batch_size]
-
-
-def iter_length_sorted_batches(
-    encoded: dict[str, list[list[int]]], batch_size: int, pad_id: int
-) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
-    """Yield (input indices, padded batch) over length-sorted batches of an ``encode`` result."""
-    lengths = [len(ids) for ids in encoded["input_ids"]]
-    for idx in length_sorted_batches(lengths, batch_size):
-        yield idx, pad_batch([{k: v[i] for k, v in encoded.items()} for i in idx], pad_id)

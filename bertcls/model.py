@@ -27,13 +27,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from bertcls.errors import BertclsError
 from bertcls.init import InitSpec, apply_init, init_tensor, parse_init, warn_if_symmetric
-from bertcls.multilabel import (
-    DEFAULT_DELIMITER,
-    DEFAULT_THRESHOLD,
-    check_task,
-    check_thresholds,
-    prediction_dicts,
-)
+from bertcls.multilabel import DEFAULT_DELIMITER, DEFAULT_THRESHOLD, check_task, check_thresholds
+from bertcls.tasks import get_task
 
 # ---------------------------------------------------------------- pooling registry
 
@@ -336,20 +331,15 @@ class BertForTextClassification(nn.Module):
         labels: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput:
         logits = self.head(self.features(input_ids, attention_mask, token_type_ids))
-        loss = None
-        if labels is not None and self.multi_label:
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
-        elif labels is not None:
-            loss = nn.functional.cross_entropy(logits.float(), labels)
+        loss = None if labels is None else get_task(self.task).plain_loss(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits to probabilities in float32: softmax over labels, or a sigmoid per label for multi-label."""
-        return probabilities(logits, self.spec.task)
+        return get_task(self.task).probabilities(logits)
 
     # -- prediction
 
-    @torch.inference_mode()
     def predict_proba(
         self,
         texts: Sequence[str],
@@ -361,30 +351,26 @@ class BertForTextClassification(nn.Module):
         are grouped by length; long texts are truncated (or read as windows) as the model was trained
         (``model.truncation``, ``model.window_stride``). ``precision``: ``no`` (full), ``bf16``, ``fp16``, or
         ``auto`` (bf16 where the model's device has it, as training's ``mixed_precision: auto``)."""
-        from bertcls.data import encode, encode_windows, iter_length_sorted_batches
-        from bertcls.long_texts import mean_of_windows
-        from bertcls.precision import autocast, check_precision, resolve
+        from bertcls.data import encode, encode_windows
+        from bertcls.inference import predict_texts, torch_runner
+        from bertcls.precision import check_precision, resolve
 
         check_precision(precision)
-
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        precision = resolve(precision, device.type)
         doc_ids = None
         if self.window_stride:
-            encoded, doc_ids = encode_windows(self.tokenizer, texts, text_pairs, self.max_length, self.window_stride)
+            rows, doc_ids = encode_windows(self.tokenizer, texts, text_pairs, self.max_length, self.window_stride)
         else:
-            encoded = encode(self.tokenizer, texts, text_pairs, self.max_length, self.truncation)
-        probs = torch.empty(len(encoded["input_ids"]), self.num_labels)
-        for idx, batch in iter_length_sorted_batches(encoded, batch_size, self.tokenizer.pad_token_id or 0):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast(device.type, precision):
-                logits = self(**batch).logits
-            probs[idx] = self.probabilities(logits).cpu()
+            rows = encode(self.tokenizer, texts, text_pairs, self.max_length, self.truncation)
+        run_batch = torch_runner(
+            lambda b: self.probabilities(self(**b).logits), device, resolve(precision, device.type)
+        )
+        pad_id = self.tokenizer.pad_token_id or 0
+        probs = predict_texts(rows, doc_ids, len(texts), batch_size, pad_id, run_batch, self.num_labels)
         self.train(was_training)
-        # A long text read as windows gets the mean of its windows' probabilities.
-        return probs if doc_ids is None else torch.from_numpy(mean_of_windows(probs.numpy(), doc_ids, len(texts)))
+        return torch.from_numpy(probs)
 
     def predict(
         self,
@@ -403,19 +389,7 @@ class BertForTextClassification(nn.Module):
         if isinstance(texts, str):
             texts = [texts]
         probs = self.predict_proba(list(texts), text_pairs, batch_size, precision)
-        if self.multi_label:
-            return prediction_dicts(probs.tolist(), self.labels, self._thresholds)
-        out = []
-        for row in probs.tolist():
-            top = max(range(len(row)), key=row.__getitem__)
-            out.append(
-                {
-                    "label": self.labels[top],
-                    "score": row[top],
-                    "probabilities": dict(zip(self.labels, row, strict=True)),
-                }
-            )
-        return out
+        return get_task(self.task).prediction_dicts(probs.tolist(), self.labels, self._thresholds)
 
     # -- saving and loading (bertcls.serialization)
 
@@ -439,11 +413,6 @@ class BertForTextClassification(nn.Module):
         from bertcls.serialization import from_pretrained
 
         return from_pretrained(name_or_path, labels, **options)
-
-
-def probabilities(logits: torch.Tensor, task: str = "single_label") -> torch.Tensor:
-    """Logits to float32 probabilities: softmax over the labels, or for ``multi_label`` a sigmoid per label."""
-    return logits.float().sigmoid() if task == "multi_label" else logits.float().softmax(-1)
 
 
 def load_checkpoint(path: str | os.PathLike) -> BertForTextClassification:

@@ -72,6 +72,12 @@ class SingleLabel(Task):
     def probabilities(self, logits):
         return logits.float().softmax(-1)
 
+    def plain_loss(self, logits, labels):
+        """Mean cross-entropy in float32 (what the model's forward returns with labels)."""
+        import torch
+
+        return torch.nn.functional.cross_entropy(logits.float(), labels)
+
     def numpy_probabilities(self, logits):
         z = logits - logits.max(-1, keepdims=True)
         e = np.exp(z)
@@ -134,6 +140,12 @@ class MultiLabel(Task):
 
     def probabilities(self, logits):
         return logits.float().sigmoid()
+
+    def plain_loss(self, logits, labels):
+        """Mean binary cross-entropy in float32 (what the model's forward returns with labels)."""
+        import torch
+
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
     def numpy_probabilities(self, logits):
         from bertcls.multilabel import sigmoid

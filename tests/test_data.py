@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from bertcls import BertclsError, LengthGroupedBatchSampler, TextClassificationDataset, load_split
-from bertcls.data import build_labels, label_ids, length_sorted_batches, split_validation
+from bertcls.data import build_labels, label_ids, split_validation
+from bertcls.inference import length_sorted_batches
 
 from .conftest import make_rows, write_csv
 
