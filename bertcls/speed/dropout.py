@@ -94,6 +94,7 @@ def use_fast_dropout(module: nn.Module) -> int:
             parent.set_attn_implementation(ATTENTION)
         for name, child in list(parent.named_children()):
             if type(child) is nn.Dropout:
-                setattr(parent, name, FastDropout(child.p, child.inplace))
+                # in the mode of the one it replaces: applied to a model in eval mode, dropout stays off
+                setattr(parent, name, FastDropout(child.p, child.inplace).train(child.training))
                 replaced += 1
     return replaced
