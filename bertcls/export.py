@@ -141,24 +141,7 @@ def export_onnx(
         model.tokenizer.save_pretrained(tmp)
         if not (tmp / TOKENIZER_FILE).is_file():
             raise BertclsError("the checkpoint's tokenizer wrote no tokenizer.json; ONNX export needs a fast tokenizer")
-        config = {
-            "format_version": EXPORT_FORMAT_VERSION,
-            "labels": model.labels,
-            "max_length": model.max_length,
-            # How a text longer than max_length is read; OnnxClassifier applies both as model.predict does.
-            "truncation": model.truncation,
-            "window_stride": model.window_stride,
-            "pooling": model.spec.pooling,
-            "task": model.task,
-            **({"thresholds": model.thresholds, "label_delimiter": model.label_delimiter} if model.multi_label else {}),
-            "inputs": list(batch),
-            "outputs": ["logits"],
-            "pad_token_id": model.tokenizer.pad_token_id or 0,
-            "model_file": ONNX_MODEL_NAME,
-            "quantization": quantize,
-            "backbone": model.backbone.config.model_type,
-            "exported_from": str(checkpoint) if not isinstance(checkpoint, BertForTextClassification) else None,
-        }
+        config = _onnx_config(model, list(batch), quantize, checkpoint)
         (tmp / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2))
         with torch.inference_mode():
             expected = model(**batch).logits.numpy()
@@ -188,6 +171,33 @@ def export_onnx(
     elif quantize:
         say("int8 quantization: give --data FILE to measure its accuracy change")
     return config
+
+
+def _onnx_config(
+    model: BertForTextClassification,
+    inputs: list[str],
+    quantize: str | None,
+    checkpoint: str | os.PathLike | BertForTextClassification,
+) -> dict[str, Any]:
+    """What ``bertcls_onnx.json`` records: how OnnxClassifier reads texts, feeds the graph and decides."""
+    return {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "labels": model.labels,
+        "max_length": model.max_length,
+        # How a text longer than max_length is read; OnnxClassifier applies both as model.predict does.
+        "truncation": model.truncation,
+        "window_stride": model.window_stride,
+        "pooling": model.spec.pooling,
+        "task": model.task,
+        **({"thresholds": model.thresholds, "label_delimiter": model.label_delimiter} if model.multi_label else {}),
+        "inputs": inputs,
+        "outputs": ["logits"],
+        "pad_token_id": model.tokenizer.pad_token_id or 0,
+        "model_file": ONNX_MODEL_NAME,
+        "quantization": quantize,
+        "backbone": model.backbone.config.model_type,
+        "exported_from": str(checkpoint) if not isinstance(checkpoint, BertForTextClassification) else None,
+    }
 
 
 def _torch_to_onnx(module: nn.Module, batch: dict[str, torch.Tensor], path: Path) -> None:

@@ -19,7 +19,7 @@ import time
 import torch
 from accelerate import Accelerator
 
-from bertcls import BertForTextClassification
+from bertcls import BertForTextClassification, speed
 from bertcls.cache import compute_features
 from bertcls.config import load_config
 from bertcls.train import load_data, resolve_mixed_precision, train
@@ -31,6 +31,7 @@ def forward_pass_seconds(cfg) -> float:
     data = load_data(cfg)
     start = time.perf_counter()
     model = BertForTextClassification.from_pretrained(cfg.model.name_or_path, labels=data.labels)
+    speed.apply(model)  # as a training run computes its features
     model.to(accelerator.device)
     for split in (data.train, data.validation):
         compute_features(model, split, cfg.data.max_length, accelerator, precision)

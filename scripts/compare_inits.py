@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bertcls import BertForTextClassification
+from bertcls import BertForTextClassification, speed
 from bertcls.cache import load_or_compute
 from bertcls.config import load_config
 from bertcls.data import label_ids
@@ -59,6 +59,7 @@ def initial_stats(cfg, spec, seed: int, hidden: list[int]) -> tuple[float, float
         pooling=cfg.model.pooling,
         max_length=cfg.data.max_length,
     )
+    speed.apply(model)  # the features as a training run computes them
     cache_dir = Path(cfg.train.cache_dir)
     feats, _ = load_or_compute(model, data.validation, cfg.data.max_length, precision, accelerator, cache_dir)
     y = torch.tensor(label_ids(data.validation.labels, data.labels))
