@@ -80,8 +80,8 @@ def compute_features(
 ) -> torch.Tensor:
     """Pooled backbone outputs for every text of ``split`` (in order), each process doing its share.
 
-    Batches of 64 length-sorted texts: on a 2-core CPU (MiniLM, bf16) the frozen 3-epoch benchmark ran in 31 s at
-    64 against 36-39 s at 128, with a 60 MB lower peak (the longest batch's activations).
+    Batches of ``batch_size`` length-sorted texts; the default 64 beat 128 on CPU in time and in peak memory (the
+    longest batch's activations) (docs/benchmarks.md, "Levers").
 
     The backbone runs under ``precision`` autocast (the run's mixed precision); features are stored in float32.
     """

@@ -68,7 +68,8 @@ def load_split(
         raise _missing_column(str(label_column), columns, source, option("label_column"))
     if len(table) == 0:
         raise BertclsError(f"{source} has a header but no rows")
-    # Straight from the Arrow columns: iterating a datasets column formats row by row (~100x slower).
+    # Straight from the Arrow columns: iterating a datasets column formats row by row, far slower (docs/benchmarks.md,
+    # "Levers").
     column = lambda name: table.data.column(name).to_pylist()  # noqa: E731
     texts = ["" if t is None else str(t) for t in column(text_column)]
     pairs = ["" if t is None else str(t) for t in column(text_pair_column)] if text_pair_column else None

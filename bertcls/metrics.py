@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-# scikit-learn (with scipy) adds about 140 MB to a process: the metrics a training run tracks are computed here with
-# numpy alone (tests hold them equal to sklearn's), and sklearn is imported only for the full evaluation report.
+# scikit-learn (with scipy) holds a lot of resident memory (docs/benchmarks.md, "Levers"): the metrics a training run
+# tracks are computed here with numpy alone (tests hold them equal to sklearn's), and sklearn is imported only for the
+# full evaluation report.
 
 
 def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:

@@ -1,10 +1,9 @@
 """Run training under jemalloc when the machine has it: flat, lower memory on CPU, and no page faults per batch.
 
 With glibc's malloc a CPU training process keeps growing: batches of different lengths leave the heap fragmented, so
-resident memory climbs for the whole run (measured on MiniLM, bf16, 1.5 epochs: from about 1.0 GB after the first
-steps to a 2.2 GB peak; the Hugging Face Trainer's process climbs the same way, to 2.0 GB). Under jemalloc the same run
-stays between 1.5 and 1.6 GB and peaks at 1.7 GB, at the same speed. This is the allocator swap that PyTorch's own CPU
-launcher (``python -m torch.backends.xeon.run_cpu``) and Intel's tuning guide recommend.
+resident memory climbs for the whole run; under jemalloc it stays flat and lower, at the same speed (docs/benchmarks.md,
+"Levers"). This is the allocator swap that PyTorch's own CPU launcher (``python -m torch.backends.xeon.run_cpu``) and
+Intel's tuning guide recommend.
 
 An allocator can only be chosen when a process starts (``LD_PRELOAD``), so ``python -m bertcls.train`` re-runs itself
 once with jemalloc preloaded, before it has done any work, when a jemalloc library is found (Debian/Ubuntu:
@@ -14,12 +13,9 @@ once with jemalloc preloaded, before it has done any work, when a jemalloc libra
 
 The re-run also sets ``MALLOC_CONF`` (unless it is set). jemalloc 5.3 hands freed blocks above 8 MB
 (``oversize_threshold``) straight back to the kernel, and a batch's large activations are such blocks, freed and
-allocated again every step: each came back as fresh pages that the kernel had to fault in and zero. In fp32 evaluation
-of MiniLM the bias copy that starts every Linear layer and GELU's output spent about 10% of the time there. Switching
-the threshold off alone, or with a 30 s decay, did not stop it here; never purging (``dirty_decay_ms:-1``) did. The
-cost is that resident memory stays at the run's high-water mark instead of dipping between batches. Measured (MiniLM,
-2-core CPU): 150-step runs, fp32 training 78.0 / 69.7 -> 86.2 / 85.6 samples/s and evaluation 245.6 / 256.0 -> 302.9 /
-286.3, peak RSS +35 to +76 MB; bf16 within noise, peak +100 MB, still flat from 1x to 4x the data (README, "Levers").
+allocated again every step: each came back as fresh pages that the kernel had to fault in and zero. Never purging
+(``dirty_decay_ms:-1``) keeps them for reuse; the cost is that resident memory stays at the run's high-water mark
+instead of dipping between batches (docs/benchmarks.md, "Levers").
 
 The other half of CPU memory is oneDNN's primitive cache (see ``cap_primitive_cache``).
 """
@@ -37,8 +33,8 @@ ENV = "BERTCLS_ALLOCATOR"
 # oneDNN's own primitive cache, and the cache in front of it in PyTorch's oneDNN glue (ideep), which holds primitives
 # too: both have to be small for the memory to go.
 PRIMITIVE_CACHE_ENVS = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
-# One bf16 training step of a BERT-shaped model runs about 37 distinct oneDNN primitives; 128 holds a step and an
-# evaluation batch with room to spare.
+# 128 holds the primitives of a bf16 training step and an evaluation batch with room to spare (docs/benchmarks.md,
+# "Levers").
 PRIMITIVE_CACHE_CAPACITY = 128
 # Keep freed pages for reuse instead of returning them to the kernel (module docstring). Both options exist from
 # jemalloc 5.2 on; an older jemalloc would print a complaint about each one, so it gets none.
@@ -130,12 +126,11 @@ def cap_primitive_cache(capacity: int = PRIMITIVE_CACHE_CAPACITY) -> None:
     """Keep the caches of oneDNN primitives small, unless the user has sized them (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``,
     ``LRU_CACHE_CAPACITY``).
 
-    bf16 matmuls on CPU run as oneDNN primitives, one per shape, and a cached primitive holds about 0.4 MB. Length-
-    grouped batches come in dozens of sequence lengths, so with the default capacities (1024 each) resident memory grows
-    with every new length until the caches are full: that is why peak memory grew with the amount of training data
-    (MiniLM, bf16, 1 epoch on 1024 and 4096 texts: 1342 and 1602 MB; capped: 1091 and 1156 MB, at the same speed;
-    README, "Levers"). Both are read when the first primitive is made, so this works when called before the first bf16
-    matmul of the process and changes nothing afterwards.
+    bf16 matmuls on CPU run as oneDNN primitives, one per shape. Length-grouped batches come in dozens of sequence
+    lengths, so with the default capacities (1024 each) resident memory grows with every new length until the caches
+    are full, and peak memory grows with the amount of training data (docs/benchmarks.md, "Levers"). Both are read when
+    the first primitive is made, so this works when called before the first bf16 matmul of the process and changes
+    nothing afterwards.
     """
     for env in PRIMITIVE_CACHE_ENVS:
         os.environ.setdefault(env, str(capacity))

@@ -1,21 +1,18 @@
 """Dropout with a cheaper random mask on CPU (applied by ``bertcls.speed.apply``).
 
 torch's CPU dropout draws one random number per element (``bernoulli_``), and on small batches of short texts that
-draw is a visible part of a training step: about 9% of a MiniLM step on this project's 2-core CPU. Here one 64-bit
-draw over the full int64 range feeds four 16-bit lanes, so the mask costs a quarter of the draws, and the lanes are
-the mask's elements in memory order, with no copy. The keep probability is ``1 - p`` rounded to 1/65536 (for
-p = 0.1: 0.899994 instead of 0.9); the kept values are scaled by exactly ``1 / (1 - p)``, as ``nn.Dropout`` does.
-Measured with ``scripts/bench.py``: about 5% more training samples/s for MiniLM on 2 threads. (An earlier version
-used three lanes, because ``random_()`` with no range leaves an int64's top bit clear, and copied them out: a
-hidden-state dropout of MiniLM, batch 32 x 27 tokens, took 1.18 ms against 0.72 ms now, under jemalloc.)
+draw is a visible part of a training step (docs/benchmarks.md, "Levers"). Here one 64-bit draw over the full int64
+range (``random_()`` with no range would leave the top bit clear) feeds four 16-bit lanes, so the mask costs a quarter
+of the draws, and the lanes are the mask's elements in memory order, with no copy. The keep probability is ``1 - p``
+rounded to 1/65536 (for p = 0.1: 0.899994 instead of 0.9); the kept values are scaled by exactly ``1 / (1 - p)``, as
+``nn.Dropout`` does.
 
 On CUDA (and any non-CPU device) this is plain ``nn.functional.dropout``: GPU dropout is already cheap.
 
 Attention-probability dropout lives inside the attention function. With dropout on, torch's CPU SDPA leaves its fused
 kernel for the unfused "math" path and draws a ``bernoulli_`` mask per attention weight; ``ATTENTION`` (registered
 with transformers' AttentionInterface) is SDPA everywhere except there, where it does the same unfused maths with the
-cheaper mask. Measured on MiniLM, batch 32 (one layer's attention, forward and backward): 16.7 to 14.7 ms in fp32,
-16.3 to 10.7 ms under bf16 autocast.
+cheaper mask (docs/benchmarks.md, "Levers").
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 With ``cls`` or ``pooler`` pooling the head sees one vector per text: the top layer's output at position 0. Every
 other position of the top layer is computed and thrown away: its query projection, attention output projection and
-feed-forward block, which are about 83% of that layer's matrix multiplies (the keys and values are still needed for
-every position, since the first token attends to all of them). For a 6-layer MiniLM that is about 14% of the
-backbone's multiply-adds, in training (forward and backward) and in prediction alike.
+feed-forward block, which are most of that layer's matrix multiplies (the keys and values are still needed for
+every position, since the first token attends to all of them). Skipping them saves the same share of the backbone's
+work in training (forward and backward) and in prediction alike (docs/benchmarks.md, "Levers").
 
 The result for position 0 is the same computation as the full layer's (the same modules, the same attention function,
 the same mask row), so the model's maths is unchanged; only floating-point rounding can differ, as it does between
