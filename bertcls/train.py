@@ -11,16 +11,14 @@ under ``accelerate launch`` / torchrun.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -43,109 +40,53 @@ from bertcls.checkpoint import (
     resume_command,
     save_checkpoint,
 )
-from bertcls.config import Config, load_config, options_help, resolve_split, to_yaml
+from bertcls.config import Config, load_config, options_help, to_yaml
 from bertcls.data import (
-    BalancedBatchSampler,
-    LengthGroupedBatchSampler,
-    ShuffledBatchSampler,
     Split,
     TextClassificationDataset,
-    build_labels,
-    drop_empty_texts,
-    load_split,
-    split_validation,
 )
 from bertcls.errors import BertclsError, cli_errors
 from bertcls.inference import forward_features, forward_tokens, make_eval_loader, split_metrics, split_predictions
 from bertcls.metrics import is_better
 from bertcls.model import BertForTextClassification
 from bertcls.multilabel import tune_thresholds
+from bertcls.optim import (
+    backward_group,
+    build_optimizer,
+    micro_batch_groups,
+    nan_message,
+    nonfinite_loss,
+    stop_requested,
+    unfreeze_for_epoch,
+)
+from bertcls.outputs import RUN_FILES, RUN_RESULTS, check_output_dir, prepare_output_dir
 from bertcls.precision import resolve as resolve_mixed_precision  # scripts/ import it from here too
 from bertcls.probe import C_GRID, fit_linear
+from bertcls.run_data import RunData, load_data, make_train_loader
+from bertcls.run_state import RunLog, RunState, Timer
 from bertcls.speed import allocator
 from bertcls.tasks import Task, get_task
 from bertcls.tracking import check_trackers, flat_config
 
-__all__ = ["forward_features", "forward_tokens", "resolve_mixed_precision", "train", "main"]
-
-# What a run writes into output.dir; only these are removed by output.overwrite=true.
-RUN_FILES = ("best", "last", "metrics.json", "config.yaml", "train.log", "curves.png", "tracking", CHECKPOINTS)
-RUN_RESULTS = ("best", "last", "metrics.json", CHECKPOINTS)  # a folder with any of these holds a run worth keeping
+# What scripts and tests import from here, wherever it lives.
+__all__ = [
+    "RUN_FILES",
+    "RUN_RESULTS",
+    "backward_group",
+    "build_optimizer",
+    "forward_features",
+    "forward_tokens",
+    "load_data",
+    "main",
+    "make_train_loader",
+    "micro_batch_groups",
+    "resolve_mixed_precision",
+    "train",
+    "unfreeze_for_epoch",
+]
 
 
 # ---------------------------------------------------------------- run state
-
-
-@dataclass
-class RunState:
-    """Where the loop stands and what it has seen so far: a checkpoint's state.json is ``state_dict()``."""
-
-    step: int = 0  # optimizer steps taken (skipped non-finite steps included)
-    epoch: int = 0
-    batch_in_epoch: int = 0  # micro-batches of `epoch` done: a resumed run skips them
-    examples: int = 0  # training examples seen by this process
-    nan_skipped_steps: int = 0
-    running_loss: float = 0.0  # the mean loss since the last point of the curve (filled in when saved)
-    running_n: int = 0  # micro-batch losses summed since then
-    history: list[dict[str, Any]] = field(default_factory=list)  # one record per evaluation
-    train_loss_curve: list[list[float]] = field(default_factory=list)  # [step, mean loss] every 10 steps
-    best: dict[str, Any] = field(default_factory=dict)  # metric, value, step (and the decision state)
-    early_stopping: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def start(cls, metric: str, patience: int, min_delta: float) -> RunState:
-        # Early stopping counts evaluations since the last improvement of more than min_delta (best/ still follows
-        # every improvement, however small).
-        stopping = {"patience": patience, "min_delta": min_delta, "stopped": False, "step": None, "reference": None}
-        stopping["evals_without_improvement"] = 0
-        return cls(best={"metric": metric, "value": None, "step": None}, early_stopping=stopping)
-
-    @property
-    def stopped(self) -> bool:
-        return self.early_stopping["stopped"]
-
-    def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def load_state_dict(self, saved: dict[str, Any]) -> None:
-        for f in fields(self):
-            setattr(self, f.name, saved[f.name])
-
-
-@dataclass
-class Timer:
-    """Seconds spent in the loop: evaluation inside it is kept apart from training speed."""
-
-    tick: float = 0.0  # when the loop started
-    eval_time: float = 0.0  # validation with metrics and best/ writing
-    predict_time: float = 0.0  # prediction alone: the evaluation speed reported in metrics.json
-    predicted: int = 0
-
-    def train_time(self) -> float:
-        return time.perf_counter() - self.tick - self.eval_time
-
-
-@dataclass
-class RunData:
-    labels: list[str]
-    train: Split
-    validation: Split | None
-    test: Split | None
-
-
-class RunLog:
-    """Prints (above the progress bar) and appends to train.log, on the main process only."""
-
-    def __init__(self, path: Path | None, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def __call__(self, msg: str) -> None:
-        if not self.enabled:
-            return
-        tqdm.write(msg)
-        if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(msg + "\n")
 
 
 @dataclass
@@ -210,111 +151,6 @@ def has_accelerator() -> bool:
     return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
 
 
-def load_data(cfg: Config, log=print) -> RunData:
-    """Read the splits, fix the label set, cut a validation split if none is given, and check labels agree."""
-    d, task = cfg.data, get_task(cfg.data.task)
-
-    def read(src: str) -> Split:
-        split = load_split(
-            src, d.text_column, d.label_column, d.text_pair_column, task=d.task, label_delimiter=d.label_delimiter
-        )
-        return drop_empty_texts(split, d.empty_texts, log)
-
-    train = read(d.train)
-    validation_source, test_source = resolve_split(d, "validation"), resolve_split(d, "test")
-    validation = read(validation_source) if validation_source else None
-    test = read(test_source) if test_source else None
-    if validation is None and d.validation_fraction > 0:
-        train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
-        log(f"validation: {len(validation.texts)} rows ({d.validation_fraction:g}) held out of {d.train}")
-    if test is None:
-        log("test: none (set data.test to evaluate the best checkpoint on a test split)")
-    labels = list(d.labels) if d.labels else build_labels(task.label_values(train.labels))
-    task.check_label_count(labels, train.labels, d.train)
-    task.targets(train.labels, labels, f"train data {d.train}")
-    for name, split in (("validation", validation), ("test", test)):
-        if split is not None:
-            task.targets(split.labels, labels, f"{name} data {split.source or d.train}")
-    return RunData(labels, train, validation, test)
-
-
-def check_output_dir(cfg: Config) -> list[Path]:
-    """bertcls's files already in ``output.dir``; an error if they hold a run and ``output.overwrite`` is off."""
-    out = Path(cfg.output.dir)
-    if out.exists() and not out.is_dir():
-        raise BertclsError(f"output.dir {out} is a file, not a folder")
-    existing = [p for p in (out.iterdir() if out.exists() else []) if p.name in RUN_FILES]
-    if cfg.train.resume_from:
-        # Resuming continues the interrupted run in place: nothing is removed, but a finished run stays finished.
-        if (out / "metrics.json").exists() and not cfg.output.overwrite:
-            raise BertclsError(f"output.dir {out} holds a finished run (metrics.json); there is nothing to resume")
-        return []
-    if any(p.name in RUN_RESULTS for p in existing) and not cfg.output.overwrite:
-        # A finished run (metrics.json) has nothing left to resume; an interrupted one can be continued.
-        finished = (out / "metrics.json").exists()
-        raise BertclsError(
-            f"output.dir {out} already holds a {'finished ' if finished else ''}run "
-            f"({', '.join(sorted(p.name for p in existing))}); choose another output.dir, set output.overwrite=true"
-            + ("" if finished else ", or continue it with train.resume_from=latest")
-        )
-    return existing
-
-
-def prepare_output_dir(cfg: Config) -> Path:
-    """Remove only bertcls's own files from an earlier run (when allowed) and check the folder is writable."""
-    out = Path(cfg.output.dir)
-    for p in check_output_dir(cfg):
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / ".write_test").touch()
-        (out / ".write_test").unlink()
-    except OSError as e:
-        raise BertclsError(f"cannot write to output.dir {out}: {e.strerror}") from e
-    return out
-
-
-def layer_lr_scales(model: BertForTextClassification, decay: float) -> dict[int, float]:
-    """Learning-rate multiplier per backbone parameter (by ``id``) for layer-wise decay (Sun et al. 2019, arXiv
-    1905.05583): the top layer and the pooler get 1, each layer below one more factor of ``decay``, and the
-    embeddings (everything below the first layer) ``decay ** num_layers``."""
-    layers = model.encoder_layers()
-    n = len(layers)
-    scales = {id(p): decay**n for p in model.backbone.parameters()}
-    for i, layer in enumerate(layers):
-        scales |= {id(p): decay ** (n - 1 - i) for p in layer.parameters()}
-    pooler = getattr(model.backbone, "pooler", None)
-    if pooler is not None:
-        scales |= {id(p): 1.0 for p in pooler.parameters()}
-    return scales
-
-
-def build_optimizer(model: BertForTextClassification, cfg: Config) -> torch.optim.Optimizer:
-    """torch AdamW with no decay on biases and LayerNorm weights, the head on its own learning rate, and (with
-    ``train.layer_lr_decay`` < 1) lower rates for lower backbone layers."""
-    t = cfg.train
-    scales = layer_lr_scales(model, t.layer_lr_decay) if t.layer_lr_decay != 1.0 else {}
-    groups: dict[tuple[bool, bool, float], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_head = name.startswith("head.")
-        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
-        groups.setdefault((is_head, no_decay, scales.get(id(p), 1.0)), []).append(p)
-    head_lr = t.head_lr if t.head_lr is not None else t.lr
-    param_groups = [
-        {
-            "params": ps,
-            "lr": head_lr if is_head else t.lr * scale,
-            "weight_decay": 0.0 if no_decay else t.weight_decay,
-        }
-        for (is_head, no_decay, scale), ps in groups.items()
-    ]
-    # The fused kernel is the fastest AdamW on CUDA and on CPU alike (on a 2-core CPU it made MiniLM training steps
-    # about 11% faster than the default foreach implementation); the Trainer uses it too.
-    return torch.optim.AdamW(param_groups, lr=t.lr, fused=True)
-
-
 def use_lbfgs(cfg: Config, cached: bool) -> bool:
     """Whether the head is fitted by L-BFGS (bertcls.probe) instead of the epoch loop."""
     t, linear = cfg.train, not cfg.model.hidden_sizes
@@ -334,111 +170,6 @@ def uses_cache(cfg: Config) -> bool:
 def lbfgs_grid(has_validation: bool) -> tuple[float, ...]:
     """The C values fitted: the grid when validation can choose, else scikit-learn's default C=1."""
     return C_GRID if has_validation else (1.0,)
-
-
-def data_seed(cfg: Config) -> int:
-    """The seed of data order and the validation split: ``train.data_seed``, or ``train.seed`` when unset."""
-    return cfg.train.data_seed if cfg.train.data_seed is not None else cfg.train.seed
-
-
-def unfreeze_for_epoch(model: BertForTextClassification, epoch: int, log=print) -> None:
-    """Gradual unfreezing (Howard & Ruder 2018, ULMFiT): epoch 0 trains the head alone, epoch k also the top k
-    layers, and once every layer is trainable the embeddings join. The optimizer holds every parameter from the
-    start; frozen ones get no gradient, so AdamW leaves them (and their weight decay) alone."""
-    n = len(model.encoder_layers())
-    if epoch > n:
-        model.set_trainable(False)
-    else:
-        model.set_trainable(True, epoch)
-    what = "everything" if epoch > n else (f"head + top {epoch} layer(s)" if epoch else "head only")
-    log(f"gradual unfreezing, epoch {epoch}: training {what}")
-
-
-def make_train_loader(ds, cfg: Config, pin: bool) -> DataLoader:
-    t = cfg.train
-    seed = data_seed(cfg)
-    if t.sampler == "balanced":
-        labels = ds.labels.tolist() if isinstance(ds, FeatureDataset) else ds.label_ids
-        sampler = BalancedBatchSampler(labels, t.batch_size, seed=seed)
-    # Cached features have no length, so length grouping only applies to token batches.
-    elif t.group_by_length and not isinstance(ds, FeatureDataset):
-        sampler = LengthGroupedBatchSampler(ds.lengths, t.batch_size, seed=seed)
-    else:
-        sampler = ShuffledBatchSampler(len(ds), t.batch_size, seed=seed)
-    # Its own generator: each pass over a DataLoader draws a base seed, which would otherwise come from the global
-    # RNG that dropout uses, and a resumed run (one more pass: the skipping loader) would see other dropout masks.
-    return DataLoader(
-        ds,
-        batch_sampler=sampler,
-        collate_fn=ds.collate,
-        num_workers=t.num_workers,
-        pin_memory=pin,
-        generator=torch.Generator().manual_seed(seed),
-    )
-
-
-# ---------------------------------------------------------------- one optimizer step
-
-
-def micro_batch_groups(loader, k: int):
-    """The loader's batches in lists of ``k`` (the last list may be shorter): one list per optimizer step."""
-    group = []
-    for batch in loader:
-        group.append(batch)
-        if len(group) == k:
-            yield group
-            group = []
-    if group:
-        yield group
-
-
-def backward_group(accelerator: Accelerator, module, group: list[dict], forward, loss_fn, loss_weight) -> list:
-    """Forward and backward over one update's micro-batches; returns their (detached) mean losses.
-
-    Each example weighs the same in the update, however many micro-batches and processes it spans: a micro-batch's
-    mean loss is scaled by its share of the group's total ``loss_weight`` (over every process), so the gradient is
-    the one of a single batch of all the group's examples, a short last group included.
-    """
-    weights = [loss_weight(b["labels"]) for b in group]
-    total = sum(weights)
-    if accelerator.num_processes > 1:
-        total = accelerator.reduce(total, "sum") / accelerator.num_processes  # DDP averages the gradients
-    losses = []
-    for i, (batch, weight) in enumerate(zip(group, weights, strict=True)):
-        labels = batch.pop("labels")
-        batch.pop("index", None)
-        # Gradients are all-reduced across processes only on the group's last micro-batch.
-        with accelerator.no_sync(module) if i < len(group) - 1 else contextlib.nullcontext():
-            loss = loss_fn(forward(module, batch), labels)
-            accelerator.backward(loss * (weight / total))
-        losses.append(loss.detach())
-    return losses
-
-
-def nonfinite_loss(accelerator: Accelerator, count: torch.Tensor) -> bool:
-    """Whether any process saw a non-finite loss since the last optimizer step (all processes must agree, or one
-    would step while another skips). One host sync per optimizer step."""
-    if accelerator.num_processes > 1:
-        count = accelerator.reduce(count.clone(), "sum")
-    return bool(count.item())
-
-
-def nan_message(losses: list[torch.Tensor], step: int, lr: float, out: Path) -> str:
-    """The error of ``nan_policy=stop``, naming this process's first non-finite micro-batch loss of the step."""
-    loss = next((x for x in losses if not torch.isfinite(x)), losses[-1])
-    return (
-        f"the training loss became {loss.item()} at step {step} (learning rate {lr:.3g}); stopped without updating "
-        f"the model, so {out}/best and {out}/{CHECKPOINTS} keep the last good state. Try a lower train.lr, "
-        "train.mixed_precision=no (fp32), gradient clipping (train.max_grad_norm=1.0), or train.nan_policy=skip"
-    )
-
-
-def stop_requested(accelerator: Accelerator, signals: StopSignals) -> bool:
-    """Whether any process got SIGTERM/SIGINT; checked after each optimizer step so all processes stop together."""
-    if accelerator.num_processes == 1:
-        return signals.received is not None
-    flag = torch.tensor(int(signals.received is not None), device=accelerator.device)
-    return bool(accelerator.reduce(flag, "sum").item())
 
 
 # ---------------------------------------------------------------- the recipe
@@ -531,7 +262,7 @@ def setup_accelerator(cfg: Config, precision: str, cached: bool) -> tuple[Accele
         # Trackers write under output.dir/tracking (TensorBoard: an event file per run).
         log_with=trackers or None,
         project_dir=cfg.output.dir if trackers else None,
-        # On cached features only the tiny head trains: autocast would only add casts (2x slower per step on CPU).
+        # On cached features only the tiny head trains: autocast would only add casts (docs/benchmarks.md, "Levers").
         # The backbone still runs under `precision` when the features are computed.
         mixed_precision="no" if cached else precision,
         # No gradient_accumulation_steps: the loop accumulates itself (micro_batch_groups, no_sync), because accelerate
@@ -634,8 +365,8 @@ def setup_datasets(run: Run) -> None:
     run.test_ds = make(run, d.test, True) if d.test is not None else None
     if run.cached:
         run.log(f"feature cache {cache_dir(run.cfg)}: {sum(run.cache_hits)} of {len(run.cache_hits)} split(s) reused")
-        # Head steps are far too small to split across threads: one thread avoids waiting on the others (which
-        # costs more than the work itself when the cores are shared, e.g. 30 ms instead of 1 ms per step).
+        # Head steps are far too small to split across threads: one thread avoids waiting on the others, which
+        # costs more than the work itself when the cores are shared (docs/benchmarks.md, "Levers").
         torch.set_num_threads(1)
 
 
@@ -886,7 +617,7 @@ def keep_best(run: Run, v: dict[str, float]) -> None:
     s.best.update(value=v[select], step=s.step, **run.task.decision_state(run.model))
     if run.cached:
         # Only the head changes: keep its best weights in memory and write best/ once, at the end, instead of a
-        # 90+ MB checkpoint at every improvement of a seconds-long run.
+        # whole-model checkpoint at every improvement of a seconds-long run.
         run.best_head.update({k: x.detach().clone() for k, x in run.model.head.state_dict().items()})
     elif run.main:
         run.model.save_pretrained(run.out / "best")

@@ -1,0 +1,129 @@
+"""The optimizer and what happens in one optimizer step: parameter groups with layer-wise learning rates, gradual
+unfreezing, micro-batch groups with exact gradient accumulation, non-finite losses, and stop requests."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+from bertcls.checkpoint import CHECKPOINTS, StopSignals
+from bertcls.config import Config
+from bertcls.model import BertForTextClassification
+
+
+def layer_lr_scales(model: BertForTextClassification, decay: float) -> dict[int, float]:
+    """Learning-rate multiplier per backbone parameter (by ``id``) for layer-wise decay (Sun et al. 2019, arXiv
+    1905.05583): the top layer and the pooler get 1, each layer below one more factor of ``decay``, and the
+    embeddings (everything below the first layer) ``decay ** num_layers``."""
+    layers = model.encoder_layers()
+    n = len(layers)
+    scales = {id(p): decay**n for p in model.backbone.parameters()}
+    for i, layer in enumerate(layers):
+        scales |= {id(p): decay ** (n - 1 - i) for p in layer.parameters()}
+    pooler = getattr(model.backbone, "pooler", None)
+    if pooler is not None:
+        scales |= {id(p): 1.0 for p in pooler.parameters()}
+    return scales
+
+
+def build_optimizer(model: BertForTextClassification, cfg: Config) -> torch.optim.Optimizer:
+    """torch AdamW with no decay on biases and LayerNorm weights, the head on its own learning rate, and (with
+    ``train.layer_lr_decay`` < 1) lower rates for lower backbone layers."""
+    t = cfg.train
+    scales = layer_lr_scales(model, t.layer_lr_decay) if t.layer_lr_decay != 1.0 else {}
+    groups: dict[tuple[bool, bool, float], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = name.startswith("head.")
+        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+        groups.setdefault((is_head, no_decay, scales.get(id(p), 1.0)), []).append(p)
+    head_lr = t.head_lr if t.head_lr is not None else t.lr
+    param_groups = [
+        {
+            "params": ps,
+            "lr": head_lr if is_head else t.lr * scale,
+            "weight_decay": 0.0 if no_decay else t.weight_decay,
+        }
+        for (is_head, no_decay, scale), ps in groups.items()
+    ]
+    # The fused kernel is the fastest AdamW on CUDA and on CPU alike (docs/benchmarks.md, "Levers"); the Trainer uses
+    # it too.
+    return torch.optim.AdamW(param_groups, lr=t.lr, fused=True)
+
+
+def unfreeze_for_epoch(model: BertForTextClassification, epoch: int, log=print) -> None:
+    """Gradual unfreezing (Howard & Ruder 2018, ULMFiT): epoch 0 trains the head alone, epoch k also the top k
+    layers, and once every layer is trainable the embeddings join. The optimizer holds every parameter from the
+    start; frozen ones get no gradient, so AdamW leaves them (and their weight decay) alone."""
+    n = len(model.encoder_layers())
+    if epoch > n:
+        model.set_trainable(False)
+    else:
+        model.set_trainable(True, epoch)
+    what = "everything" if epoch > n else (f"head + top {epoch} layer(s)" if epoch else "head only")
+    log(f"gradual unfreezing, epoch {epoch}: training {what}")
+
+
+def micro_batch_groups(loader, k: int):
+    """The loader's batches in lists of ``k`` (the last list may be shorter): one list per optimizer step."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == k:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def backward_group(accelerator: Accelerator, module, group: list[dict], forward, loss_fn, loss_weight) -> list:
+    """Forward and backward over one update's micro-batches; returns their (detached) mean losses.
+
+    Each example weighs the same in the update, however many micro-batches and processes it spans: a micro-batch's
+    mean loss is scaled by its share of the group's total ``loss_weight`` (over every process), so the gradient is
+    the one of a single batch of all the group's examples, a short last group included.
+    """
+    weights = [loss_weight(b["labels"]) for b in group]
+    total = sum(weights)
+    if accelerator.num_processes > 1:
+        total = accelerator.reduce(total, "sum") / accelerator.num_processes  # DDP averages the gradients
+    losses = []
+    for i, (batch, weight) in enumerate(zip(group, weights, strict=True)):
+        labels = batch.pop("labels")
+        batch.pop("index", None)
+        # Gradients are all-reduced across processes only on the group's last micro-batch.
+        with accelerator.no_sync(module) if i < len(group) - 1 else contextlib.nullcontext():
+            loss = loss_fn(forward(module, batch), labels)
+            accelerator.backward(loss * (weight / total))
+        losses.append(loss.detach())
+    return losses
+
+
+def nonfinite_loss(accelerator: Accelerator, count: torch.Tensor) -> bool:
+    """Whether any process saw a non-finite loss since the last optimizer step (all processes must agree, or one
+    would step while another skips). One host sync per optimizer step."""
+    if accelerator.num_processes > 1:
+        count = accelerator.reduce(count.clone(), "sum")
+    return bool(count.item())
+
+
+def nan_message(losses: list[torch.Tensor], step: int, lr: float, out: Path) -> str:
+    """The error of ``nan_policy=stop``, naming this process's first non-finite micro-batch loss of the step."""
+    loss = next((x for x in losses if not torch.isfinite(x)), losses[-1])
+    return (
+        f"the training loss became {loss.item()} at step {step} (learning rate {lr:.3g}); stopped without updating "
+        f"the model, so {out}/best and {out}/{CHECKPOINTS} keep the last good state. Try a lower train.lr, "
+        "train.mixed_precision=no (fp32), gradient clipping (train.max_grad_norm=1.0), or train.nan_policy=skip"
+    )
+
+
+def stop_requested(accelerator: Accelerator, signals: StopSignals) -> bool:
+    """Whether any process got SIGTERM/SIGINT; checked after each optimizer step so all processes stop together."""
+    if accelerator.num_processes == 1:
+        return signals.received is not None
+    flag = torch.tensor(int(signals.received is not None), device=accelerator.device)
+    return bool(accelerator.reduce(flag, "sum").item())

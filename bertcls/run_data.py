@@ -1,0 +1,86 @@
+"""A run's data: the splits read and checked against one label set, and the training loader over them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from bertcls.cache import FeatureDataset
+from bertcls.config import Config, resolve_split
+from bertcls.data import (
+    BalancedBatchSampler,
+    LengthGroupedBatchSampler,
+    ShuffledBatchSampler,
+    Split,
+    build_labels,
+    drop_empty_texts,
+    load_split,
+    split_validation,
+)
+from bertcls.tasks import get_task
+
+
+@dataclass
+class RunData:
+    labels: list[str]
+    train: Split
+    validation: Split | None
+    test: Split | None
+
+
+def load_data(cfg: Config, log=print) -> RunData:
+    """Read the splits, fix the label set, cut a validation split if none is given, and check labels agree."""
+    d, task = cfg.data, get_task(cfg.data.task)
+
+    def read(src: str) -> Split:
+        split = load_split(
+            src, d.text_column, d.label_column, d.text_pair_column, task=d.task, label_delimiter=d.label_delimiter
+        )
+        return drop_empty_texts(split, d.empty_texts, log)
+
+    train = read(d.train)
+    validation_source, test_source = resolve_split(d, "validation"), resolve_split(d, "test")
+    validation = read(validation_source) if validation_source else None
+    test = read(test_source) if test_source else None
+    if validation is None and d.validation_fraction > 0:
+        train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
+        log(f"validation: {len(validation.texts)} rows ({d.validation_fraction:g}) held out of {d.train}")
+    if test is None:
+        log("test: none (set data.test to evaluate the best checkpoint on a test split)")
+    labels = list(d.labels) if d.labels else build_labels(task.label_values(train.labels))
+    task.check_label_count(labels, train.labels, d.train)
+    task.targets(train.labels, labels, f"train data {d.train}")
+    for name, split in (("validation", validation), ("test", test)):
+        if split is not None:
+            task.targets(split.labels, labels, f"{name} data {split.source or d.train}")
+    return RunData(labels, train, validation, test)
+
+
+def data_seed(cfg: Config) -> int:
+    """The seed of data order and the validation split: ``train.data_seed``, or ``train.seed`` when unset."""
+    return cfg.train.data_seed if cfg.train.data_seed is not None else cfg.train.seed
+
+
+def make_train_loader(ds, cfg: Config, pin: bool) -> DataLoader:
+    t = cfg.train
+    seed = data_seed(cfg)
+    if t.sampler == "balanced":
+        labels = ds.labels.tolist() if isinstance(ds, FeatureDataset) else ds.label_ids
+        sampler = BalancedBatchSampler(labels, t.batch_size, seed=seed)
+    # Cached features have no length, so length grouping only applies to token batches.
+    elif t.group_by_length and not isinstance(ds, FeatureDataset):
+        sampler = LengthGroupedBatchSampler(ds.lengths, t.batch_size, seed=seed)
+    else:
+        sampler = ShuffledBatchSampler(len(ds), t.batch_size, seed=seed)
+    # Its own generator: each pass over a DataLoader draws a base seed, which would otherwise come from the global
+    # RNG that dropout uses, and a resumed run (one more pass: the skipping loader) would see other dropout masks.
+    return DataLoader(
+        ds,
+        batch_sampler=sampler,
+        collate_fn=ds.collate,
+        num_workers=t.num_workers,
+        pin_memory=pin,
+        generator=torch.Generator().manual_seed(seed),
+    )
