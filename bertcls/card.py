@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bertcls.tasks import Task, get_task
+
 if TYPE_CHECKING:
     from bertcls.model import BertForTextClassification
 
@@ -45,13 +47,13 @@ def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _metric_rows(rows: list[tuple[str, dict[str, Any] | None]]) -> tuple[tuple[str, ...], list[tuple[str, list]]]:
-    """The results table: its metric columns and, for each split that has metrics, its formatted values."""
-    present = [(name, m) for name, m in rows if m]
-    multi = any("micro_f1" in m for _, m in present)
-    keys = ("micro_f1", "macro_f1", "subset_accuracy", "hamming_loss", "loss", "num_examples") if multi else None
-    keys = keys or ("accuracy", "macro_f1", "loss", "num_examples")
-    return keys, [(name, [_fmt(m.get(k, "")) for k in keys]) for name, m in present]
+def _metric_rows(
+    task: Task, rows: list[tuple[str, dict[str, Any] | None]]
+) -> tuple[tuple[str, ...], list[tuple[str, list]]]:
+    """The results table: its metric columns (the task's metrics) and, for each split that has metrics, its formatted
+    values."""
+    keys = (*task.metrics, "num_examples")
+    return keys, [(name, [_fmt(m.get(k, "")) for k in keys]) for name, m in rows if m]
 
 
 def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None = None) -> str:
@@ -63,9 +65,9 @@ def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None
 
     info = run_info or {}
     spec = model.spec
-    multi = model.multi_label
+    task = get_task(model.task)
     saved = info.get("thresholds") or model.thresholds or []
-    keys, rows = _metric_rows([("validation", info.get("validation")), ("test", info.get("test"))])
+    keys, rows = _metric_rows(task, [("validation", info.get("validation")), ("test", info.get("test"))])
     test = info.get("test") or {}
     n = len(spec.labels)
     head = [f"dropout({spec.dropout})"] + [f"Linear({h}) -> {spec.activation}" for h in spec.hidden_sizes]
@@ -75,12 +77,12 @@ def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None
     card = ModelCard.from_template(
         metadata,
         template_path=str(TEMPLATE),
-        kind=f"multi-label text classifier over {n} labels" if multi else f"{n}-class text classifier",
+        kind=task.kind(n),
         checkpoint=info.get("checkpoint"),
         base_model=_base_model(model, info),
         labels=spec.labels,
         head=" -> ".join(head),
-        multi_label=multi,
+        multi_label=task.per_label,
         thresholds=", ".join(f"`{label}` {t:.4g}" for label, t in zip(spec.labels, saved)),
         head_init=_init_name(spec.head_init),
         bias_init=_init_name(spec.bias_init),

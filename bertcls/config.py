@@ -25,13 +25,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bertcls.errors import BertclsError, cli_errors
 from bertcls.long_texts import TRUNCATIONS
-from bertcls.multilabel import TASKS
 from bertcls.precision import PRECISIONS
+from bertcls.tasks import TASKS, get_task
 
 MIXED_PRECISION = PRECISIONS
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
-METRICS = ("accuracy", "macro_f1", "loss")
-MULTI_LABEL_METRICS = ("micro_f1", "macro_f1", "subset_accuracy", "hamming_loss", "loss")
+METRICS = tuple(dict.fromkeys(m for task in TASKS.values() for m in task.metrics))  # what some task can select
 SAMPLERS = ("random", "balanced")
 HEAD_SOLVERS = ("auto", "lbfgs", "adamw")
 NAN_POLICIES = ("stop", "skip")
@@ -145,7 +144,7 @@ class DataConfig:
         _positive("data", "max_length", self.max_length)
         _choice("data", "truncation", self.truncation, TRUNCATIONS)
         _choice("data", "empty_texts", self.empty_texts, EMPTY_TEXTS)
-        _choice("data", "task", self.task, TASKS)
+        _choice("data", "task", self.task, tuple(TASKS))
         if not self.label_delimiter:
             raise BertclsError("data.label_delimiter must not be empty (e.g. '|')")
         _positive("data", "window_stride", self.window_stride, allow_zero=True)
@@ -309,7 +308,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _positive("eval", "batch_size", self.batch_size)
         _positive("eval", "every_steps", self.every_steps, allow_zero=True)
-        _choice("eval", "metric", self.metric, ("auto", *dict.fromkeys(METRICS + MULTI_LABEL_METRICS)))
+        _choice("eval", "metric", self.metric, ("auto", *METRICS))
         t = self.threshold
         if isinstance(t, str):
             if t != "tune":
@@ -358,29 +357,11 @@ class Config:
 
     def __post_init__(self) -> None:
         # Options that only mean something for one of the two tasks: refused for the other, never silently ignored.
-        multi = self.data.task == "multi_label"
-        if multi:
-            single_only = {
-                "loss.class_weights": self.loss.class_weights is not None,
-                "loss.label_smoothing": self.loss.label_smoothing > 0,
-                "train.sampler=balanced": self.train.sampler == "balanced",
-            }
-            for key, used in single_only.items():
-                if used:
-                    raise BertclsError(
-                        f"{key} is for data.task=single_label (one label per text); with multi_label, weigh rare "
-                        "labels with loss.pos_weight instead"
-                    )
-        else:
-            if self.loss.pos_weight is not None:
-                raise BertclsError("loss.pos_weight is for data.task=multi_label; single_label uses loss.class_weights")
-            if self.eval.threshold != 0.5:
-                raise BertclsError(
-                    "eval.threshold is for data.task=multi_label; single_label predicts the most probable label"
-                )
-        valid = MULTI_LABEL_METRICS if multi else METRICS
+        task = get_task(self.data.task)
+        task.check_config(self)
+        valid = task.metrics
         if self.eval.metric == "auto":
-            self.eval.metric = "micro_f1" if multi else "accuracy"
+            self.eval.metric = task.default_metric
         elif self.eval.metric not in valid:
             raise BertclsError(
                 f"eval.metric: '{self.eval.metric}' is not a {self.data.task} metric; valid: auto, {', '.join(valid)}"

@@ -13,8 +13,9 @@ from torch.utils.data import Dataset, Sampler
 from bertcls.errors import BertclsError, label_set, some
 from bertcls.inference import select_tokens
 from bertcls.long_texts import TRUNCATIONS, check_truncation  # noqa: F401 (re-exported)
-from bertcls.multilabel import DEFAULT_DELIMITER, multi_hot, parse_label_set
+from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.tables import COMPRESSIONS, FORMATS, _missing_column, read_table  # noqa: F401 (re-exported)
+from bertcls.tasks import get_task
 
 # ---------------------------------------------------------------- reading files and hub datasets
 
@@ -73,17 +74,7 @@ def load_split(
     column = lambda name: table.data.column(name).to_pylist()  # noqa: E731
     texts = ["" if t is None else str(t) for t in column(text_column)]
     pairs = ["" if t is None else str(t) for t in column(text_pair_column)] if text_pair_column else None
-    labels = column(label_column) if has_labels else None
-    if labels is not None and task == "multi_label":
-        labels = [parse_label_set(v, label_delimiter) for v in labels]
-    elif labels is not None:
-        missing = [i for i, v in enumerate(labels) if v is None or (isinstance(v, float) and math.isnan(v))]
-        if missing:
-            rows = ", ".join(str(i + 2) for i in missing[:5])  # +2: 1-based, after the header line
-            raise BertclsError(
-                f"{source}: {len(missing)} row(s) have no label (file lines {rows}...); fill or drop them"
-            )
-        labels = [_normalize_label(v) for v in labels]
+    labels = get_task(task).read_labels(column(label_column), source, label_delimiter) if has_labels else None
     return Split(texts, labels, pairs, source)
 
 
@@ -107,7 +98,7 @@ def drop_empty_texts(split: Split, policy: str = "skip", log=print) -> Split:
     return split.subset([i for i in range(len(split)) if i not in keep])
 
 
-def _normalize_label(v: Any) -> Any:
+def normalize_label(v: Any) -> Any:
     # 1.0 read from a float column is the label 1, not "1.0".
     if isinstance(v, float) and v.is_integer():
         return int(v)
@@ -134,12 +125,6 @@ def label_ids(values: Sequence[Any], labels: Sequence[str], source: str = "data"
     if unknown:
         raise BertclsError(f"{source} has label(s) {some(unknown)} that are not in the label set {label_set(labels)}")
     return [index[str(v)] for v in values]
-
-
-def label_targets(values: Sequence[Any], labels: Sequence[str], task: str = "single_label", source: str = "data"):
-    """What the loss compares against: label indices (single-label) or multi-hot rows (multi-label, ``values`` are
-    label sets). Unknown labels are an error naming them."""
-    return multi_hot(values, labels, source) if task == "multi_label" else label_ids(values, labels, source)
 
 
 def split_validation(data: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -268,8 +253,8 @@ class TextClassificationDataset(Dataset):
         self.doc_label_ids: list[Any] | None = None
         if labels is not None:
             if self.label_names is None:
-                self.label_names = build_labels([v for s in labels for v in s] if task == "multi_label" else labels)
-            self.doc_label_ids = label_targets(labels, self.label_names, task)
+                self.label_names = build_labels(get_task(task).label_values(labels))
+            self.doc_label_ids = get_task(task).targets(labels, self.label_names)
             ids = self.doc_label_ids
             self.label_ids = ids if self.doc_ids is None else [ids[d] for d in self.doc_ids]
         self.with_index = with_index

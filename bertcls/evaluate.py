@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 from collections import Counter
@@ -24,24 +23,18 @@ import torch
 
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
 from bertcls.errors import BertclsError, cli_errors, label_set, some
-from bertcls.metrics import classification_report, multilabel_report, paired_bootstrap
+from bertcls.metrics import paired_bootstrap
 from bertcls.model import BertForTextClassification
-from bertcls.multilabel import decide, join_labels, multi_hot, parse_label_set
 from bertcls.precision import PRECISIONS, check_precision, resolve
 from bertcls.resources import is_packaged
 from bertcls.serialization import checkpoint_task, load_checkpoint
+from bertcls.tasks import Task, format_score, get_task, task_of_metrics
 
 UNKNOWN_LABEL_CHOICES = ("error", "skip")
 CLI_OPTIONS = {
     "text_column": "--text-column",
     "text_pair_column": "--text-pair-column",
     "label_column": "--label-column",
-}
-# The score that compares checkpoints row by row (paired bootstrap), and the columns of the comparison, per task.
-COMPARED = {"single_label": "accuracy", "multi_label": "subset_accuracy"}
-SUMMARY_KEYS = {
-    "single_label": ("accuracy", "macro_f1", "loss", "ece"),
-    "multi_label": ("subset_accuracy", "micro_f1", "macro_f1", "hamming_loss", "loss"),
 }
 
 
@@ -60,19 +53,22 @@ class CheckpointResult:
     thresholds: list[float] | None = None
 
     @property
+    def task(self) -> Task:
+        return get_task(self.metrics["task"])
+
+    @property
     def known(self) -> np.ndarray:
-        return self.gold >= 0 if self.gold.ndim == 1 else (self.gold >= 0).all(-1)
+        return self.task.known(self.gold)
 
     @property
     def predicted(self) -> np.ndarray:
         """Predicted label indices, or multi-hot rows (labels at or above their thresholds) for multi-label."""
-        return self.probs.argmax(-1) if self.thresholds is None else decide(self.probs, self.thresholds)
+        return self.task.decide(self.probs, self.thresholds)
 
     @property
     def correct(self) -> np.ndarray:
         """Per row: the predicted label (multi-label: the whole label set) is the gold one."""
-        hit = self.predicted == self.gold
-        return (hit if hit.ndim == 1 else hit.all(-1)) & self.known
+        return self.task.correct(self.predicted, self.gold)
 
 
 def evaluate_checkpoint(
@@ -95,40 +91,17 @@ def evaluate_checkpoint(
     Raises:
         BertclsError: unreadable checkpoint, unknown labels, no labelled rows, bad options.
     """
-    if unknown_labels not in UNKNOWN_LABEL_CHOICES:
-        raise BertclsError(f"unknown_labels must be one of {', '.join(UNKNOWN_LABEL_CHOICES)}, got '{unknown_labels}'")
-    if batch_size < 1:
-        raise BertclsError(f"batch size must be at least 1, got {batch_size}")
-    check_precision(precision)
+    _check_options(unknown_labels, batch_size, precision)
     if data.labels is None:
         raise BertclsError(f"{data.source}: evaluation needs gold labels, and this data has none")
     if isinstance(checkpoint, BertForTextClassification):
         model, name = checkpoint, "model"
     else:
         model, name = load_checkpoint(checkpoint), str(checkpoint)
-    index = {label: i for i, label in enumerate(model.labels)}
-    if model.multi_label:
-        sets = [parse_label_set(v, model.label_delimiter) for v in data.labels]
-        unknown = Counter(str(v) for s in sets for v in s if str(v) not in index)
-        gold = np.full((len(sets), model.num_labels), -1, dtype=np.int64)
-        for i, s in enumerate(sets):
-            if all(str(v) in index for v in s):
-                gold[i] = multi_hot([s], model.labels)[0]
-        known = (gold >= 0).all(-1)
-    else:
-        gold = np.array([index.get(str(v), -1) for v in data.labels], dtype=np.int64)
-        unknown = Counter(str(v) for v, g in zip(data.labels, gold) if g < 0)
-        known = gold >= 0
-    if unknown and unknown_labels == "error":
-        rows = sum(unknown.values())
-        raise BertclsError(
-            f"{data.source} has {rows} row(s) with label(s) {some(sorted(unknown))} that checkpoint {name} does not "
-            f"know (its labels: {label_set(model.labels)}); pass --unknown-labels skip to leave those rows out"
-        )
-    if not known.any():
-        raise BertclsError(
-            f"{data.source}: no row has a label that checkpoint {name} knows ({label_set(model.labels)})"
-        )
+    task = get_task(model.task)
+    gold, unknown = task.gold_rows(data.labels, model.labels, model.label_delimiter)
+    known = task.known(gold)
+    _check_gold(unknown, known, unknown_labels, data.source, name, model.labels)
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -138,13 +111,31 @@ def evaluate_checkpoint(
     probs = model.predict_proba(data.texts, data.text_pairs, batch_size, precision).numpy().astype(np.float64)
     metrics = {"checkpoint": name, "data": data.source, "labels": model.labels, "num_rows": len(data)}
     metrics["task"], metrics["precision"] = model.task, precision
-    if model.multi_label:
-        metrics.update(multilabel_report(gold[known], probs[known], model.labels, model.thresholds))
-        metrics["label_delimiter"] = model.label_delimiter
-    else:
-        metrics.update(classification_report(gold[known], probs[known], model.labels))
+    metrics.update(task.report(model, gold[known], probs[known]))
     metrics["unknown_labels"] = {"count": int((~known).sum()), "labels": dict(sorted(unknown.items()))}
     return CheckpointResult(name, model.labels, metrics, probs, gold, model.thresholds)
+
+
+def _check_options(unknown_labels: str, batch_size: int, precision: str) -> None:
+    if unknown_labels not in UNKNOWN_LABEL_CHOICES:
+        raise BertclsError(f"unknown_labels must be one of {', '.join(UNKNOWN_LABEL_CHOICES)}, got '{unknown_labels}'")
+    if batch_size < 1:
+        raise BertclsError(f"batch size must be at least 1, got {batch_size}")
+    check_precision(precision)
+
+
+def _check_gold(
+    unknown: Counter, known: np.ndarray, policy: str, source: str | None, name: str, labels: Sequence[str]
+) -> None:
+    """Labels the checkpoint does not know are an error unless ``policy`` is ``skip``; no known row at all is one."""
+    if unknown and policy == "error":
+        rows = sum(unknown.values())
+        raise BertclsError(
+            f"{source} has {rows} row(s) with label(s) {some(sorted(unknown))} that checkpoint {name} does not "
+            f"know (its labels: {label_set(labels)}); pass --unknown-labels skip to leave those rows out"
+        )
+    if not known.any():
+        raise BertclsError(f"{source}: no row has a label that checkpoint {name} knows ({label_set(labels)})")
 
 
 def evaluate(
@@ -214,12 +205,26 @@ def evaluate(
         return results[0].metrics
 
     names = unique_names([str(p) for p in paths])
-    summary: dict[str, Any] = {"data": source, "num_rows": len(data), "checkpoints": [], "comparisons": []}
     for name, result in zip(names, results):
         write_report(result, data, out / name)
+    summary = compare(results, names, source, len(data), n_resamples, seed)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    say(format_comparison(summary))
+    say(f"reports written to {out} (one subfolder per checkpoint)")
+    return summary
+
+
+def compare(
+    results: Sequence[CheckpointResult], names: Sequence[str], source: str, num_rows: int, n_resamples: int, seed: int
+) -> dict[str, Any]:
+    """What the top-level ``metrics.json`` of several checkpoints holds: a row of headline numbers per checkpoint
+    (``names``: its report subfolder), and each one's difference to the first on the task's compared score."""
+    task = results[0].task
+    summary: dict[str, Any] = {"data": source, "num_rows": num_rows, "checkpoints": [], "comparisons": []}
+    for name, result in zip(names, results):
         m = result.metrics
         row = {"checkpoint": result.checkpoint, "report": name, "num_examples": m["num_examples"]}
-        row.update({k: m[k] for k in SUMMARY_KEYS[task]})
+        row.update({k: m[k] for k in task.summary})
         row["unknown_labels"] = m["unknown_labels"]["count"]
         summary["checkpoints"].append(row)
     base = results[0]
@@ -228,11 +233,8 @@ def evaluate(
         both = base.known & result.known
         ci = paired_bootstrap(base.correct[both], result.correct[both], n_resamples=n_resamples, seed=seed)
         summary["comparisons"].append(
-            {"baseline": base.checkpoint, "checkpoint": result.checkpoint, "metric": COMPARED[task], **ci}
+            {"baseline": base.checkpoint, "checkpoint": result.checkpoint, "metric": task.compared, **ci}
         )
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    say(format_comparison(summary))
-    say(f"reports written to {out} (one subfolder per checkpoint)")
     return summary
 
 
@@ -284,14 +286,11 @@ def write_report(result: CheckpointResult, data: Split, out: Path) -> None:
     For multi-label, ``gold`` and ``predicted`` are label sets joined by the checkpoint's delimiter, and the PNG
     holds one 2x2 matrix per label.
     """
-    from bertcls.plots import plot_confusion_matrix, plot_multilabel_confusion
-
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     columns = ["text", *(["text_pair"] if data.text_pairs is not None else []), "gold", "predicted"]
     columns += [f"prob_{label}" for label in result.labels]
-    predicted = result.predicted
-    multi = result.thresholds is not None
+    task, predicted = result.task, result.predicted
     delimiter = result.metrics.get("label_delimiter", "|")
     with (out / "predictions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -299,93 +298,20 @@ def write_report(result: CheckpointResult, data: Split, out: Path) -> None:
         for i, text in enumerate(data.texts):
             pair = [data.text_pairs[i]] if data.text_pairs is not None else []
             probs = [repr(float(p)) for p in result.probs[i]]
-            if multi:
-                gold = join_labels(parse_label_set(data.labels[i], delimiter), delimiter)
-                guess = join_labels([result.labels[j] for j in np.flatnonzero(predicted[i])], delimiter)
-            else:
-                gold, guess = data.labels[i], result.labels[predicted[i]]
+            gold, guess = task.csv_cells(data.labels[i], predicted[i], result.labels, delimiter)
             writer.writerow([text, *pair, gold, guess, *probs])
     m = result.metrics
     title = f"{'/'.join(Path(result.checkpoint).parts[-2:])} on {m['data']}"
-    if multi:
-        plot_multilabel_confusion(m["confusion_matrices"], out / "confusion_matrix.png", title=title)
-    else:
-        plot_confusion_matrix(m["confusion_matrix"], result.labels, out / "confusion_matrix.png", title=title)
+    task.plot_confusion(m, result.labels, out / "confusion_matrix.png", title)
 
 
 # ---------------------------------------------------------------- printed tables
 
 
-def _fmt(value: float | None, width: int = 9) -> str:
-    if value is None or math.isnan(value):
-        return f"{'n/a':>{width}}"
-    return f"{value:>{width}.4f}"
-
-
-def _precision_note(m: dict[str, Any]) -> str:
-    precision = m.get("precision")
-    return "" if precision is None else f", precision {'full (fp32)' if precision == 'no' else precision}"
-
-
 def format_report(m: dict[str, Any]) -> str:
-    """A readable summary of one checkpoint's metrics: headline numbers, per-class table, confusion matrix."""
-    if m.get("task") == "multi_label":
-        return format_multilabel_report(m)
-    labels = list(m["labels"])
-    lines = [f"{m['checkpoint']} on {m['data']}: {m['num_examples']} examples{_precision_note(m)}"]
-    if m["unknown_labels"]["count"]:
-        skipped = ", ".join(f"'{k}' x{n}" for k, n in m["unknown_labels"]["labels"].items())
-        lines[0] += f" ({m['unknown_labels']['count']} rows skipped, labels unknown to the checkpoint: {skipped})"
-    head = f"accuracy {m['accuracy']:.4f}   macro F1 {m['macro_f1']:.4f}   loss {m['loss']:.4f}   ECE {m['ece']:.4f}"
-    if "roc_auc" in m:
-        auc, ap = m["roc_auc"], m["average_precision"]
-        head += f"   ROC-AUC {_fmt(auc, 0).strip()}   AP {_fmt(ap, 0).strip()} (positive: {m['positive_label']})"
-    lines += [head, ""]
-    w = max(12, *(len(label) for label in labels)) + 2
-    lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
-    for label in labels:
-        c = m["per_class"][label]
-        lines.append(f"{label:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}")
-    for avg in ("macro", "micro", "weighted"):
-        a = m[avg]
-        lines.append(f"{avg + ' avg':<{w}}{a['precision']:>10.4f}{a['recall']:>10.4f}{a['f1']:>10.4f}")
-    lines += ["", "confusion matrix (rows = gold, columns = predicted):"]
-    cw = max(8, *(len(label) + 1 for label in labels))
-    lines.append(f"{'':<{w}}" + "".join(f"{label:>{cw}}" for label in labels))
-    for label, row in zip(labels, m["confusion_matrix"]):
-        lines.append(f"{label:<{w}}" + "".join(f"{n:>{cw}}" for n in row))
-    return "\n".join(lines)
-
-
-def format_multilabel_report(m: dict[str, Any]) -> str:
-    """Headline numbers, per-label precision / recall / F1 / support / threshold, and per-label decision counts."""
-    labels = list(m["labels"])
-    lines = [f"{m['checkpoint']} on {m['data']}: {m['num_examples']} examples (multi-label){_precision_note(m)}"]
-    if m["unknown_labels"]["count"]:
-        skipped = ", ".join(f"'{k}' x{n}" for k, n in m["unknown_labels"]["labels"].items())
-        lines[0] += f" ({m['unknown_labels']['count']} rows skipped, labels unknown to the checkpoint: {skipped})"
-    lines.append(
-        f"micro F1 {m['micro_f1']:.4f}   macro F1 {m['macro_f1']:.4f}   subset accuracy {m['subset_accuracy']:.4f}"
-        f"   Hamming loss {m['hamming_loss']:.4f}   loss {m['loss']:.4f}"
-    )
-    lines.append("")
-    w = max(12, *(len(label) for label in labels)) + 2
-    lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}{'threshold':>11}")
-    for label in labels:
-        c = m["per_class"][label]
-        lines.append(
-            f"{label:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}"
-            f"{c['threshold']:>11.4f}"
-        )
-    for avg in ("micro", "macro", "weighted", "samples"):
-        a = m[avg]
-        lines.append(f"{avg + ' avg':<{w}}{a['precision']:>10.4f}{a['recall']:>10.4f}{a['f1']:>10.4f}")
-    lines += ["", "per label (tp = predicted and gold, fp = predicted only, fn = gold only, tn = neither):"]
-    lines.append(f"{'':<{w}}{'tp':>8}{'fp':>8}{'fn':>8}{'tn':>8}")
-    for label in labels:
-        (tn, fp), (fn, tp) = m["confusion_matrices"][label]
-        lines.append(f"{label:<{w}}{tp:>8}{fp:>8}{fn:>8}{tn:>8}")
-    return "\n".join(lines)
+    """A readable summary of one checkpoint's metrics: headline numbers, per-class table, confusion matrix (its
+    task's ``format_report``; a metrics dict without a task is single-label)."""
+    return get_task(m.get("task", "single_label")).format_report(m)
 
 
 def format_comparison(summary: dict[str, Any]) -> str:
@@ -394,19 +320,13 @@ def format_comparison(summary: dict[str, Any]) -> str:
     rows = summary["checkpoints"]
     w = max(10, *(len(r["checkpoint"]) for r in rows)) + 2
     lines = [f"{len(rows)} checkpoints on {summary['data']}:"]
-    if "subset_accuracy" in rows[0]:
-        keys, names, compared = (
-            SUMMARY_KEYS["multi_label"],
-            ("subset acc", "micro F1", "macro F1", "Hamming", "loss"),
-            "subset accuracy",
-        )
-    else:
-        keys, names, compared = SUMMARY_KEYS["single_label"], ("accuracy", "macro F1", "loss", "ECE"), "accuracy"
+    task = task_of_metrics(rows[0])
+    keys, names, compared = task.summary, task.summary_names, task.compared_name
     width = max(9, *(len(n) + 1 for n in names))
     header = "".join(f"{n:>{width}}" for n in names)
     lines.append(f"{'checkpoint':<{w}}{header}   {compared} vs first [95% CI]")
     for i, r in enumerate(rows):
-        line = f"{r['checkpoint']:<{w}}" + "".join(_fmt(r[k], width) for k in keys)
+        line = f"{r['checkpoint']:<{w}}" + "".join(format_score(r[k], width) for k in keys)
         if i == 0:
             line += "   (baseline)"
         else:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from bertcls.errors import BertclsError
+from bertcls.tasks import get_task
 
 InitFn = Callable[..., torch.Tensor]
 InitSpec = str | Mapping[str, Any]
@@ -269,13 +270,9 @@ def describe_init(model: nn.Module, batch: Mapping[str, torch.Tensor] | None = N
         labels = batch.get("labels")
         if labels is not None:
             labels = labels.to(logits.device)
-            if getattr(model, "multi_label", False):
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.float())
-                report.expected_loss = math.log(2)
-            else:
-                loss = nn.functional.cross_entropy(logits, labels)
-                report.expected_loss = math.log(logits.shape[-1])
-            report.initial_loss = loss.item()
+            task = get_task(getattr(model, "task", "single_label"))  # a plain module: softmax over its outputs
+            report.initial_loss = task.plain_loss(logits, labels).item()
+            report.expected_loss = task.uniform_loss(logits.shape[-1])
     return report
 
 

@@ -58,13 +58,13 @@ def build_loss(weights: torch.Tensor | None = None, label_smoothing: float = 0.0
     return loss_fn
 
 
-def build_loss_weight(weights: torch.Tensor | None = None, multi_label: bool = False):
-    """``weight(labels)``: what the mean loss of a batch divides its summed loss by (the number of examples, the sum of
-    their class weights, or for multi-label the number of example-label pairs), so that micro-batches of one update
-    can be weighed as the single batch they make up."""
+def build_loss_weight(weights: torch.Tensor | None = None):
+    """``weight(labels)``: what the mean loss of a batch divides its summed loss by (the sum of the examples' class
+    ``weights``, or without weights the number of label entries: examples, or for multi-hot rows example-label
+    pairs), so that micro-batches of one update can be weighed as the single batch they make up."""
 
     def weight(labels: torch.Tensor) -> torch.Tensor:
-        if weights is not None and not multi_label:
+        if weights is not None:
             return weights.to(labels.device)[labels].sum()
         return torch.tensor(float(labels.numel()), device=labels.device)
 

@@ -9,7 +9,9 @@ Callers hold a ``Task`` and never branch on its name. Importing this module impo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,10 @@ class Task:
     headline: tuple[str, ...]  # the numbers a log line shows
     summary: tuple[str, ...]  # the columns of `bertcls.evaluate`'s comparison table
     compared: str  # the score checkpoints are compared on, row by row (paired bootstrap)
+    summary_names: tuple[str, ...]  # the titles of `summary` in the printed comparison
+    compared_name: str  # `compared` in words
+    per_label: bool  # a decision per label (a sigmoid and a threshold each) rather than one label per text
+    hf_problem_type: str  # transformers' `config.problem_type` of an exported BertForSequenceClassification
 
     @property
     def default_metric(self) -> str:
@@ -46,6 +52,43 @@ class Task:
     def configure(self, model, tune: bool, threshold: Any, delimiter: str) -> None:
         """Set the run's decision options on a new model."""
 
+    def saved_decision(self, model) -> dict[str, Any]:
+        """What a saved model's or an export's config records of the decision rule, beside the weights."""
+        return {}
+
+    def known(self, gold: np.ndarray) -> np.ndarray:
+        """Per row of ``gold_rows``'s gold: every label of the row is one the checkpoint knows."""
+        return (gold >= 0).reshape(len(gold), -1).all(-1)
+
+    def same(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Per row: two decisions (label indices, or multi-hot rows: the whole label set) are equal."""
+        return (a == b).reshape(len(a), -1).all(-1)
+
+    def correct(self, predicted: np.ndarray, gold: np.ndarray) -> np.ndarray:
+        """Per row: the prediction (multi-label: the whole label set) is the gold one, and the gold is known."""
+        return self.same(predicted, gold) & self.known(gold)
+
+
+def _precision_note(m: Mapping[str, Any]) -> str:
+    precision = m.get("precision")
+    return "" if precision is None else f", precision {'full (fp32)' if precision == 'no' else precision}"
+
+
+def _report_title(m: Mapping[str, Any], tag: str = "") -> str:
+    """The first line of a printed report: checkpoint, data, examples, precision and the rows left out."""
+    line = f"{m['checkpoint']} on {m['data']}: {m['num_examples']} examples{tag}{_precision_note(m)}"
+    if m["unknown_labels"]["count"]:
+        skipped = ", ".join(f"'{k}' x{n}" for k, n in m["unknown_labels"]["labels"].items())
+        line += f" ({m['unknown_labels']['count']} rows skipped, labels unknown to the checkpoint: {skipped})"
+    return line
+
+
+def format_score(value: float | None, width: int = 9) -> str:
+    """A score right-aligned in ``width`` characters with four decimals; ``n/a`` for None or NaN."""
+    if value is None or math.isnan(value):
+        return f"{'n/a':>{width}}"
+    return f"{value:>{width}.4f}"
+
 
 class SingleLabel(Task):
     name = "single_label"
@@ -53,15 +96,53 @@ class SingleLabel(Task):
     headline = ("loss", "accuracy", "macro_f1")
     summary = ("accuracy", "macro_f1", "loss", "ece")
     compared = "accuracy"
+    summary_names = ("accuracy", "macro F1", "loss", "ECE")
+    compared_name = "accuracy"
+    per_label = False
+    hf_problem_type = "single_label_classification"
 
     def uniform_loss(self, num_labels: int) -> float:
         """The loss of predicting every label equally likely: ln(num_labels) for softmax over the labels."""
         return math.log(num_labels)
 
+    def kind(self, num_labels: int) -> str:
+        """What the model is, for its card."""
+        return f"{num_labels}-class text classifier"
+
+    def check_config(self, cfg) -> None:
+        """Refuse the options that only mean something for a multi-label task (never silently ignored)."""
+        from bertcls.errors import BertclsError
+
+        if cfg.loss.pos_weight is not None:
+            raise BertclsError("loss.pos_weight is for data.task=multi_label; single_label uses loss.class_weights")
+        if cfg.eval.threshold != 0.5:
+            raise BertclsError(
+                "eval.threshold is for data.task=multi_label; single_label predicts the most probable label"
+            )
+
+    def read_labels(self, values: Sequence[Any], source: str, delimiter: str) -> list[Any]:
+        """A label column as read from a file: a missing label is an error naming its file lines."""
+        from bertcls.data import normalize_label
+        from bertcls.errors import BertclsError
+
+        missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
+        if missing:
+            rows = ", ".join(str(i + 2) for i in missing[:5])  # +2: 1-based, after the header line
+            raise BertclsError(
+                f"{source}: {len(missing)} row(s) have no label (file lines {rows}...); fill or drop them"
+            )
+        return [normalize_label(v) for v in values]
+
     def targets(self, values: Sequence[Any], labels: Sequence[str], source: str = "data") -> list[int]:
         from bertcls.data import label_ids
 
         return label_ids(values, labels, source)
+
+    def gold_rows(self, values: Sequence[Any], labels: Sequence[str], delimiter: str) -> tuple[np.ndarray, Counter]:
+        """Gold label indices for evaluation (-1 for a label the checkpoint does not know), and those labels counted."""
+        index = {label: i for i, label in enumerate(labels)}
+        gold = np.array([index.get(str(v), -1) for v in values], dtype=np.int64)
+        return gold, Counter(str(v) for v, g in zip(values, gold) if g < 0)
 
     def check_label_count(self, labels: Sequence[str], values: Sequence[Any], source: str) -> None:
         from bertcls.errors import BertclsError
@@ -109,6 +190,47 @@ class SingleLabel(Task):
             out.append({"label": labels[top], "score": row[top], "probabilities": dict(zip(labels, row, strict=True))})
         return out
 
+    def report(self, model, gold: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+        """Every metric ``bertcls.evaluate`` reports (``bertcls.metrics.classification_report``)."""
+        from bertcls.metrics import classification_report
+
+        return classification_report(gold, probs, model.labels)
+
+    def csv_cells(self, value: Any, predicted, labels: Sequence[str], delimiter: str) -> tuple[Any, str]:
+        """The ``gold`` and ``predicted`` cells of a predictions row: the gold as read, the predicted label's name."""
+        return value, labels[predicted]
+
+    def plot_confusion(self, m: Mapping[str, Any], labels: Sequence[str], path: Path, title: str) -> None:
+        from bertcls.plots import plot_confusion_matrix
+
+        plot_confusion_matrix(m["confusion_matrix"], labels, path, title=title)
+
+    def format_report(self, m: Mapping[str, Any]) -> str:
+        """Headline numbers, per-class table, confusion matrix."""
+        labels = list(m["labels"])
+        lines = [_report_title(m)]
+        head = (
+            f"accuracy {m['accuracy']:.4f}   macro F1 {m['macro_f1']:.4f}   loss {m['loss']:.4f}   ECE {m['ece']:.4f}"
+        )
+        if "roc_auc" in m:
+            auc, ap = format_score(m["roc_auc"], 0).strip(), format_score(m["average_precision"], 0).strip()
+            head += f"   ROC-AUC {auc}   AP {ap} (positive: {m['positive_label']})"
+        lines += [head, ""]
+        w = max(12, *(len(label) for label in labels)) + 2
+        lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
+        for label in labels:
+            c = m["per_class"][label]
+            lines.append(f"{label:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}")
+        for avg in ("macro", "micro", "weighted"):
+            a = m[avg]
+            lines.append(f"{avg + ' avg':<{w}}{a['precision']:>10.4f}{a['recall']:>10.4f}{a['f1']:>10.4f}")
+        lines += ["", "confusion matrix (rows = gold, columns = predicted):"]
+        cw = max(8, *(len(label) + 1 for label in labels))
+        lines.append(f"{'':<{w}}" + "".join(f"{label:>{cw}}" for label in labels))
+        for label, row in zip(labels, m["confusion_matrix"]):
+            lines.append(f"{label:<{w}}" + "".join(f"{n:>{cw}}" for n in row))
+        return "\n".join(lines)
+
 
 class MultiLabel(Task):
     name = "multi_label"
@@ -116,6 +238,10 @@ class MultiLabel(Task):
     headline = ("loss", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss")
     summary = ("subset_accuracy", "micro_f1", "macro_f1", "hamming_loss", "loss")
     compared = "subset_accuracy"
+    summary_names = ("subset acc", "micro F1", "macro F1", "Hamming", "loss")
+    compared_name = "subset accuracy"
+    per_label = True
+    hf_problem_type = "multi_label_classification"
 
     def uniform_loss(self, num_labels: int) -> float:
         """The loss of predicting every label at probability 1/2: ln 2 for a sigmoid per label."""
@@ -124,10 +250,50 @@ class MultiLabel(Task):
     def label_values(self, values: Sequence[Any]) -> list[Any]:
         return [v for s in values for v in s]
 
+    def kind(self, num_labels: int) -> str:
+        """What the model is, for its card."""
+        return f"multi-label text classifier over {num_labels} labels"
+
+    def check_config(self, cfg) -> None:
+        """Refuse the options that only mean something for a single-label task (never silently ignored)."""
+        from bertcls.errors import BertclsError
+
+        single_only = {
+            "loss.class_weights": cfg.loss.class_weights is not None,
+            "loss.label_smoothing": cfg.loss.label_smoothing > 0,
+            "train.sampler=balanced": cfg.train.sampler == "balanced",
+        }
+        for key, used in single_only.items():
+            if used:
+                raise BertclsError(
+                    f"{key} is for data.task=single_label (one label per text); with multi_label, weigh rare "
+                    "labels with loss.pos_weight instead"
+                )
+
+    def read_labels(self, values: Sequence[Any], source: str, delimiter: str) -> list[list[Any]]:
+        """A label column as read from a file: each cell a set of labels (``bertcls.multilabel.parse_label_set``); an
+        empty cell is the empty set, not a missing label."""
+        from bertcls.multilabel import parse_label_set
+
+        return [parse_label_set(v, delimiter) for v in values]
+
     def targets(self, values: Sequence[Any], labels: Sequence[str], source: str = "data") -> list[list[int]]:
         from bertcls.multilabel import multi_hot
 
         return multi_hot(values, labels, source)
+
+    def gold_rows(self, values: Sequence[Any], labels: Sequence[str], delimiter: str) -> tuple[np.ndarray, Counter]:
+        """Gold multi-hot rows for evaluation (a row with a label the checkpoint does not know is all -1), and those
+        labels counted. A cell is a list, or a string joined by ``delimiter``."""
+        from bertcls.multilabel import multi_hot, parse_label_set
+
+        known = set(labels)
+        sets = [parse_label_set(v, delimiter) for v in values]
+        gold = np.full((len(sets), len(labels)), -1, dtype=np.int64)
+        for i, s in enumerate(sets):
+            if all(str(v) in known for v in s):
+                gold[i] = multi_hot([s], labels)[0]
+        return gold, Counter(str(v) for s in sets for v in s if str(v) not in known)
 
     def check_label_count(self, labels: Sequence[str], values: Sequence[Any], source: str) -> None:
         from bertcls.errors import BertclsError
@@ -159,7 +325,7 @@ class MultiLabel(Task):
         weights = losses.pos_weights(loss_cfg.pos_weight, labels, train_targets)
         if weights is not None:
             log(f"pos_weight: {dict(zip(labels, [round(w, 4) for w in weights.tolist()], strict=True))}")
-        return losses.build_multilabel_loss(weights), losses.build_loss_weight(None, multi_label=True)
+        return losses.build_multilabel_loss(weights), losses.build_loss_weight()
 
     def metrics_of(self, gold, probs, thresholds=None) -> dict[str, float]:
         from bertcls.metrics import multilabel_metrics
@@ -177,8 +343,59 @@ class MultiLabel(Task):
 
         return prediction_dicts(rows, labels, thresholds)
 
+    def report(self, model, gold: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+        """Every metric ``bertcls.evaluate`` reports at the model's thresholds (``bertcls.metrics.multilabel_report``),
+        and the delimiter its label sets are written with."""
+        from bertcls.metrics import multilabel_report
+
+        report = multilabel_report(gold, probs, model.labels, model.thresholds)
+        return {**report, "label_delimiter": model.label_delimiter}
+
+    def csv_cells(self, value: Any, predicted, labels: Sequence[str], delimiter: str) -> tuple[str, str]:
+        """The ``gold`` and ``predicted`` cells of a predictions row: label sets joined by ``delimiter``."""
+        from bertcls.multilabel import join_labels, parse_label_set
+
+        gold = join_labels(parse_label_set(value, delimiter), delimiter)
+        return gold, join_labels([labels[j] for j in np.flatnonzero(predicted)], delimiter)
+
+    def plot_confusion(self, m: Mapping[str, Any], labels: Sequence[str], path: Path, title: str) -> None:
+        """One 2x2 confusion matrix per label."""
+        from bertcls.plots import plot_multilabel_confusion
+
+        plot_multilabel_confusion(m["confusion_matrices"], path, title=title)
+
+    def format_report(self, m: Mapping[str, Any]) -> str:
+        """Headline numbers, per-label precision / recall / F1 / support / threshold, and per-label decision counts."""
+        labels = list(m["labels"])
+        lines = [_report_title(m, " (multi-label)")]
+        lines.append(
+            f"micro F1 {m['micro_f1']:.4f}   macro F1 {m['macro_f1']:.4f}   subset accuracy {m['subset_accuracy']:.4f}"
+            f"   Hamming loss {m['hamming_loss']:.4f}   loss {m['loss']:.4f}"
+        )
+        lines.append("")
+        w = max(12, *(len(label) for label in labels)) + 2
+        lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}{'threshold':>11}")
+        for label in labels:
+            c = m["per_class"][label]
+            lines.append(
+                f"{label:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}"
+                f"{c['threshold']:>11.4f}"
+            )
+        for avg in ("micro", "macro", "weighted", "samples"):
+            a = m[avg]
+            lines.append(f"{avg + ' avg':<{w}}{a['precision']:>10.4f}{a['recall']:>10.4f}{a['f1']:>10.4f}")
+        lines += ["", "per label (tp = predicted and gold, fp = predicted only, fn = gold only, tn = neither):"]
+        lines.append(f"{'':<{w}}{'tp':>8}{'fp':>8}{'fn':>8}{'tn':>8}")
+        for label in labels:
+            (tn, fp), (fn, tp) = m["confusion_matrices"][label]
+            lines.append(f"{label:<{w}}{tp:>8}{fp:>8}{fn:>8}{tn:>8}")
+        return "\n".join(lines)
+
     def decision_state(self, model) -> dict[str, Any]:
         return {"thresholds": dict(zip(model.labels, model.thresholds, strict=True))}
+
+    def saved_decision(self, model) -> dict[str, Any]:
+        return {"thresholds": model.thresholds, "label_delimiter": model.label_delimiter}
 
     def load_decision_state(self, model, state: dict[str, Any]) -> None:
         model.thresholds = list(state["thresholds"].values())
@@ -201,3 +418,9 @@ def get_task(name: str) -> Task:
 
         raise BertclsError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
     return TASKS[name]
+
+
+def task_of_metrics(metrics: Mapping[str, Any]) -> Task:
+    """The task whose metrics ``metrics`` holds, for a dict saved without its task name (a comparison row, a
+    validation record); single-label when neither fits."""
+    return next((t for t in TASKS.values() if set(t.metrics) <= metrics.keys()), TASKS["single_label"])

@@ -44,8 +44,8 @@ def split_features(cfg, out: Path, cache: Path):
 
     from bertcls import BertForTextClassification
     from bertcls.cache import load_or_compute
-    from bertcls.data import label_targets
     from bertcls.precision import resolve
+    from bertcls.tasks import get_task
     from bertcls.train import load_data
 
     data = load_data(cfg, log=lambda _m: None)
@@ -57,7 +57,7 @@ def split_features(cfg, out: Path, cache: Path):
         split = getattr(data, name)
         feats, hit = load_or_compute(model, split, model.max_length, precision, accelerator, cache, lambda _m: None)
         assert hit, f"{name} features were not in the cache"
-        found[name] = (feats.float().numpy(), np.asarray(label_targets(split.labels, data.labels)))
+        found[name] = (feats.float().numpy(), np.asarray(get_task(model.task).targets(split.labels, data.labels)))
     return found
 
 

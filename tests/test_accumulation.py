@@ -58,7 +58,7 @@ def test_accumulated_gradient_equals_one_big_batch(tiny_bert, task, weights, siz
     accelerator = Accelerator(cpu=True)
     model, group, whole = model_and_batches(tiny_bert, task, sizes)
     if task == "multi_label":
-        loss_fn, weight = build_multilabel_loss(weights), build_loss_weight(None, multi_label=True)
+        loss_fn, weight = build_multilabel_loss(weights), build_loss_weight()
     else:
         loss_fn, weight = build_loss(weights, label_smoothing=0.1), build_loss_weight(weights)
 

@@ -15,11 +15,12 @@ from sklearn import metrics as skm
 
 from bertcls import BertclsError, BertForTextClassification
 from bertcls.config import load_config
-from bertcls.data import TextClassificationDataset, label_targets, load_split
+from bertcls.data import TextClassificationDataset, load_split
 from bertcls.losses import build_multilabel_loss, pos_weights
 from bertcls.metrics import is_better, multilabel_metrics
 from bertcls.multilabel import decide, parse_label_set, tune_thresholds
 from bertcls.serialization import CONFIG_NAME, checkpoint_task
+from bertcls.tasks import get_task
 from bertcls.train import load_data, make_train_loader, train
 
 from .conftest import FILLER, NEGATIVE, POSITIVE, assert_one_line_error, run_cli, run_torchrun
@@ -27,6 +28,7 @@ from .test_train import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["bad", "cast", "good"]
+MULTI = get_task("multi_label")
 TEXTS = ["a gripping beautiful film", "dull", "the actor was awful and the plot boring", "fun", "the ending"]
 
 
@@ -95,9 +97,9 @@ def test_label_sets_from_lists_delimited_strings_and_empty_cells(tmp_path):
     csv_path = write_delimited_csv(tmp_path / "a.csv", rows, ",")
     split = load_split(str(csv_path), task="multi_label", label_delimiter=",")
     assert split.labels == [["a", "b"], [], ["c"]]  # the empty cell is the empty set, not a missing label
-    assert label_targets(split.labels, ["a", "b", "c"], "multi_label") == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
+    assert MULTI.targets(split.labels, ["a", "b", "c"]) == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
     with pytest.raises(BertclsError, match=r"'c'.*not in the label set"):
-        label_targets(split.labels, ["a", "b"], "multi_label", "validation data")
+        MULTI.targets(split.labels, ["a", "b"], "validation data")
     with pytest.raises(BertclsError, match="no label"):  # single-label reading keeps refusing empty cells
         load_split(str(csv_path))
 
@@ -378,9 +380,7 @@ def test_windows_average_sigmoid_probabilities(ml_model):
 def recomputed_test_metrics(best: BertForTextClassification, path: Path) -> dict[str, float]:
     test = load_split(str(path), task="multi_label")
     probs = best.predict_proba(test.texts, batch_size=7).numpy()
-    return multilabel_metrics(
-        np.asarray(label_targets(test.labels, best.labels, "multi_label")), probs, best.thresholds
-    )
+    return multilabel_metrics(np.asarray(MULTI.targets(test.labels, best.labels)), probs, best.thresholds)
 
 
 def test_end_to_end_with_tuned_thresholds(tiny_bert, ml_data, tmp_path):
@@ -402,7 +402,7 @@ def test_end_to_end_with_tuned_thresholds(tiny_bert, ml_data, tmp_path):
     # last/ holds thresholds tuned for its own weights on the validation split
     last = BertForTextClassification.from_pretrained(out / "last")
     val = load_split(str(ml_data["validation"]), task="multi_label")
-    gold = np.asarray(label_targets(val.labels, LABELS, "multi_label"))
+    gold = np.asarray(MULTI.targets(val.labels, LABELS))
     expected = tune_thresholds(gold, last.predict_proba(val.texts).numpy())
     assert last.thresholds == pytest.approx(expected.tolist(), abs=1e-5)
     card = (out / "best" / "README.md").read_text()
@@ -462,7 +462,7 @@ def test_evaluate_cli_on_a_multilabel_checkpoint(ml_model, ml_data, tmp_path, ca
     assert "micro F1" in printed and "threshold" in printed and "Hamming loss" in printed
     m = json.loads((out / "metrics.json").read_text())
     split = load_split(str(ml_data["validation"]), task="multi_label")
-    gold = np.asarray(label_targets(split.labels, LABELS, "multi_label"))
+    gold = np.asarray(MULTI.targets(split.labels, LABELS))
     pred = decide(ml_model.predict_proba(split.texts).numpy(), [0.45, 0.5, 0.55])
     assert m["micro_f1"] == pytest.approx(skm.f1_score(gold, pred, average="micro", zero_division=0))
     assert m["hamming_loss"] == pytest.approx(skm.hamming_loss(gold, pred))
@@ -572,6 +572,6 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
     assert best.thresholds == list(metrics["best"]["thresholds"].values())
     # the gathered labels were the right ones: one process's predictions give the same metrics
     val = load_split(str(val_path), task="multi_label")
-    gold = np.asarray(label_targets(val.labels, best.labels, "multi_label"))
+    gold = np.asarray(MULTI.targets(val.labels, best.labels))
     again = multilabel_metrics(gold, best.predict_proba(val.texts).numpy(), best.thresholds)
     assert again == pytest.approx({k: v for k, v in metrics["test"].items() if k != "num_examples"}, rel=1e-4)
