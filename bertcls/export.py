@@ -43,6 +43,7 @@ from bertcls.onnx_predict import (
     OnnxClassifier,
 )
 from bertcls.serialization import load_checkpoint
+from bertcls.tasks import get_task
 
 FORMATS = ("onnx", "hf")
 QUANTIZATIONS = ("int8",)
@@ -189,7 +190,7 @@ def _onnx_config(
         "window_stride": model.window_stride,
         "pooling": model.spec.pooling,
         "task": model.task,
-        **({"thresholds": model.thresholds, "label_delimiter": model.label_delimiter} if model.multi_label else {}),
+        **get_task(model.task).saved_decision(model),
         "inputs": inputs,
         "outputs": ["logits"],
         "pad_token_id": model.tokenizer.pad_token_id or 0,
@@ -247,67 +248,32 @@ def _quiet(logger: str) -> Iterator[None]:
 def _compare_accuracy(
     folder: Path, fp32_file: str, data: str, text_column: str, text_pair_column: str | None, label_column: str
 ) -> dict[str, Any]:
+    """fp32 against int8 on a labelled split: "accuracy" is the task's compared score (multi-label: subset accuracy,
+    the whole label set right, at the exported thresholds) and "agreement" the share of texts decided the same."""
     from bertcls.data import load_split
 
     fp32 = OnnxClassifier.from_folder(folder, model_file=fp32_file)
     int8 = OnnxClassifier.from_folder(folder)
-    if fp32.multi_label:
-        return _compare_multilabel(fp32, int8, data, text_column, text_pair_column, label_column)
-    split = load_split(data, text_column, label_column, text_pair_column, split="test")
-    index = {label: i for i, label in enumerate(fp32.labels)}
-    gold = np.array([index.get(str(v), -1) for v in split.labels])
-    if (gold < 0).any():
-        unknown = sorted({str(v) for v, g in zip(split.labels, gold) if g < 0})
-        raise BertclsError(f"{data}: label(s) {some(unknown)} are not the checkpoint's labels {label_set(fp32.labels)}")
-    p32 = fp32.predict_proba(split.texts, split.text_pairs)
-    p8 = int8.predict_proba(split.texts, split.text_pairs)
-    acc32, acc8 = float((p32.argmax(1) == gold).mean()), float((p8.argmax(1) == gold).mean())
-    return {
-        "data": data,
-        "num_examples": len(gold),
-        "accuracy_fp32": acc32,
-        "accuracy_int8": acc8,
-        "accuracy_change": acc8 - acc32,
-        "agreement": float((p32.argmax(1) == p8.argmax(1)).mean()),
-        "max_probability_difference": float(np.abs(p32 - p8).max()),
-    }
-
-
-def _compare_multilabel(
-    fp32: OnnxClassifier,
-    int8: OnnxClassifier,
-    data: str,
-    text_column: str,
-    text_pair_column: str | None,
-    label_column: str,
-) -> dict[str, Any]:
-    """``_compare_accuracy`` for a multi-label export: "accuracy" is subset accuracy (the whole label set right) at
-    the exported thresholds, and "agreement" the share of texts whose predicted label sets are equal."""
-    from bertcls.data import load_split
-    from bertcls.multilabel import decide, multi_hot
-
+    task, labels, delimiter = get_task(fp32.task), fp32.labels, fp32.label_delimiter
     split = load_split(
-        data,
-        text_column,
-        label_column,
-        text_pair_column,
-        split="test",
-        task="multi_label",
-        label_delimiter=fp32.label_delimiter,
+        data, text_column, label_column, text_pair_column, split="test", task=task.name, label_delimiter=delimiter
     )
-    gold = np.asarray(multi_hot(split.labels, fp32.labels, data))
+    gold, unknown = task.gold_rows(split.labels, labels, delimiter)
+    if unknown:
+        unknown_labels = some(sorted(unknown))
+        raise BertclsError(f"{data}: label(s) {unknown_labels} are not the checkpoint's labels {label_set(labels)}")
     p32 = fp32.predict_proba(split.texts, split.text_pairs)
     p8 = int8.predict_proba(split.texts, split.text_pairs)
-    d32, d8 = decide(p32, fp32.thresholds), decide(p8, fp32.thresholds)
-    acc32, acc8 = float((d32 == gold).all(1).mean()), float((d8 == gold).all(1).mean())
+    d32, d8 = task.decide(p32, fp32.thresholds), task.decide(p8, fp32.thresholds)
+    acc32, acc8 = float(task.correct(d32, gold).mean()), float(task.correct(d8, gold).mean())
     return {
         "data": data,
         "num_examples": len(gold),
-        "metric": "subset_accuracy",
+        "metric": task.compared,
         "accuracy_fp32": acc32,
         "accuracy_int8": acc8,
         "accuracy_change": acc8 - acc32,
-        "agreement": float((d32 == d8).all(1).mean()),
+        "agreement": float(task.same(d32, d8).mean()),
         "max_probability_difference": float(np.abs(p32 - p8).max()),
     }
 
@@ -368,10 +334,12 @@ def export_hf(
     config.architectures = ["BertForSequenceClassification"]
     config.id2label = dict(enumerate(model.labels))
     config.label2id = {label: i for i, label in enumerate(model.labels)}
+    task = get_task(model.task)
     # softmax (single-label) or a sigmoid per label (multi-label) in the pipeline, as in bertcls
-    config.problem_type = "multi_label_classification" if model.multi_label else "single_label_classification"
-    if model.multi_label:  # the pipeline ignores them; kept so the decision rule travels with the weights
-        config.bertcls_thresholds = dict(zip(model.labels, model.thresholds))
+    config.problem_type = task.hf_problem_type
+    # Multi-label thresholds: the pipeline ignores them; kept so the decision rule travels with the weights.
+    for key, value in task.decision_state(model).items():
+        setattr(config, f"bertcls_{key}", value)
     config.classifier_dropout = model.spec.dropout
     hf = BertForSequenceClassification(config)
     final = len(model.head.layers) - 1  # Sequential(Dropout, Linear): the Linear is the classifier

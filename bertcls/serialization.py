@@ -23,6 +23,7 @@ from bertcls.init import InitSpec
 from bertcls.model import POOLINGS, BertForTextClassification, HeadSpec
 from bertcls.multilabel import DEFAULT_DELIMITER, DEFAULT_THRESHOLD
 from bertcls.resources import is_packaged, packaged_model_dir
+from bertcls.tasks import get_task
 
 CONFIG_NAME = "bertcls_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -63,9 +64,7 @@ def checkpoint_config(model: BertForTextClassification) -> dict[str, Any]:
         "unfreeze_top_k": model.unfreeze_top_k,
         "backbone_config": model.backbone.config.to_dict(),
     }
-    if model.multi_label:
-        config["thresholds"] = model.thresholds
-        config["label_delimiter"] = model.label_delimiter
+    config.update(get_task(model.task).saved_decision(model))
     return config
 
 
