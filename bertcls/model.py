@@ -27,7 +27,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from bertcls.errors import BertclsError
 from bertcls.init import InitSpec, apply_init, init_tensor, parse_init, warn_if_symmetric
-from bertcls.multilabel import DEFAULT_DELIMITER, DEFAULT_THRESHOLD, check_task, check_thresholds
+from bertcls.multilabel import DEFAULT_DELIMITER, check_task, check_thresholds
 from bertcls.tasks import get_task
 
 # ---------------------------------------------------------------- pooling registry
@@ -194,7 +194,7 @@ class BertForTextClassification(nn.Module):
         self.window_stride = int(window_stride)
         # Multi-label only: how a label set is written in one text cell (read by evaluate, written by predict).
         self.label_delimiter = DEFAULT_DELIMITER
-        self._thresholds = [DEFAULT_THRESHOLD] * len(spec.labels) if self.multi_label else None
+        self._thresholds = get_task(spec.task).initial_thresholds(len(spec.labels))
         self.set_trainable(freeze_backbone, unfreeze_top_k)
 
     # -- labels and trainability

@@ -20,7 +20,7 @@ import numpy as np
 from bertcls.errors import BertclsError
 from bertcls.inference import Rows, predict_texts, select_tokens
 from bertcls.long_texts import check_truncation
-from bertcls.multilabel import DEFAULT_DELIMITER, check_task, check_thresholds
+from bertcls.multilabel import DEFAULT_DELIMITER, check_task
 from bertcls.tasks import get_task
 
 ONNX_CONFIG_NAME = "bertcls_onnx.json"
@@ -67,8 +67,7 @@ class OnnxClassifier:
             labels, max_length = list(config["labels"]), int(config["max_length"])
             # Exports from before multi-label support have no task: they are single-label.
             config["task"] = check_task(config.get("task", "single_label"))
-            if config["task"] == "multi_label":
-                config["thresholds"] = check_thresholds(config["thresholds"], labels)
+            get_task(config["task"]).check_saved_decision(config, labels)
             config["truncation"] = check_truncation(config.get("truncation", "head"))
             config["window_stride"] = int(config.get("window_stride", 0))
             if config["window_stride"] < 0:
@@ -130,7 +129,7 @@ class OnnxClassifier:
     @property
     def thresholds(self) -> list[float] | None:
         """Multi-label: each label's threshold, as saved in the checkpoint it was exported from (else None)."""
-        return list(self.config["thresholds"]) if self.multi_label else None
+        return list(self.config["thresholds"]) if "thresholds" in self.config else None
 
     @property
     def label_delimiter(self) -> str:

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from bertcls.tasks import task_of_metrics
+
 
 def plot_confusion_matrix(
     matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str | os.PathLike, title: str | None = None
@@ -100,17 +102,14 @@ def plot_curves(metrics: dict[str, Any], path: str | os.PathLike, title: str | N
     records = [h for h in metrics.get("history") or [] if h.get("validation")]
     steps = [h["step"] for h in records]
     val = lambda key: [h["validation"].get(key, np.nan) for h in records]  # noqa: E731
+    task = task_of_metrics(records[0]["validation"] if records else {})
 
     if len(train_curve):
         ax_loss.plot(train_curve[:, 0], train_curve[:, 1], color="tab:blue", label="training loss")
     if records:
         ax_loss.plot(steps, val("loss"), "o-", color="tab:orange", label="validation loss")
-        if "micro_f1" in records[0]["validation"]:
-            ax_score.plot(steps, val("micro_f1"), "o-", color="tab:green", label="validation micro F1")
-            ax_score.plot(steps, val("subset_accuracy"), "^:", color="tab:olive", label="validation subset accuracy")
-        else:
-            ax_score.plot(steps, val("accuracy"), "o-", color="tab:green", label="validation accuracy")
-        ax_score.plot(steps, val("macro_f1"), "s--", color="tab:purple", label="validation macro F1")
+        for key, style, colour, legend in task.curve_scores():
+            ax_score.plot(steps, val(key), style, color=colour, label=legend)
     else:
         ax_score.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=ax_score.transAxes)
 
@@ -119,9 +118,7 @@ def plot_curves(metrics: dict[str, Any], path: str | os.PathLike, title: str | N
         for ax in (ax_loss, ax_score):
             ax.axvline(best, color="grey", linestyle=":", label=f"best checkpoint (step {best})")
     ax_loss.set(xlabel="optimizer step", ylabel="cross-entropy loss", title="loss")
-    multi = bool(records) and "micro_f1" in records[0]["validation"]
-    scores = "micro / macro F1 and subset accuracy" if multi else "accuracy and macro F1"
-    ax_score.set(xlabel="optimizer step", ylabel="score", title=f"validation {scores}")
+    ax_score.set(xlabel="optimizer step", ylabel="score", title=f"validation {task.curve_title}")
     for ax in (ax_loss, ax_score):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

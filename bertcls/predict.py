@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any, Union
 
 from bertcls.atomic import atomic_file
 from bertcls.errors import BertclsError, check_parent, cli_errors
-from bertcls.multilabel import DEFAULT_DELIMITER, join_labels
+from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.onnx_predict import OnnxClassifier, is_onnx_export
 from bertcls.precision import PRECISIONS, check_precision
+from bertcls.tasks import Task, get_task
 
 if TYPE_CHECKING:
     from bertcls.model import BertForTextClassification
@@ -90,14 +91,12 @@ def predict_file(
     # Written beside the target and renamed into place: an interrupted run leaves no half-written output.
     with atomic_file(out) as tmp, tmp.open("w", newline="") as f:
         if out.suffix.lower() == ".csv":
-            _write_csv(f, rows, preds, model.labels, getattr(model, "label_delimiter", DEFAULT_DELIMITER))
+            delimiter = getattr(model, "label_delimiter", DEFAULT_DELIMITER)
+            _write_csv(f, rows, preds, model.labels, get_task(model.task), delimiter)
         else:
+            task = get_task(model.task)
             for row, p in zip(rows, preds):
-                top = _cut(p, top_k)["probabilities"]
-                if "labels" in p:  # multi-label
-                    record = {**row, "predicted": p["labels"], "scores": p["scores"], "probabilities": top}
-                else:
-                    record = {**row, "predicted": p["label"], "score": p["score"], "probabilities": top}
+                record = {**row, **task.output_fields(p), "probabilities": _cut(p, top_k)["probabilities"]}
                 f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
     return [_cut(p, top_k) for p in preds]
 
@@ -124,19 +123,15 @@ def _cut(p: dict[str, Any], top_k: int | None) -> dict[str, Any]:
 
 
 def _write_csv(
-    f, rows: list[dict[str, Any]], preds: list[dict[str, Any]], labels: list[str], delimiter: str = DEFAULT_DELIMITER
+    f, rows: list[dict[str, Any]], preds: list[dict[str, Any]], labels: list[str], task: Task, delimiter: str
 ) -> None:
-    multi = "labels" in preds[0]
-    added = ["predicted", *([] if multi else ["score"]), *(f"prob_{label}" for label in labels)]
+    added = [*task.output_fields(preds[0], delimiter), *(f"prob_{label}" for label in labels)]
     columns = [c for c in rows[0] if c not in added] + added
     writer = csv.DictWriter(f, fieldnames=columns)
     writer.writeheader()
     for row, p in zip(rows, preds):
         probs = {f"prob_{label}": p["probabilities"][label] for label in labels}
-        if multi:  # the label set in one cell, as data.label_delimiter reads it back
-            writer.writerow({**row, "predicted": join_labels(p["labels"], delimiter), **probs})
-        else:
-            writer.writerow({**row, "predicted": p["label"], "score": p["score"], **probs})
+        writer.writerow({**row, **task.output_fields(p, delimiter), **probs})
 
 
 def check_sizes(batch_size: int, top_k: int | None) -> None:
@@ -175,11 +170,13 @@ def read_input(
     return rows, as_text(text_column), as_text(text_pair_column) if text_pair_column else None
 
 
-def format_prediction(text: str, p: dict[str, Any], number: int, thresholds: dict[str, float] | None = None) -> str:
+def format_prediction(
+    text: str, p: dict[str, Any], number: int, task: Task, thresholds: dict[str, float] | None = None
+) -> str:
     """One text's block of the printed table; multi-label marks every predicted label and shows ``thresholds``."""
     w = max(len(label) for label in p["probabilities"])
     lines = [f"[{number}] {text}"]
-    chosen = set(p["labels"]) if "labels" in p else {p["label"]}
+    chosen = set(task.chosen_labels(p))
     for label, prob in p["probabilities"].items():
         line = f"    {label:<{w}}  {prob:.4f}"
         if thresholds:
@@ -259,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.json:
             print(json.dumps({"text": text, **p}, ensure_ascii=False))
         else:
-            print(format_prediction(text, p, i + 1, thresholds))
+            print(format_prediction(text, p, i + 1, get_task(model.task), thresholds))
 
 
 if __name__ == "__main__":

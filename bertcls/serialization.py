@@ -21,7 +21,7 @@ from bertcls.atomic import atomic_dir
 from bertcls.errors import BertclsError, first_line
 from bertcls.init import InitSpec
 from bertcls.model import POOLINGS, BertForTextClassification, HeadSpec
-from bertcls.multilabel import DEFAULT_DELIMITER, DEFAULT_THRESHOLD
+from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.resources import is_packaged, packaged_model_dir
 from bertcls.tasks import get_task
 
@@ -267,12 +267,10 @@ def _load_checkpoint(path: Path) -> BertForTextClassification:
         window_stride=config.get("window_stride", 0),
         init_head=False,
     )
-    if model.multi_label:
-        try:
-            model.thresholds = config.get("thresholds") or DEFAULT_THRESHOLD
-            model.label_delimiter = str(config.get("label_delimiter") or DEFAULT_DELIMITER)
-        except (BertclsError, TypeError, ValueError) as e:
-            raise BertclsError(f"checkpoint {path}: {CONFIG_NAME} has bad thresholds ({e})") from e
+    try:
+        get_task(model.task).load_saved_decision(model, config)
+    except (BertclsError, TypeError, ValueError) as e:
+        raise BertclsError(f"checkpoint {path}: {CONFIG_NAME} has bad thresholds ({e})") from e
     expected = set(model.state_dict())
     got = set(state)
     if expected != got:

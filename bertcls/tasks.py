@@ -29,6 +29,7 @@ class Task:
     compared_name: str  # `compared` in words
     per_label: bool  # a decision per label (a sigmoid and a threshold each) rather than one label per text
     hf_problem_type: str  # transformers' `config.problem_type` of an exported BertForSequenceClassification
+    curve_title: str
 
     @property
     def default_metric(self) -> str:
@@ -55,6 +56,32 @@ class Task:
     def saved_decision(self, model) -> dict[str, Any]:
         """What a saved model's or an export's config records of the decision rule, beside the weights."""
         return {}
+
+    def initial_thresholds(self, num_labels: int) -> list[float] | None:
+        """A new model's per-label thresholds (None: the task decides without thresholds)."""
+        return None
+
+    def load_saved_decision(self, model, config: Mapping[str, Any]) -> None:
+        """Give a loaded model the decision rule its config (``saved_decision``'s keys) records."""
+
+    def check_saved_decision(self, config: dict[str, Any], labels: Sequence[str]) -> None:
+        """Check (and normalise in place) the decision rule an export's config records."""
+
+    def chosen_labels(self, prediction: Mapping[str, Any]) -> list[str]:
+        """The labels a prediction dict (``prediction_dicts``) predicts."""
+        return [prediction["label"]]
+
+    def output_fields(self, prediction: Mapping[str, Any], delimiter: str | None = None) -> dict[str, Any]:
+        """A prediction's fields in an output file: ``predicted`` and its score(s); with ``delimiter`` (a CSV cell)
+        a label set is one string."""
+        return {"predicted": prediction["label"], "score": prediction["score"]}
+
+    def curve_scores(self) -> list[tuple[str, str, str, str]]:
+        """The validation scores a learning-curve plot draws: (metric, line style, colour, legend) each."""
+        return [
+            ("accuracy", "o-", "tab:green", "validation accuracy"),
+            ("macro_f1", "s--", "tab:purple", "validation macro F1"),
+        ]
 
     def known(self, gold: np.ndarray) -> np.ndarray:
         """Per row of ``gold_rows``'s gold: every label of the row is one the checkpoint knows."""
@@ -99,6 +126,7 @@ class SingleLabel(Task):
     summary_names = ("accuracy", "macro F1", "loss", "ECE")
     compared_name = "accuracy"
     per_label = False
+    curve_title = "accuracy and macro F1"  # what a learning-curve plot's score panel shows
     hf_problem_type = "single_label_classification"
 
     def uniform_loss(self, num_labels: int) -> float:
@@ -241,6 +269,7 @@ class MultiLabel(Task):
     summary_names = ("subset acc", "micro F1", "macro F1", "Hamming", "loss")
     compared_name = "subset accuracy"
     per_label = True
+    curve_title = "micro / macro F1 and subset accuracy"
     hf_problem_type = "multi_label_classification"
 
     def uniform_loss(self, num_labels: int) -> float:
@@ -399,6 +428,39 @@ class MultiLabel(Task):
 
     def load_decision_state(self, model, state: dict[str, Any]) -> None:
         model.thresholds = list(state["thresholds"].values())
+
+    def initial_thresholds(self, num_labels: int) -> list[float] | None:
+        from bertcls.multilabel import DEFAULT_THRESHOLD
+
+        return [DEFAULT_THRESHOLD] * num_labels
+
+    def load_saved_decision(self, model, config: Mapping[str, Any]) -> None:
+        from bertcls.multilabel import DEFAULT_DELIMITER, DEFAULT_THRESHOLD
+
+        model.thresholds = config.get("thresholds") or DEFAULT_THRESHOLD
+        model.label_delimiter = str(config.get("label_delimiter") or DEFAULT_DELIMITER)
+
+    def check_saved_decision(self, config: dict[str, Any], labels: Sequence[str]) -> None:
+        from bertcls.multilabel import check_thresholds
+
+        config["thresholds"] = check_thresholds(config["thresholds"], labels)
+
+    def chosen_labels(self, prediction: Mapping[str, Any]) -> list[str]:
+        return list(prediction["labels"])
+
+    def output_fields(self, prediction: Mapping[str, Any], delimiter: str | None = None) -> dict[str, Any]:
+        from bertcls.multilabel import join_labels
+
+        if delimiter is not None:  # the label set in one cell, as data.label_delimiter reads it back
+            return {"predicted": join_labels(prediction["labels"], delimiter)}
+        return {"predicted": prediction["labels"], "scores": prediction["scores"]}
+
+    def curve_scores(self) -> list[tuple[str, str, str, str]]:
+        return [
+            ("micro_f1", "o-", "tab:green", "validation micro F1"),
+            ("subset_accuracy", "^:", "tab:olive", "validation subset accuracy"),
+            ("macro_f1", "s--", "tab:purple", "validation macro F1"),
+        ]
 
     def configure(self, model, tune: bool, threshold: Any, delimiter: str) -> None:
         from bertcls.multilabel import DEFAULT_THRESHOLD
