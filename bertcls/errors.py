@@ -60,3 +60,10 @@ def cli_errors(main: F) -> F:
             sys.exit(130)
 
     return wrapped  # type: ignore[return-value]
+
+
+def quiet_loading() -> None:
+    """Turn off transformers' per-tensor "Loading weights" progress bar: noise in a command's output or run log."""
+    import transformers
+
+    transformers.logging.disable_progress_bar()

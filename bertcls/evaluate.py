@@ -22,20 +22,17 @@ import numpy as np
 import torch
 
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
-from bertcls.errors import BertclsError, cli_errors, label_set, some
+from bertcls.errors import BertclsError, cli_errors, label_set, quiet_loading, some
 from bertcls.metrics import paired_bootstrap
 from bertcls.model import BertForTextClassification
 from bertcls.precision import PRECISIONS, check_precision, resolve
 from bertcls.resources import is_packaged
 from bertcls.serialization import checkpoint_task, load_checkpoint
+from bertcls.tables import COLUMN_OPTIONS, add_column_options
 from bertcls.tasks import Task, format_score, get_task, task_of_metrics
 
 UNKNOWN_LABEL_CHOICES = ("error", "skip")
-CLI_OPTIONS = {
-    "text_column": "--text-column",
-    "text_pair_column": "--text-pair-column",
-    "label_column": "--label-column",
-}
+CLI_OPTIONS = COLUMN_OPTIONS  # the option a missing column's error names
 
 
 @dataclass
@@ -353,9 +350,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", nargs="+", required=True, metavar="DIR", help="one or more checkpoints")
     parser.add_argument("--data", required=True, help="a CSV/TSV/JSON/JSONL/Parquet file, packaged:NAME/SPLIT, or hub")
     parser.add_argument("--split", default="test", help="split of a hub dataset (default: test)")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--text-pair-column", default=None)
-    parser.add_argument("--label-column", default="label")
+    add_column_options(parser)
     parser.add_argument(
         "--label-delimiter", default=None, help="multi-label: separator of labels in a cell (default: the checkpoint's)"
     )
@@ -374,33 +369,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="error",
         help="labels the checkpoint does not know: stop with an error (default), or skip those rows and count them",
     )
-    parser.add_argument("--bootstrap-resamples", type=int, default=1000, help="for comparing checkpoints")
+    parser.add_argument(
+        "--bootstrap-resamples", dest="n_resamples", type=int, default=1000, help="for comparing checkpoints"
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     return parser.parse_args(argv)
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    import transformers
-
-    transformers.logging.disable_progress_bar()
-    evaluate(
-        args.checkpoint,
-        args.data,
-        split=args.split,
-        text_column=args.text_column,
-        text_pair_column=args.text_pair_column,
-        label_column=args.label_column,
-        label_delimiter=args.label_delimiter,
-        output=args.output,
-        overwrite=args.overwrite,
-        batch_size=args.batch_size,
-        unknown_labels=args.unknown_labels,
-        n_resamples=args.bootstrap_resamples,
-        seed=args.seed,
-        precision=args.precision,
-    )
+    options = vars(parse_args(argv))  # every option is one of evaluate()'s keyword arguments
+    quiet_loading()
+    evaluate(options.pop("checkpoint"), options.pop("data"), **options)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from torch import nn
 
 from bertcls.atomic import atomic_dir
 from bertcls.card import write_model_card
-from bertcls.errors import BertclsError, check_parent, cli_errors, label_set, some
+from bertcls.errors import BertclsError, check_parent, cli_errors, label_set, quiet_loading, some
 from bertcls.model import BertForTextClassification
 from bertcls.onnx_predict import (
     ONNX_CONFIG_NAME,
@@ -43,6 +43,7 @@ from bertcls.onnx_predict import (
     OnnxClassifier,
 )
 from bertcls.serialization import load_checkpoint
+from bertcls.tables import add_column_options, column_args
 from bertcls.tasks import get_task
 
 FORMATS = ("onnx", "hf")
@@ -385,9 +386,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, metavar="DIR", help="the folder to write")
     parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None, help="onnx only: dynamic int8 weights")
     parser.add_argument("--data", default=None, help="with --quantize: labelled data to measure the accuracy change")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--text-pair-column", default=None)
-    parser.add_argument("--label-column", default="label")
+    add_column_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output folder")
     return parser.parse_args(argv)
 
@@ -397,18 +396,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.format == "hf" and (args.quantize or args.data):
         raise BertclsError("--quantize and --data are for --format onnx")
-    import transformers
-
-    transformers.logging.disable_progress_bar()
+    quiet_loading()
     if args.format == "onnx":
         export_onnx(
             args.checkpoint,
             args.output,
             quantize=args.quantize,
             data=args.data,
-            text_column=args.text_column,
-            text_pair_column=args.text_pair_column,
-            label_column=args.label_column,
+            **column_args(args),
             overwrite=args.overwrite,
         )
     else:

@@ -18,22 +18,18 @@ import torch
 from torch import nn
 
 from bertcls.errors import BertclsError
+from bertcls.registry import Registry
 from bertcls.tasks import get_task
 
 InitFn = Callable[..., torch.Tensor]
 InitSpec = str | Mapping[str, Any]
 
-INITIALIZERS: dict[str, InitFn] = {}
+INITIALIZERS: Registry[InitFn] = Registry("initializer")
 
 
 def register_initializer(name: str) -> Callable[[InitFn], InitFn]:
     """Decorator that adds ``fn(tensor, *, generator=None, **params)`` to the registry under ``name``."""
-
-    def add(fn: InitFn) -> InitFn:
-        INITIALIZERS[name] = fn
-        return fn
-
-    return add
+    return INITIALIZERS.register(name)
 
 
 @register_initializer("xavier_uniform")

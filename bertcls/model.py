@@ -28,22 +28,18 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from bertcls.errors import BertclsError
 from bertcls.init import InitSpec, apply_init, init_tensor, parse_init, warn_if_symmetric
 from bertcls.multilabel import DEFAULT_DELIMITER, check_task, check_thresholds
+from bertcls.registry import Registry
 from bertcls.tasks import get_task
 
 # ---------------------------------------------------------------- pooling registry
 
 PoolFn = Callable[[Any, torch.Tensor], torch.Tensor]
-POOLINGS: dict[str, PoolFn] = {}
+POOLINGS: Registry[PoolFn] = Registry("pooling")
 
 
 def register_pooling(name: str) -> Callable[[PoolFn], PoolFn]:
     """Decorator: ``fn(backbone_outputs, attention_mask) -> (batch, hidden)`` becomes pooling ``name``."""
-
-    def add(fn: PoolFn) -> PoolFn:
-        POOLINGS[name] = fn
-        return fn
-
-    return add
+    return POOLINGS.register(name)
 
 
 @register_pooling("cls")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from bertcls.atomic import atomic_file
-from bertcls.errors import BertclsError, check_parent, cli_errors
+from bertcls.errors import BertclsError, check_parent, cli_errors, quiet_loading
 from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.onnx_predict import OnnxClassifier, is_onnx_export
 from bertcls.precision import PRECISIONS, check_precision
@@ -110,11 +110,9 @@ def load_predictor(path: str | os.PathLike) -> Classifier:
     """
     if is_onnx_export(path):
         return OnnxClassifier.from_folder(path)
-    import transformers
-
     from bertcls.serialization import load_checkpoint
 
-    transformers.logging.disable_progress_bar()
+    quiet_loading()
     return load_checkpoint(path)
 
 

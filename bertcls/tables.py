@@ -80,3 +80,23 @@ def _missing_column(column: str, available: Sequence[str], source: str, option: 
     return BertclsError(
         f"{source}: no column '{column}'{hint}; columns are {', '.join(available)}; set {option} to one of them"
     )
+
+
+# The command-line options naming a table's columns, as evaluate and export take them.
+COLUMN_OPTIONS = {
+    "text_column": "--text-column",
+    "text_pair_column": "--text-pair-column",
+    "label_column": "--label-column",
+}
+COLUMN_DEFAULTS = {"text_column": "text", "text_pair_column": None, "label_column": "label"}
+
+
+def add_column_options(parser) -> None:
+    """``--text-column``, ``--text-pair-column`` and ``--label-column`` on an argparse parser."""
+    for key, flag in COLUMN_OPTIONS.items():
+        parser.add_argument(flag, default=COLUMN_DEFAULTS[key])
+
+
+def column_args(args) -> dict[str, str | None]:
+    """The column options of parsed arguments, as keyword arguments."""
+    return {key: getattr(args, key) for key in COLUMN_OPTIONS}

@@ -45,7 +45,7 @@ from bertcls.data import (
     Split,
     TextClassificationDataset,
 )
-from bertcls.errors import BertclsError, cli_errors
+from bertcls.errors import BertclsError, cli_errors, quiet_loading
 from bertcls.inference import forward_features, forward_tokens, make_eval_loader, split_metrics, split_predictions
 from bertcls.metrics import is_better
 from bertcls.model import BertForTextClassification
@@ -300,17 +300,11 @@ def setup_model(
 ) -> tuple[BertForTextClassification, Config]:
     """The model, and the run's config: a copy with data.max_length capped to what the backbone reads."""
     m = cfg.model
+    head = ("head_init", "bias_init", "pooling", "dropout", "hidden_sizes", "activation", "freeze_backbone")
     model = BertForTextClassification.from_pretrained(
         m.name_or_path,
         labels=labels,
-        head_init=m.head_init,
-        bias_init=m.bias_init,
-        pooling=m.pooling,
-        dropout=m.dropout,
-        hidden_sizes=m.hidden_sizes,
-        activation=m.activation,
-        freeze_backbone=m.freeze_backbone,
-        unfreeze_top_k=m.unfreeze_top_k,
+        **{key: getattr(m, key) for key in (*head, "unfreeze_top_k")},
         max_length=cfg.data.max_length,
         seed=cfg.train.seed,
         task=cfg.data.task,
@@ -829,9 +823,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(config, overrides)
     if argv is None and cfg.train.speedups:  # the command line (not a call from Python): jemalloc when found
         allocator.rerun_under_jemalloc()
-    import transformers
-
-    transformers.logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise in a run log
+    quiet_loading()
     train(cfg)
     # Only after a run that returned: an exception's traceback still holds the DDP wrapper (see finish_run).
     close_distributed()
