@@ -11,7 +11,7 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -61,6 +61,10 @@ def predict_texts(
     return [_cut(p, top_k) for p in out]
 
 
+# Rows read, predicted and written at a time by predict_file: memory stays flat in the input's size.
+CHUNK_ROWS = 4096
+
+
 def predict_file(
     model: Classifier,
     input_path: str | os.PathLike,
@@ -71,8 +75,10 @@ def predict_file(
     top_k: int | None = None,
     overwrite: bool = False,
     precision: str = "auto",
+    chunk_rows: int = CHUNK_ROWS,
 ) -> list[dict[str, Any]]:
-    """Predict every row of a data file and write ``output_path`` (``.csv`` or ``.jsonl``); returns the predictions.
+    """Predict every row of a data file and write ``output_path`` (``.csv`` or ``.jsonl``); returns the predictions
+    (``write_predictions`` writes the same file and keeps none of them: for files too big to hold).
 
     The output keeps the input's columns, in input order, and adds ``predicted`` and ``score``; a CSV adds a
     ``prob_<label>`` column for every label (a CSV needs the same columns in every row, so ``top_k`` does not cut
@@ -83,22 +89,60 @@ def predict_file(
     Raises:
         BertclsError: missing input file or column, unknown output type, an existing output without ``overwrite``.
     """
+    kept: list[dict[str, Any]] = []
+    options = (text_column, text_pair_column, batch_size, top_k, overwrite, precision, chunk_rows)
+    write_predictions(model, input_path, output_path, *options, on_chunk=kept.extend)
+    return kept
+
+
+def write_predictions(
+    model: Classifier,
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    text_column: str = "text",
+    text_pair_column: str | None = None,
+    batch_size: int = 64,
+    top_k: int | None = None,
+    overwrite: bool = False,
+    precision: str = "auto",
+    chunk_rows: int = CHUNK_ROWS,
+    on_chunk: Callable[[list[dict[str, Any]]], Any] | None = None,
+) -> int:
+    """``predict_file``'s output, written ``chunk_rows`` rows at a time (read, predicted, written) with a progress bar;
+    returns the number of rows. ``on_chunk`` gets each chunk's predictions (cut to ``top_k``)."""
+    from tqdm.auto import tqdm
+
     out = Path(output_path)
     check_sizes(batch_size, top_k)
+    if chunk_rows < 1:
+        raise BertclsError(f"chunk_rows must be at least 1, got {chunk_rows}")
     check_output_file(out, overwrite)
-    rows, texts, pairs = read_input(str(input_path), text_column, text_pair_column)
-    preds = predict_texts(model, texts, pairs, batch_size, precision=precision)
+    table = open_input(str(input_path), text_column, text_pair_column)
+    task, delimiter = get_task(model.task), getattr(model, "label_delimiter", DEFAULT_DELIMITER)
+    csv_out = out.suffix.lower() == ".csv"
     # Written beside the target and renamed into place: an interrupted run leaves no half-written output.
     with atomic_file(out) as tmp, tmp.open("w", newline="") as f:
-        if out.suffix.lower() == ".csv":
-            delimiter = getattr(model, "label_delimiter", DEFAULT_DELIMITER)
-            _write_csv(f, rows, preds, model.labels, get_task(model.task), delimiter)
-        else:
-            task = get_task(model.task)
-            for row, p in zip(rows, preds):
-                record = {**row, **task.output_fields(p), "probabilities": _cut(p, top_k)["probabilities"]}
-                f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-    return [_cut(p, top_k) for p in preds]
+        bar = tqdm(total=len(table), desc="predict", unit="row", disable=None)
+        writer = None
+        for batch in table.iter(batch_size=chunk_rows):
+            rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+            preds = predict_texts(
+                model, *texts_of(rows, text_column, text_pair_column), batch_size, precision=precision
+            )
+            if csv_out:
+                writer = writer or _csv_writer(
+                    f, table.column_names, model.labels, task.output_fields(preds[0], delimiter)
+                )
+                _write_csv_rows(writer, rows, preds, model.labels, task, delimiter)
+            else:
+                for row, p in zip(rows, preds):
+                    record = {**row, **task.output_fields(p), "probabilities": _cut(p, top_k)["probabilities"]}
+                    f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+            if on_chunk is not None:
+                on_chunk([_cut(p, top_k) for p in preds])
+            bar.update(len(rows))
+        bar.close()
+    return len(table)
 
 
 def load_predictor(path: str | os.PathLike) -> Classifier:
@@ -120,13 +164,17 @@ def _cut(p: dict[str, Any], top_k: int | None) -> dict[str, Any]:
     return {**p, "probabilities": dict(list(p["probabilities"].items())[:top_k])} if top_k else p
 
 
-def _write_csv(
-    f, rows: list[dict[str, Any]], preds: list[dict[str, Any]], labels: list[str], task: Task, delimiter: str
-) -> None:
-    added = [*task.output_fields(preds[0], delimiter), *(f"prob_{label}" for label in labels)]
-    columns = [c for c in rows[0] if c not in added] + added
-    writer = csv.DictWriter(f, fieldnames=columns)
+def _csv_writer(f, input_columns: list[str], labels: list[str], fields: dict[str, Any]) -> csv.DictWriter:
+    """A CSV writer of the input's columns plus the prediction's ``fields`` and a ``prob_<label>`` per label."""
+    added = [*fields, *(f"prob_{label}" for label in labels)]
+    writer = csv.DictWriter(f, fieldnames=[c for c in input_columns if c not in added] + added)
     writer.writeheader()
+    return writer
+
+
+def _write_csv_rows(
+    writer: csv.DictWriter, rows: list[dict[str, Any]], preds: list[dict[str, Any]], labels: list[str], task, delimiter
+) -> None:
     for row, p in zip(rows, preds):
         probs = {f"prob_{label}": p["probabilities"][label] for label in labels}
         writer.writerow({**row, **task.output_fields(p, delimiter), **probs})
@@ -149,10 +197,8 @@ def check_output_file(out: Path, overwrite: bool) -> None:
     check_parent(out, "--output")
 
 
-def read_input(
-    source: str, text_column: str, text_pair_column: str | None
-) -> tuple[list[dict[str, Any]], list[str], list[str] | None]:
-    """The input rows (every column, for the output) and the texts to classify."""
+def open_input(source: str, text_column: str, text_pair_column: str | None):
+    """The input table (Arrow-backed, read lazily), checked for its text columns and at least one row."""
     from bertcls.tables import _missing_column, read_table
 
     table = read_table(source)
@@ -163,9 +209,23 @@ def read_input(
         raise _missing_column(text_pair_column, columns, source, "--text-pair-column")
     if len(table) == 0:
         raise BertclsError(f"{source} has a header but no rows")
-    rows = table.to_list()
+    return table
+
+
+def texts_of(
+    rows: list[dict[str, Any]], text_column: str, text_pair_column: str | None
+) -> tuple[list[str], list[str] | None]:
+    """The texts (and second texts) of input rows; an empty cell is an empty text."""
     as_text = lambda col: ["" if r[col] is None else str(r[col]) for r in rows]  # noqa: E731
-    return rows, as_text(text_column), as_text(text_pair_column) if text_pair_column else None
+    return as_text(text_column), as_text(text_pair_column) if text_pair_column else None
+
+
+def read_input(
+    source: str, text_column: str, text_pair_column: str | None
+) -> tuple[list[dict[str, Any]], list[str], list[str] | None]:
+    """The input rows (every column, for the output) and the texts to classify, all in memory."""
+    rows = open_input(source, text_column, text_pair_column).to_list()
+    return rows, *texts_of(rows, text_column, text_pair_column)
 
 
 def format_prediction(
@@ -231,18 +291,11 @@ def main(argv: list[str] | None = None) -> None:
         check_output_file(Path(args.output), args.overwrite)
     model = load_predictor(args.checkpoint)
     if args.output:
-        preds = predict_file(
-            model,
-            args.input,
-            args.output,
-            args.text_column,
-            args.text_pair_column,
-            args.batch_size,
-            args.top_k,
-            args.overwrite,
-            args.precision,
-        )
-        print(f"{len(preds)} predictions written to {args.output}")
+        # Chunk by chunk, keeping no predictions: memory stays flat however big the input file is.
+        columns = (args.text_column, args.text_pair_column)
+        options = (args.batch_size, args.top_k, args.overwrite, args.precision)
+        n = write_predictions(model, args.input, args.output, *columns, *options)
+        print(f"{n} predictions written to {args.output}")
         return
     if args.input:
         _, texts, pairs = read_input(args.input, args.text_column, args.text_pair_column)

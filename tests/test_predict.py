@@ -108,6 +108,33 @@ def test_jsonl_in_jsonl_out_with_pairs_and_top_k(model, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_chunked_file_equals_one_chunk(model, tmp_path, suffix):
+    # write_predictions reads, predicts and writes a few rows at a time: the file must be the one-chunk file, and
+    # what it returns the rows written.
+    texts = [f"{t} {i}" for i in range(5) for t in TEXTS]  # 20 rows, chunks of 3 leave a short last one
+    src = write_csv(tmp_path / "in.csv", [{"id": str(i), "text": t} for i, t in enumerate(texts)])
+    whole = predict_file(model, src, tmp_path / f"whole{suffix}", precision="no", top_k=2, chunk_rows=len(texts))
+    chunked = predict_file(model, src, tmp_path / f"chunked{suffix}", precision="no", top_k=2, chunk_rows=3)
+    assert [p["label"] for p in chunked] == [p["label"] for p in whole]
+    for c, w in zip(chunked, whole):
+        assert c["probabilities"] == pytest.approx(w["probabilities"], abs=1e-6)
+    read = (
+        (lambda p: list(csv.DictReader(p.open())))
+        if suffix == ".csv"
+        else (lambda p: [json.loads(line) for line in p.read_text().splitlines()])
+    )
+    got, expected = read(tmp_path / f"chunked{suffix}"), read(tmp_path / f"whole{suffix}")
+    assert [str(g["id"]) for g in got] == [str(i) for i in range(len(texts))]
+    assert [list(g) for g in got] == [list(e) for e in expected]
+    assert [g["predicted"] for g in got] == [e["predicted"] for e in expected]
+    from bertcls.predict import write_predictions
+
+    assert write_predictions(model, src, tmp_path / f"again{suffix}", precision="no", chunk_rows=7) == len(texts)
+    with pytest.raises(BertclsError, match="chunk_rows"):
+        write_predictions(model, src, tmp_path / f"bad{suffix}", chunk_rows=0)
+
+
 def test_errors_are_one_line(checkpoint, tmp_path, capsys):
     src = write_csv(tmp_path / "in.csv", make_rows(3, 1))
     proc = run_cli("--checkpoint", str(checkpoint), "--input", str(tmp_path / "nope.csv"), "--output", "x.csv")
