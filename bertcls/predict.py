@@ -66,19 +66,12 @@ CHUNK_ROWS = 4096
 
 
 def predict_file(
-    model: Classifier,
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    text_column: str = "text",
-    text_pair_column: str | None = None,
-    batch_size: int = 64,
-    top_k: int | None = None,
-    overwrite: bool = False,
-    precision: str = "auto",
-    chunk_rows: int = CHUNK_ROWS,
+    model: Classifier, input_path: str | os.PathLike, output_path: str | os.PathLike, **options: Any
 ) -> list[dict[str, Any]]:
     """Predict every row of a data file and write ``output_path`` (``.csv`` or ``.jsonl``); returns the predictions
-    (``write_predictions`` writes the same file and keeps none of them: for files too big to hold).
+    (``write_predictions`` writes the same file and keeps none of them: for files too big to hold). ``options`` are
+    ``write_predictions``'s: ``text_column``, ``text_pair_column``, ``batch_size``, ``top_k``, ``overwrite``,
+    ``precision``, ``chunk_rows``.
 
     The output keeps the input's columns, in input order, and adds ``predicted`` and ``score``; a CSV adds a
     ``prob_<label>`` column for every label (a CSV needs the same columns in every row, so ``top_k`` does not cut
@@ -90,8 +83,7 @@ def predict_file(
         BertclsError: missing input file or column, unknown output type, an existing output without ``overwrite``.
     """
     kept: list[dict[str, Any]] = []
-    options = (text_column, text_pair_column, batch_size, top_k, overwrite, precision, chunk_rows)
-    write_predictions(model, input_path, output_path, *options, on_chunk=kept.extend)
+    write_predictions(model, input_path, output_path, **options, on_chunk=kept.extend)
     return kept
 
 
