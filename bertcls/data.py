@@ -14,7 +14,7 @@ from bertcls.errors import BertclsError, label_set, some
 from bertcls.inference import select_tokens
 from bertcls.long_texts import TRUNCATIONS, check_truncation  # noqa: F401 (re-exported)
 from bertcls.multilabel import DEFAULT_DELIMITER
-from bertcls.tables import COMPRESSIONS, FORMATS, _missing_column, read_table  # noqa: F401 (re-exported)
+from bertcls.tables import COMPRESSIONS, FORMATS, read_checked, read_table  # noqa: F401 (re-exported)
 from bertcls.tasks import get_task
 
 # ---------------------------------------------------------------- reading files and hub datasets
@@ -58,17 +58,13 @@ def load_split(
     with (default: the config keys ``data.text_column`` ...), so an error names the option of the tool in use.
     """
     option = lambda key: (option_names or {}).get(key, f"data.{key}")  # noqa: E731
-    table = read_table(source, split)
-    columns = list(table.column_names)
-    if text_column not in columns:
-        raise _missing_column(text_column, columns, source, option("text_column"))
-    if text_pair_column and text_pair_column not in columns:
-        raise _missing_column(text_pair_column, columns, source, option("text_pair_column"))
-    has_labels = bool(label_column) and label_column in columns
-    if require_labels and not has_labels:
-        raise _missing_column(str(label_column), columns, source, option("label_column"))
-    if len(table) == 0:
-        raise BertclsError(f"{source} has a header but no rows")
+    required = {text_column: option("text_column")}
+    if text_pair_column:
+        required[text_pair_column] = option("text_pair_column")
+    if require_labels:
+        required.setdefault(str(label_column), option("label_column"))
+    table = read_checked(source, split, required)
+    has_labels = bool(label_column) and label_column in table.column_names
     # Straight from the Arrow columns: iterating a datasets column formats row by row, far slower (docs/benchmarks.md,
     # "Levers").
     column = lambda name: table.data.column(name).to_pylist()  # noqa: E731
@@ -185,7 +181,7 @@ def encode_windows(
     pairs = list(text_pairs) if text_pairs is not None else None
     out = tokenizer(list(texts), pairs, truncation=False, padding=False, verbose=False)
     encoded, doc_ids = select_tokens({k: out[k] for k in _keys(out)}, out.sequence_ids, max_length, stride=stride)
-    return encoded, doc_ids or []
+    return encoded, doc_ids
 
 
 def _keys(out) -> list[str]:

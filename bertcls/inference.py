@@ -27,24 +27,25 @@ def select_tokens(
     sequence_ids: Callable[[int], Sequence[int | None]],
     max_length: int,
     truncation: str = "head",
-    stride: int = 0,
+    stride: int | None = None,
 ) -> tuple[Rows, list[int] | None]:
     """The rows a model reads from whole (untruncated) encodings: per text its ``truncation`` of at most
-    ``max_length`` tokens, or with ``stride`` its windows; plus, with windows, each row's text index."""
+    ``max_length`` tokens, or with a ``stride`` its windows (``long_texts.window_positions`` checks the stride);
+    plus, with windows, each row's text index."""
     out: Rows = {k: [] for k in columns}
     doc_ids: list[int] = []
     for i in range(len(columns["input_ids"])):
         seq = sequence_ids(i)
         kept = (
             window_positions(seq, max_length, stride, i)
-            if stride
+            if stride is not None
             else [truncated_positions(seq, max_length, truncation)]
         )
         for keep in kept:
             for k, column in columns.items():
                 out[k].append([column[i][j] for j in keep])
             doc_ids.append(i)
-    return out, (doc_ids if stride else None)
+    return out, (doc_ids if stride is not None else None)
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -150,7 +150,7 @@ class OnnxClassifier:
         if self.truncation == "head" and not self.window_stride:  # truncated by the tokenizer already
             return columns, None
         return select_tokens(
-            columns, lambda i: encodings[i].sequence_ids, self.max_length, self.truncation, self.window_stride
+            columns, lambda i: encodings[i].sequence_ids, self.max_length, self.truncation, self.window_stride or None
         )
 
     def predict_proba(

@@ -191,17 +191,10 @@ def check_output_file(out: Path, overwrite: bool) -> None:
 
 def open_input(source: str, text_column: str, text_pair_column: str | None):
     """The input table (Arrow-backed, read lazily), checked for its text columns and at least one row."""
-    from bertcls.tables import _missing_column, read_table
+    from bertcls.tables import read_checked
 
-    table = read_table(source)
-    columns = list(table.column_names)
-    if text_column not in columns:
-        raise _missing_column(text_column, columns, source, "--text-column")
-    if text_pair_column and text_pair_column not in columns:
-        raise _missing_column(text_pair_column, columns, source, "--text-pair-column")
-    if len(table) == 0:
-        raise BertclsError(f"{source} has a header but no rows")
-    return table
+    columns = {text_column: "--text-column", **({text_pair_column: "--text-pair-column"} if text_pair_column else {})}
+    return read_checked(source, "train", columns)
 
 
 def texts_of(

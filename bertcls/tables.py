@@ -7,7 +7,7 @@ reads its input files with no PyTorch installed.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def read_table(source: str, split: str = "train"):
             return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
         except Exception as e:  # pandas/pyarrow raise many types for malformed files; the user needs one line
             cause = e.__cause__ or e
-            msg = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+            msg = first_line(cause)
             if "corresponds to no data" in msg:  # datasets' words for a file with a header and no rows
                 raise BertclsError(f"{source} has a header but no rows") from e
             if isinstance(cause, UnicodeDecodeError) or "utf-8" in msg.lower():
@@ -72,6 +72,19 @@ def read_table(source: str, split: str = "train"):
         raise BertclsError(
             f"'{source}' is neither a local file nor a loadable hub dataset (hub access needs internet): {first}"
         ) from e
+
+
+def read_checked(source: str, split: str, columns: Mapping[str, str]):
+    """``read_table``, with a one-line error for each of ``columns`` (column name -> the option that sets it) that the
+    table lacks, and for a table with no rows."""
+    table = read_table(source, split)
+    present = list(table.column_names)
+    for column, option in columns.items():
+        if column not in present:
+            raise _missing_column(column, present, source, option)
+    if len(table) == 0:
+        raise BertclsError(f"{source} has a header but no rows")
+    return table
 
 
 def _missing_column(column: str, available: Sequence[str], source: str, option: str) -> BertclsError:
