@@ -235,7 +235,7 @@ def setup(cfg: Config) -> Run:
     # Output folder, data, options and model are checked before anything is written, so a typo costs nothing there.
     check_output_dir(cfg)
     resume_dir = resolve_resume(cfg.train.resume_from, Path(cfg.output.dir))
-    data = load_data(cfg, print if accelerator.is_main_process else lambda _msg: None)
+    data = load_data(cfg, RunLog(None, accelerator.is_main_process))  # printed; train.log does not exist yet
     check_run_options(cfg, data, accelerator, cached)
     task = get_task(cfg.data.task)
     model, cfg = setup_model(cfg, data.labels, task, accelerator)
