@@ -22,21 +22,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from bertcls.atomic import atomic_file
-from bertcls.data import Split, encode
+from bertcls.data import Split, tokenize_texts
 from bertcls.inference import gather_padded, predict_rows, torch_runner
+from bertcls.token_store import tokenizer_fingerprint, update_strings
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the tokenizer's hash leaves out its last call's truncation and padding state
 DEFAULT_CACHE_DIR = Path(os.environ.get("BERTCLS_CACHE", Path.home() / ".cache" / "bertcls" / "features"))
-
-
-def _update_strings(h, values: Sequence[str] | None) -> None:
-    if values is None:
-        h.update(b"\x00none")
-        return
-    for v in values:
-        b = v.encode("utf-8", "surrogatepass")
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
 
 
 def backbone_fingerprint(model) -> str:
@@ -50,10 +41,7 @@ def backbone_fingerprint(model) -> str:
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     h.update(json.dumps(model.backbone.config.to_dict(), sort_keys=True, default=str).encode())
-    tok = model.tokenizer
-    backend = getattr(tok, "backend_tokenizer", None)
-    h.update((backend.to_str() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True)).encode())
-    h.update(str(getattr(tok, "truncation_side", "right")).encode())
+    h.update(tokenizer_fingerprint(model.tokenizer).encode())
     digest = h.hexdigest()
     model._bertcls_fingerprint = (version, digest)
     return digest
@@ -65,8 +53,8 @@ def cache_key(model, split: Split, max_length: int, precision: str) -> str:
     truncation = getattr(model, "truncation", "head")
     if truncation != "head":  # keys of head-truncated features stay what they were before truncation existed
         h.update(f"|truncation={truncation}".encode())
-    _update_strings(h, split.texts)
-    _update_strings(h, split.text_pairs)
+    update_strings(h, split.texts)
+    update_strings(h, split.text_pairs)
     return h.hexdigest()
 
 
@@ -89,9 +77,9 @@ def compute_features(
     indices = list(range(len(split)))
     with accelerator.split_between_processes(indices) as mine:
         mine = list(mine)
-        texts = [split.texts[i] for i in mine]
-        pairs = [split.text_pairs[i] for i in mine] if split.text_pairs is not None else None
-        rows = encode(model.tokenizer, texts, pairs, max_length, getattr(model, "truncation", "head"))
+        part = split.subset(mine)
+        truncation = getattr(model, "truncation", "head")
+        rows, _ = tokenize_texts(model.tokenizer, part.texts, part.text_pairs, max_length, truncation, progress=False)
         bar = tqdm(total=len(mine), desc="features", unit="text", disable=not accelerator.is_main_process, leave=False)
         forward = torch_runner(lambda batch: model.features(**batch), accelerator.device, precision)
 

@@ -139,6 +139,11 @@ class DataConfig:
     """With `window_stride`: also train on every window, each with its text's label."""
     empty_texts: str = "skip"
     """Rows whose text is empty or whitespace only: `skip` (the count is logged) | `error`."""
+    cache: bool = True
+    """Keep each tokenized split on disk, memory-mapped, and reuse it on the next run with the same texts, tokenizer
+    and reading options (`false`: tokenize in memory on every run). See docs/scale.md."""
+    cache_dir: str | None = None
+    """Token cache folder (`null`: `$BERTCLS_TOKEN_CACHE` or `~/.cache/bertcls/tokens`); safe to delete."""
 
     def __post_init__(self) -> None:
         _positive("data", "max_length", self.max_length)

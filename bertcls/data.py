@@ -5,17 +5,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+from tqdm.auto import tqdm
 
 from bertcls.errors import BertclsError, label_set, some
-from bertcls.inference import select_tokens
+from bertcls.inference import TOKEN_KEYS, pad_rows, select_tokens
 from bertcls.long_texts import TRUNCATIONS, check_truncation  # noqa: F401 (re-exported)
 from bertcls.multilabel import DEFAULT_DELIMITER
-from bertcls.tables import COMPRESSIONS, FORMATS, read_checked, read_table  # noqa: F401 (re-exported)
+from bertcls.tables import COMPRESSIONS, FORMATS, TextColumn, column_values, read_checked, read_table  # noqa: F401 (re-exported)
+from bertcls.tables import text_column as read_texts
 from bertcls.tasks import get_task
+from bertcls.token_store import CHUNK_ROWS, TokenStore, cached_tokens, token_key, tokenize
 
 # ---------------------------------------------------------------- reading files and hub datasets
 
@@ -25,16 +30,20 @@ class Split:
     """One split as plain columns: texts, optional second texts, and raw label values (or None); for a multi-label
     task each label value is a list of labels (possibly empty)."""
 
-    texts: list[str]
+    texts: Sequence[str]  # a TextColumn (Arrow) when read from a table, or a list
     labels: list[Any] | None
-    text_pairs: list[str] | None = None
+    text_pairs: Sequence[str] | None = None
     source: str = ""
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, indices: Sequence[int]) -> Split:
-        pick = lambda col: None if col is None else [col[i] for i in indices]  # noqa: E731
+        def pick(col):
+            if isinstance(col, TextColumn):
+                return col.take(indices)
+            return None if col is None else [col[i] for i in indices]
+
         return Split(pick(self.texts), pick(self.labels), pick(self.text_pairs), self.source)
 
 
@@ -66,11 +75,11 @@ def load_split(
     table = read_checked(source, split, required)
     has_labels = bool(label_column) and label_column in table.column_names
     # Straight from the Arrow columns: iterating a datasets column formats row by row, far slower (docs/benchmarks.md,
-    # "Levers").
-    column = lambda name: table.data.column(name).to_pylist()  # noqa: E731
-    texts = ["" if t is None else str(t) for t in column(text_column)]
-    pairs = ["" if t is None else str(t) for t in column(text_pair_column)] if text_pair_column else None
-    labels = get_task(task).read_labels(column(label_column), source, label_delimiter) if has_labels else None
+    # "Levers"); texts stay Arrow strings (tables.TextColumn), so memory does not hold a str object per row.
+    texts = read_texts(table, text_column)
+    pairs = read_texts(table, text_pair_column) if text_pair_column else None
+    values = column_values(table, label_column) if has_labels else None
+    labels = get_task(task).read_labels(values, source, label_delimiter) if has_labels else None
     return Split(texts, labels, pairs, source)
 
 
@@ -169,18 +178,19 @@ def encode(
 
 
 def encode_windows(
-    tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None, max_length: int, stride: int
+    tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None, max_length: int, stride: int, first: int = 0
 ) -> tuple[dict[str, list[list[int]]], list[int]]:
     """Cut each text into windows of up to ``max_length`` tokens whose starts are ``stride`` tokens apart (the last
     one reaches the end); a second text, if any, is repeated whole in every window. Returns the encodings, one row
-    per window, and for each window the index of its text.
+    per window, and for each window the index of its text (counted from ``first``).
 
     Raises:
         BertclsError: ``stride`` is not in 1..(tokens per window), or a second text leaves no room for the first.
     """
     pairs = list(text_pairs) if text_pairs is not None else None
     out = tokenizer(list(texts), pairs, truncation=False, padding=False, verbose=False)
-    encoded, doc_ids = select_tokens({k: out[k] for k in _keys(out)}, out.sequence_ids, max_length, stride=stride)
+    columns = {k: out[k] for k in _keys(out)}
+    encoded, doc_ids = select_tokens(columns, out.sequence_ids, max_length, stride=stride, first=first)
     return encoded, doc_ids
 
 
@@ -188,29 +198,61 @@ def _keys(out) -> list[str]:
     return [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in out]
 
 
+def tokenize_texts(
+    tokenizer,
+    texts: Sequence[str],
+    text_pairs: Sequence[str] | None,
+    max_length: int,
+    truncation: str = "head",
+    window_stride: int = 0,
+    cache_dir: Path | None = None,
+    log=print,
+    progress: bool = True,
+) -> tuple[TokenStore, bool]:
+    """The token rows of ``texts`` as a ``TokenStore``, tokenized in chunks (a progress bar past one chunk): read
+    from or written to the token cache in ``cache_dir`` (memory-mapped), or kept in memory when it is None. With a
+    ``window_stride`` each text is read as windows (``encode_windows``), else truncated (``encode``). Returns the
+    store and whether it came from the cache."""
+    check_truncation(truncation)
+
+    def encode_chunk(chunk, pairs, first):
+        if window_stride:
+            return encode_windows(tokenizer, chunk, pairs, max_length, window_stride, first)
+        return encode(tokenizer, chunk, pairs, max_length, truncation), None
+
+    def build(folder):
+        show = progress and len(texts) > CHUNK_ROWS
+        with tqdm(total=len(texts), desc="tokenizing", unit="text", disable=not show, leave=False) as bar:
+            return tokenize(encode_chunk, texts, text_pairs, folder, bar.update)
+
+    key = None
+    if cache_dir is not None:
+        options = {"max_length": max_length, "truncation": truncation, "window_stride": window_stride}
+        key = token_key(tokenizer, texts, text_pairs, options)
+    return cached_tokens(build, key, cache_dir, log)
+
+
 def pad_batch(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad a list of examples to the longest one. Written out rather than ``tokenizer.pad`` because this runs per
     step and the tokenizer's generic path costs more than the model's forward on short texts."""
-    width = max(len(f["input_ids"]) for f in features)
-    batch: dict[str, torch.Tensor] = {}
-    for key, fill in (("input_ids", pad_id), ("attention_mask", 0), ("token_type_ids", 0)):
-        if key in features[0]:
-            batch[key] = torch.tensor([f[key] + [fill] * (width - len(f[key])) for f in features], dtype=torch.long)
+    rows = {k: [f[k] for f in features] for k in TOKEN_KEYS if k in features[0]}
+    batch = {k: torch.from_numpy(v) for k, v in pad_rows(rows, range(len(features)), pad_id).items()}
     for key in ("labels", "index"):
         if key in features[0]:
-            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+            batch[key] = torch.from_numpy(np.asarray([f[key] for f in features], dtype=np.int64))
     if "labels" in batch and batch["labels"].ndim == 2:  # multi-hot rows: the BCE target is float
         batch["labels"] = batch["labels"].float()
     return batch
 
 
 class TextClassificationDataset(Dataset):
-    """Texts (and optional second texts) with labels, tokenized once up front.
+    """Texts (and optional second texts) with labels, tokenized once up front into a ``TokenStore`` (flat arrays).
 
-    Items are dicts of ``input_ids``, ``attention_mask``, (``token_type_ids``), ``labels`` as Python lists;
+    Items are dicts of ``input_ids``, ``attention_mask``, (``token_type_ids``) as arrays, and ``labels``;
     ``collate`` pads a list of items into tensors. ``labels`` may be names or integers; ``label_names`` fixes the
     label set and order (default: the sorted unique labels). With ``task="multi_label"`` each label is a list of
-    labels, and an item's ``labels`` is a multi-hot row (a float tensor after ``collate``).
+    labels, and an item's ``labels`` is a multi-hot row (a float tensor after ``collate``). With a ``cache_dir``
+    the tokens come from (or go to) the token cache there, memory-mapped (``bertcls.token_store``).
     """
 
     def __init__(
@@ -225,6 +267,9 @@ class TextClassificationDataset(Dataset):
         truncation: str = "head",
         window_stride: int = 0,
         task: str = "single_label",
+        cache_dir: Path | None = None,
+        log=print,
+        progress: bool = True,
     ):
         if tokenizer is None:
             raise BertclsError("TextClassificationDataset needs a tokenizer (e.g. model.tokenizer)")
@@ -236,31 +281,30 @@ class TextClassificationDataset(Dataset):
             raise BertclsError(f"{len(texts)} texts but {len(labels)} labels")
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        # With windows every item is one window; doc_ids maps it back to its text (None: one item per text).
-        self.doc_ids: list[int] | None = None
-        self.num_docs = len(texts)
-        if window_stride:
-            self.encodings, self.doc_ids = encode_windows(tokenizer, texts, text_pairs, max_length, window_stride)
-        else:
-            self.encodings = encode(tokenizer, texts, text_pairs, max_length, truncation)
         self.label_names = list(label_names) if label_names is not None else None
-        # Label indices, or multi-hot rows for a multi-label task.
-        self.label_ids: list[Any] | None = None
-        self.doc_label_ids: list[Any] | None = None
+        # Label indices, or multi-hot rows for a multi-label task; checked before the (long) tokenization.
+        self.doc_label_ids: np.ndarray | None = None
         if labels is not None:
             if self.label_names is None:
                 self.label_names = build_labels(get_task(task).label_values(labels))
-            self.doc_label_ids = get_task(task).targets(labels, self.label_names)
-            ids = self.doc_label_ids
-            self.label_ids = ids if self.doc_ids is None else [ids[d] for d in self.doc_ids]
+            self.doc_label_ids = np.asarray(get_task(task).targets(labels, self.label_names), dtype=np.int64)
+        self.tokens, self.cache_hit = tokenize_texts(
+            tokenizer, texts, text_pairs, max_length, truncation, window_stride, cache_dir, log, progress
+        )
+        # With windows every item is one window; doc_ids maps it back to its text (None: one item per text).
+        self.doc_ids = self.tokens.doc_ids
+        self.num_docs = len(texts)
+        self.label_ids = self.doc_label_ids
+        if self.doc_label_ids is not None and self.doc_ids is not None:
+            self.label_ids = self.doc_label_ids[self.doc_ids]
         self.with_index = with_index
-        self.lengths = [len(ids) for ids in self.encodings["input_ids"]]
+        self.lengths = self.tokens.lengths
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self.tokens)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = {k: v[i] for k, v in self.encodings.items()}
+        item: dict[str, Any] = self.tokens.row(i)
         if self.label_ids is not None:
             item["labels"] = self.label_ids[i]
         if self.with_index:
@@ -297,7 +341,7 @@ class LengthGroupedBatchSampler(EpochSampler):
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, window: int = 50):
-        self.lengths = list(lengths)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
         self.batch_size = batch_size
         self.seed = seed
         self.window = window
@@ -308,11 +352,14 @@ class LengthGroupedBatchSampler(EpochSampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         g = self.generator()
-        perm = torch.randperm(len(self.lengths), generator=g).tolist()
+        perm = torch.randperm(len(self.lengths), generator=g).numpy()
         span = self.batch_size * self.window
-        batches: list[list[int]] = []
+        # Batches stay numpy views (a list per batch only when it is yielded): a million Python ints would cost
+        # ~60 MB at a million rows.
+        batches: list[np.ndarray] = []
         for start in range(0, len(perm), span):
-            chunk = sorted(perm[start : start + span], key=lambda i: -self.lengths[i])
+            chunk = perm[start : start + span]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]  # longest first, ties in shuffled order
             batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
         # A short batch only ever comes last, as from a plain BatchSampler: accelerate's sharding across processes
         # assumes that shape (a short batch in the middle makes it drop a round).
@@ -321,11 +368,11 @@ class LengthGroupedBatchSampler(EpochSampler):
             order = torch.randperm(len(batches), generator=g).tolist()
             longest = max(range(len(batches)), key=lambda b: self.lengths[batches[b][0]])
             order.remove(longest)
-            yield batches[longest]
+            yield batches[longest].tolist()
             for b in order:
-                yield batches[b]
-        if short:
-            yield short
+                yield batches[b].tolist()
+        if short is not None:
+            yield short.tolist()
 
 
 class ShuffledBatchSampler(EpochSampler):
@@ -338,9 +385,9 @@ class ShuffledBatchSampler(EpochSampler):
         return math.ceil(self.n / self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        perm = torch.randperm(self.n, generator=self.generator()).tolist()
+        perm = torch.randperm(self.n, generator=self.generator()).numpy()
         for i in range(0, self.n, self.batch_size):
-            yield perm[i : i + self.batch_size]
+            yield perm[i : i + self.batch_size].tolist()
 
 
 class BalancedBatchSampler(EpochSampler):
@@ -351,7 +398,7 @@ class BalancedBatchSampler(EpochSampler):
     """
 
     def __init__(self, labels: Sequence[int], batch_size: int, seed: int = 0):
-        self.labels = torch.as_tensor(list(labels), dtype=torch.long)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
         counts = torch.bincount(self.labels).double()
         self.weights = (1.0 / counts)[self.labels]
         self.batch_size, self.seed, self.epoch = batch_size, seed, 0
@@ -360,6 +407,6 @@ class BalancedBatchSampler(EpochSampler):
         return math.ceil(len(self.labels) / self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        draws = torch.multinomial(self.weights, len(self.labels), replacement=True, generator=self.generator()).tolist()
+        draws = torch.multinomial(self.weights, len(self.labels), replacement=True, generator=self.generator()).numpy()
         for i in range(0, len(draws), self.batch_size):
-            yield draws[i : i + self.batch_size]
+            yield draws[i : i + self.batch_size].tolist()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bertcls.atomic import atomic_file
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
 from bertcls.errors import BertclsError, cli_errors, label_set, quiet_loading, some
 from bertcls.metrics import paired_bootstrap
@@ -289,11 +291,13 @@ def write_report(result: CheckpointResult, data: Split, out: Path) -> None:
     columns += [f"prob_{label}" for label in result.labels]
     task, predicted = result.task, result.predicted
     delimiter = result.metrics.get("label_delimiter", "|")
-    with (out / "predictions.csv").open("w", newline="") as f:
+    pairs = data.text_pairs if data.text_pairs is not None else itertools.repeat(None)
+    # Written under a temporary name and renamed at the end: a predictions.csv that exists is complete.
+    with atomic_file(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
-        for i, text in enumerate(data.texts):
-            pair = [data.text_pairs[i]] if data.text_pairs is not None else []
+        for i, (text, pair_text) in enumerate(zip(data.texts, pairs)):
+            pair = [pair_text] if data.text_pairs is not None else []
             probs = [repr(float(p)) for p in result.probs[i]]
             gold, guess = task.csv_cells(data.labels[i], predicted[i], result.labels, delimiter)
             writer.writerow([text, *pair, gold, guess, *probs])

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from bertcls.long_texts import mean_of_windows, truncated_positions, window_positions
+from bertcls.token_store import TokenStore
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
-Rows = dict[str, list[list[int]]]  # token columns, one list of ids per row the model reads
+Rows = dict[str, list[list[int]]]  # token columns, one list of ids per row the model reads (or a TokenStore)
 
 # ---------------------------------------------------------------- rows and batches (no torch)
 
@@ -28,34 +29,38 @@ def select_tokens(
     max_length: int,
     truncation: str = "head",
     stride: int | None = None,
+    first: int = 0,
 ) -> tuple[Rows, list[int] | None]:
     """The rows a model reads from whole (untruncated) encodings: per text its ``truncation`` of at most
     ``max_length`` tokens, or with a ``stride`` its windows (``long_texts.window_positions`` checks the stride);
-    plus, with windows, each row's text index."""
+    plus, with windows, each row's text index (counted from ``first``: the encodings may be one chunk of many)."""
     out: Rows = {k: [] for k in columns}
     doc_ids: list[int] = []
     for i in range(len(columns["input_ids"])):
         seq = sequence_ids(i)
         kept = (
-            window_positions(seq, max_length, stride, i)
+            window_positions(seq, max_length, stride, first + i)
             if stride is not None
             else [truncated_positions(seq, max_length, truncation)]
         )
         for keep in kept:
             for k, column in columns.items():
                 out[k].append([column[i][j] for j in keep])
-            doc_ids.append(i)
+            doc_ids.append(first + i)
     return out, (doc_ids if stride is not None else None)
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Batches over indices sorted by length (longest first), for evaluation; callers restore input order."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    """Batches over indices sorted by length (longest first, ties in index order), for evaluation; callers restore
+    input order."""
+    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable").tolist()
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def pad_rows(rows: Rows, idx: Sequence[int], pad_id: int) -> dict[str, np.ndarray]:
     """Rows ``idx`` padded to the longest of them, as int64 arrays."""
+    if isinstance(rows, TokenStore):
+        return rows.pad(idx, pad_id)
     width = max(len(rows["input_ids"][i]) for i in idx)
     batch = {}
     for key, fill in zip(TOKEN_KEYS, (pad_id, 0, 0), strict=True):
@@ -72,7 +77,7 @@ def predict_rows(
 ) -> np.ndarray:
     """``run_batch`` (a padded batch -> (batch, ``width``) float array) over length-sorted batches of ``rows``;
     returns every row's output in input order, as float32."""
-    lengths = [len(ids) for ids in rows["input_ids"]]
+    lengths = rows.lengths if isinstance(rows, TokenStore) else [len(ids) for ids in rows["input_ids"]]
     out = np.empty((len(lengths), width), dtype=np.float32)
     for idx in length_sorted_batches(lengths, batch_size):
         out[idx] = run_batch(pad_rows(rows, idx, pad_id))

@@ -347,7 +347,7 @@ class BertForTextClassification(nn.Module):
         are grouped by length; long texts are truncated (or read as windows) as the model was trained
         (``model.truncation``, ``model.window_stride``). ``precision``: ``no`` (full), ``bf16``, ``fp16``, or
         ``auto`` (bf16 where the model's device has it, as training's ``mixed_precision: auto``)."""
-        from bertcls.data import encode, encode_windows
+        from bertcls.data import tokenize_texts
         from bertcls.inference import predict_texts, torch_runner
         from bertcls.precision import check_precision, resolve
 
@@ -355,16 +355,16 @@ class BertForTextClassification(nn.Module):
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        doc_ids = None
-        if self.window_stride:
-            rows, doc_ids = encode_windows(self.tokenizer, texts, text_pairs, self.max_length, self.window_stride)
-        else:
-            rows = encode(self.tokenizer, texts, text_pairs, self.max_length, self.truncation)
+        # Chunked into flat arrays: memory stays near four bytes a token however many texts come in.
+        rows, _ = tokenize_texts(
+            self.tokenizer, texts, text_pairs, self.max_length, self.truncation, self.window_stride,
+            progress=False,
+        )  # fmt: skip
         run_batch = torch_runner(
             lambda b: self.probabilities(self(**b).logits), device, resolve(precision, device.type)
         )
         pad_id = self.tokenizer.pad_token_id or 0
-        probs = predict_texts(rows, doc_ids, len(texts), batch_size, pad_id, run_batch, self.num_labels)
+        probs = predict_texts(rows, rows.doc_ids, len(texts), batch_size, pad_id, run_batch, self.num_labels)
         self.train(was_training)
         return torch.from_numpy(probs)
 

@@ -87,6 +87,67 @@ def read_checked(source: str, split: str, columns: Mapping[str, str]):
     return table
 
 
+class TextColumn(Sequence[str]):
+    """A table's text column kept as Arrow strings (memory-mapped from datasets' cache for a file) instead of one
+    Python ``str`` per row, which at a million rows costs hundreds of MB. An index gives a ``str``, a slice a list;
+    iteration converts a batch at a time. Missing cells read as ``""``."""
+
+    BATCH = 8192
+
+    def __init__(self, array):
+        import pyarrow.compute as pc
+
+        self.array = pc.fill_null(array, "") if array.null_count else array
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            rows = self.array.slice(start, max(stop - start, 0)).to_pylist()
+            return rows if step == 1 else rows[::step]
+        return self.array[i].as_py()
+
+    def __iter__(self):
+        for start in range(0, len(self), self.BATCH):
+            yield from self.array.slice(start, self.BATCH).to_pylist()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(other) == len(self) and list(self) == list(other)
+
+    def take(self, indices: Sequence[int]) -> TextColumn:
+        import pyarrow as pa
+
+        return TextColumn(self.array.take(pa.array(indices, pa.int64())))
+
+
+def text_column(table, name: str) -> Sequence[str]:
+    """Column ``name`` of a ``datasets.Dataset`` as texts: a ``TextColumn`` for a string column, else a list of the
+    cells as ``str`` (numbers, say), with missing cells as ``""``."""
+    import pyarrow as pa
+
+    column = table.data.column(name)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        return TextColumn(column)
+    return ["" if t is None else str(t) for t in column.to_pylist()]
+
+
+def column_values(table, name: str) -> list[Any]:
+    """Column ``name`` as Python values. A string column is dictionary-encoded first, so a million rows of a few
+    label names share a few ``str`` objects instead of holding one each."""
+    import pyarrow as pa
+
+    column = table.data.column(name)
+    if column.null_count or not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return column.to_pylist()
+    values: list[Any] = []
+    for chunk in column.dictionary_encode().chunks:
+        names = chunk.dictionary.to_pylist()
+        values += [names[i] for i in chunk.indices.to_numpy()]
+    return values
+
+
 def _missing_column(column: str, available: Sequence[str], source: str, option: str) -> BertclsError:
     close = difflib.get_close_matches(column, available, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""

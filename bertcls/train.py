@@ -66,6 +66,7 @@ from bertcls.run_data import RunData, load_data, make_train_loader
 from bertcls.run_state import RunLog, RunState, Timer
 from bertcls.speed import allocator
 from bertcls.tasks import Task, get_task
+from bertcls.token_store import DEFAULT_TOKEN_CACHE
 from bertcls.tracking import check_trackers, flat_config
 
 # What scripts and tests import from here, wherever it lives.
@@ -113,6 +114,7 @@ class Run:
     val_loader: Any = None
     test_loader: Any = None
     cache_hits: list[bool] = field(default_factory=list)
+    token_hits: list[bool] = field(default_factory=list)
     optimizer: Any = None
     scheduler: Any = None
     loss_fn: Callable | None = None
@@ -357,6 +359,9 @@ def setup_datasets(run: Run) -> None:
     run.train_ds = make(run, d.train, False)
     run.val_ds = make(run, d.validation, True) if d.validation is not None else None
     run.test_ds = make(run, d.test, True) if d.test is not None else None
+    if run.token_hits and run.cfg.data.cache:
+        hits = sum(run.token_hits)
+        run.log(f"token cache {token_cache_dir(run.cfg)}: {hits} of {len(run.token_hits)} split(s) reused")
     if run.cached:
         run.log(f"feature cache {cache_dir(run.cfg)}: {sum(run.cache_hits)} of {len(run.cache_hits)} split(s) reused")
         # Head steps are far too small to split across threads: one thread avoids waiting on the others, which
@@ -366,6 +371,12 @@ def setup_datasets(run: Run) -> None:
 
 def cache_dir(cfg: Config) -> Path:
     return Path(cfg.train.cache_dir).expanduser() if cfg.train.cache_dir else DEFAULT_CACHE_DIR
+
+
+def token_cache_dir(cfg: Config) -> Path | None:
+    if not cfg.data.cache:
+        return None
+    return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else DEFAULT_TOKEN_CACHE
 
 
 def feature_dataset(run: Run, split: Split, _with_index: bool) -> FeatureDataset:
@@ -379,20 +390,27 @@ def feature_dataset(run: Run, split: Split, _with_index: bool) -> FeatureDataset
 
 
 def token_dataset(run: Run, split: Split, with_index: bool) -> TextClassificationDataset:
-    d = run.cfg.data
-    return TextClassificationDataset(
-        split.texts,
-        split.labels,
-        run.model.tokenizer,
-        d.max_length,
-        split.text_pairs,
-        run.data.labels,
-        with_index=with_index,
-        truncation=d.truncation,
-        # evaluation always reads whole texts as windows when they are on; training only if asked
-        window_stride=d.window_stride if (with_index or d.train_windows) else 0,
-        task=d.task,
-    )
+    d, accelerator = run.cfg.data, run.accelerator
+    # The main process tokenizes and writes the cache entry first; the others then read it instead of tokenizing.
+    with accelerator.main_process_first():
+        ds = TextClassificationDataset(
+            split.texts,
+            split.labels,
+            run.model.tokenizer,
+            d.max_length,
+            split.text_pairs,
+            run.data.labels,
+            with_index=with_index,
+            truncation=d.truncation,
+            # evaluation always reads whole texts as windows when they are on; training only if asked
+            window_stride=d.window_stride if (with_index or d.train_windows) else 0,
+            task=d.task,
+            cache_dir=token_cache_dir(run.cfg),
+            log=run.log,
+            progress=accelerator.is_main_process,
+        )
+    run.token_hits.append(ds.cache_hit)
+    return ds
 
 
 def setup_training(run: Run) -> None:
@@ -661,6 +679,11 @@ def finalize(run: Run, start: float) -> dict[str, Any]:
         "mixed_precision": run.precision,
         "num_processes": accelerator.num_processes,
         "feature_cache": {"used": run.cached, "splits_reused": sum(run.cache_hits), "splits": len(run.cache_hits)},
+        "token_cache": {
+            "used": bool(run.cfg.data.cache),
+            "splits_reused": sum(run.token_hits),
+            "splits": len(run.token_hits),
+        },
         "early_stopping": {k: v for k, v in s.early_stopping.items() if k != "reference"},
         "nan_skipped_steps": s.nan_skipped_steps,
     }

@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Runs in tests (and the command lines they start) keep their token cache in a folder of this session, never the
+# user's ~/.cache; set before bertcls is imported, which reads it once.
+os.environ.setdefault("BERTCLS_TOKEN_CACHE", tempfile.mkdtemp(prefix="bertcls-tokens-"))
 
 POSITIVE = ["good", "great", "fun", "moving", "brilliant", "lovely", "gripping", "beautiful"]
 NEGATIVE = ["bad", "awful", "boring", "dull", "weak", "tedious", "flat", "messy"]

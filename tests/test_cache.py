@@ -70,6 +70,7 @@ def test_cache_key_covers_what_changes_features(tiny_bert, tiny_data, tmp_path):
     assert cache_key(model, split, 16, "no") != base  # max length
     assert cache_key(model, split, 32, "bf16") != base  # precision
     changed = load_split(str(tiny_data["train"]))
+    changed.texts = list(changed.texts)
     changed.texts[5] = changed.texts[5] + " film"
     assert cache_key(model, changed, 32, "no") != base  # content, not path
     paired = load_split(str(tiny_data["train"]), text_pair_column="other")
