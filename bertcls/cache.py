@@ -4,7 +4,8 @@ With the backbone frozen (no layer unfrozen) the head's input never changes, so 
 tensors. A second run with another initializer, learning rate or seed reuses the cache without touching the
 backbone. The key hashes everything that changes the features: backbone weights and config, tokenizer, max length,
 truncation, pooling, precision, and the texts themselves (content, not the file path), so a stale entry is never
-used. Entries are ``<key>.safetensors`` files written atomically; the folder is safe to delete at any time.
+used. Entries are ``<key>.safetensors`` files written atomically and read memory-mapped; the folder is safe to delete at
+any time.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -122,7 +124,7 @@ def load_or_compute(
     feats = None
     if path is not None and path.is_file():
         try:
-            feats = load_file(path)["features"]
+            feats = open_features(path)
         except Exception:  # a damaged entry is recomputed, never trusted
             log(f"feature cache entry {path.name} is unreadable; recomputing it")
     # Hit or miss is decided together: a process that computes alone would wait forever in its gather.
@@ -139,7 +141,27 @@ def load_or_compute(
         with atomic_file(path) as tmp:
             save_file({"features": feats.contiguous()}, tmp, metadata=meta)
     accelerator.wait_for_everyone()
+    if path is not None:  # training reads the stored file, memory-mapped, and the computed copy is freed
+        feats = open_features(path)
     return feats, False
+
+
+def open_features(path: Path) -> torch.Tensor:
+    """The features of a cache entry, memory-mapped: rows are read from disk as batches need them, so a
+    million-row split (1.5 GB of 384-wide float32 rows) does not sit in memory, as a plain safetensors load would.
+
+    Raises:
+        ValueError: the file is not a safetensors file with one float32 ``features`` matrix of the size it states.
+    """
+    with path.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+    info = header["features"]
+    (rows, width), (begin, end) = info["shape"], info["data_offsets"]
+    if info["dtype"] != "F32" or end - begin != rows * width * 4 or path.stat().st_size < 8 + size + end:
+        raise ValueError(f"{path} is not a complete float32 feature matrix")
+    # Copy-on-write: a writable view (torch warns about read-only arrays) that never writes back to the file.
+    return torch.from_numpy(np.memmap(path, np.float32, mode="c", offset=8 + size + begin, shape=(rows, width)))
 
 
 class FeatureDataset(Dataset):
@@ -151,7 +173,7 @@ class FeatureDataset(Dataset):
         self.labels = torch.tensor(labels, dtype=torch.long) if labels is not None else None
         if self.labels is not None and self.labels.ndim == 2:
             self.labels = self.labels.float()
-        self.lengths = [1] * len(features)
+        self.lengths = np.ones(len(features), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.features)

@@ -109,6 +109,33 @@ def test_damaged_cache_entry_is_recomputed(tiny_bert, tiny_data, tmp_path):
     assert again["test"]["num_examples"] == 40
 
 
+def test_entries_are_read_memory_mapped_and_a_truncated_one_is_recomputed(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    import numpy as np
+    from accelerate import Accelerator
+
+    from bertcls.cache import load_or_compute, open_features
+
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=["negative", "positive"])
+    split, accelerator = load_split(str(tiny_data["train"])), Accelerator(cpu=True)
+    computed, hit = load_or_compute(model, split, 32, "no", accelerator, tmp_path)
+    assert not hit
+    # The returned tensor maps the entry (bertcls only ever replaces entries whole, by rename, which leaves a mapping
+    # intact); this test rewrites the file in place below, so it keeps a copy.
+    computed = computed.clone()
+    (entry,) = tmp_path.glob("*.safetensors")
+    mapped = []
+    real_memmap = np.memmap
+    monkeypatch.setattr(np, "memmap", lambda *a, **k: mapped.append(a[0]) or real_memmap(*a, **k))
+    stored, hit = load_or_compute(model, split, 32, "no", accelerator, tmp_path)
+    assert hit and mapped == [entry]
+    assert stored.shape == (len(split), 32) and torch.equal(stored, computed)
+    entry.write_bytes(entry.read_bytes()[:-8])  # the last row cut short
+    with pytest.raises(ValueError, match="not a complete"):
+        open_features(entry)
+    again, hit = load_or_compute(model, split, 32, "no", accelerator, tmp_path)
+    assert not hit and torch.equal(again, computed)
+
+
 def test_cache_off_or_unfrozen_layers_use_the_backbone(tiny_bert, tiny_data, tmp_path):
     off = train(frozen_cfg(tiny_bert, tiny_data, tmp_path / "a", tmp_path / "c", "train.cache=false"))
     assert not off["feature_cache"]["used"]
