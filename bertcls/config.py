@@ -139,6 +139,10 @@ class DataConfig:
     """With `window_stride`: also train on every window, each with its text's label."""
     empty_texts: str = "skip"
     """Rows whose text is empty or whitespace only: `skip` (the count is logged) | `error`."""
+    streaming: bool = False
+    """Stream `train` instead of loading it (a file, a folder of shards, a glob like `shards/*.parquet`, or a hub
+    dataset): rows are read, tokenized and batched by length as training goes, each process reading its share. Needs
+    `train.max_steps` and `data.labels` (a stream has no length and no label list up front). See docs/scale.md."""
     cache: bool = True
     """Keep each tokenized split on disk, memory-mapped, and reuse it on the next run with the same texts, tokenizer
     and reading options (`false`: tokenize in memory on every run). See docs/scale.md."""

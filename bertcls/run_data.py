@@ -19,13 +19,14 @@ from bertcls.data import (
     load_split,
     split_validation,
 )
+from bertcls.errors import BertclsError
 from bertcls.tasks import get_task
 
 
 @dataclass
 class RunData:
     labels: list[str]
-    train: Split
+    train: Split | None  # None: streamed (data.streaming), read as training goes
     validation: Split | None
     test: Split | None
 
@@ -40,18 +41,23 @@ def load_data(cfg: Config, log=print) -> RunData:
         )
         return drop_empty_texts(split, d.empty_texts, log)
 
-    train = read(d.train)
+    if d.streaming and not d.labels:
+        raise BertclsError("data.streaming=true needs data.labels: the label set cannot be read from a stream up front")
+    train = None if d.streaming else read(d.train)
     validation_source, test_source = resolve_split(d, "validation"), resolve_split(d, "test")
     validation = read(validation_source) if validation_source else None
     test = read(test_source) if test_source else None
-    if validation is None and d.validation_fraction > 0:
+    if train is None and validation is None:
+        log("validation: none (a streamed training split is not cut; set data.validation)")
+    elif validation is None and d.validation_fraction > 0:
         train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
         log(f"validation: {len(validation.texts)} rows ({d.validation_fraction:g}) held out of {d.train}")
     if test is None:
         log("test: none (set data.test to evaluate the best checkpoint on a test split)")
     labels = list(d.labels) if d.labels else build_labels(task.label_values(train.labels))
-    task.check_label_count(labels, train.labels, d.train)
-    task.targets(train.labels, labels, f"train data {d.train}")
+    if train is not None:
+        task.check_label_count(labels, train.labels, d.train)
+        task.targets(train.labels, labels, f"train data {d.train}")
     for name, split in (("validation", validation), ("test", test)):
         if split is not None:
             task.targets(split.labels, labels, f"{name} data {split.source or d.train}")

@@ -74,6 +74,39 @@ def read_table(source: str, split: str = "train"):
         ) from e
 
 
+def stream_table(source: str, split: str = "train"):
+    """A ``datasets.IterableDataset`` over a local file, a folder of data files, a glob (``shards/*.parquet``) or a hub
+    dataset ``name[:split]``: rows are read as they are used, never all at once."""
+    import glob
+
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(str(p) for p in path.iterdir() if p.is_file() and _looks_like_file(p.name))
+    elif glob.has_magic(source):
+        files = sorted(glob.glob(str(path)))
+    else:
+        files = [str(path)] if path.exists() or _looks_like_file(source) else None
+    if files is not None:
+        if not files or not all(Path(f).is_file() for f in files):
+            raise BertclsError(f"data file(s) {source} do not exist (a file, a folder of data files, or a glob)")
+        builders = [_file_format(Path(f)) for f in files]
+        if any(b != builders[0] for b in builders):
+            raise BertclsError(f"{source}: the files are of different types; stream one type at a time")
+        builder, kwargs = builders[0]
+        return datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **kwargs)
+    name, _, hub_split = source.partition(":")
+    try:
+        return datasets.load_dataset(name, split=hub_split or split, streaming=True)
+    except Exception as e:
+        raise BertclsError(
+            f"'{source}' is neither local data files nor a streamable hub dataset (hub access needs internet): "
+            f"{first_line(e)}"
+        ) from e
+
+
 def read_checked(source: str, split: str, columns: Mapping[str, str]):
     """``read_table``, with a one-line error for each of ``columns`` (column name -> the option that sets it) that the
     table lacks, and for a table with no rows."""
@@ -81,7 +114,7 @@ def read_checked(source: str, split: str, columns: Mapping[str, str]):
     present = list(table.column_names)
     for column, option in columns.items():
         if column not in present:
-            raise _missing_column(column, present, source, option)
+            raise missing_column(column, present, source, option)
     if len(table) == 0:
         raise BertclsError(f"{source} has a header but no rows")
     return table
@@ -148,7 +181,7 @@ def column_values(table, name: str) -> list[Any]:
     return values
 
 
-def _missing_column(column: str, available: Sequence[str], source: str, option: str) -> BertclsError:
+def missing_column(column: str, available: Sequence[str], source: str, option: str) -> BertclsError:
     close = difflib.get_close_matches(column, available, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return BertclsError(

@@ -62,9 +62,10 @@ from bertcls.optim import (
 from bertcls.outputs import RUN_FILES, RUN_RESULTS, check_output_dir, prepare_output_dir
 from bertcls.precision import resolve as resolve_mixed_precision  # scripts/ import it from here too
 from bertcls.probe import C_GRID, fit_linear
-from bertcls.run_data import RunData, load_data, make_train_loader
+from bertcls.run_data import RunData, data_seed, load_data, make_train_loader
 from bertcls.run_state import RunLog, RunState, Timer
 from bertcls.speed import allocator
+from bertcls.streaming import StreamedBatches, StreamLoader, row_reader
 from bertcls.tasks import Task, get_task
 from bertcls.token_store import DEFAULT_TOKEN_CACHE
 from bertcls.tracking import check_trackers, flat_config
@@ -165,8 +166,10 @@ def use_lbfgs(cfg: Config, cached: bool) -> bool:
 
 
 def uses_cache(cfg: Config) -> bool:
-    """Whether the head trains on stored backbone features: the backbone is wholly frozen and the cache is on."""
-    return cfg.train.cache and cfg.model.freeze_backbone and cfg.model.unfreeze_top_k == 0
+    """Whether the head trains on stored backbone features: the backbone is wholly frozen and the cache is on (and
+    the training split is not streamed: a stream is never whole to store)."""
+    m = cfg.model
+    return cfg.train.cache and m.freeze_backbone and m.unfreeze_top_k == 0 and not cfg.data.streaming
 
 
 def lbfgs_grid(has_validation: bool) -> tuple[float, ...]:
@@ -295,6 +298,21 @@ def check_run_options(cfg: Config, data: RunData, accelerator: Accelerator, cach
         raise BertclsError("train.gradual_unfreeze needs model.freeze_backbone=false and a single process")
     if cached and cfg.data.window_stride:
         raise BertclsError("data.window_stride does not work with the feature cache; set train.cache=false")
+    if cfg.data.streaming:
+        check_streaming(cfg)
+
+
+def check_streaming(cfg: Config) -> None:
+    """What a streamed training split rules out: it has no length and is never seen whole."""
+    t, why = cfg.train, "data.streaming=true"
+    if t.max_steps <= 0:
+        raise BertclsError(f"{why} needs train.max_steps (a stream has no length to count epochs by)")
+    if t.sampler == "balanced":
+        raise BertclsError(f"{why} batches by length in a rolling buffer; train.sampler=balanced needs the whole split")
+    if "balanced" in (cfg.loss.class_weights, cfg.loss.pos_weight):
+        raise BertclsError(f"{why}: balanced loss weights need counts over the whole split; give weights by label name")
+    if cfg.data.train_windows or t.schedule == "lp_ft":
+        raise BertclsError(f"{why} does not work with data.train_windows or train.schedule=lp_ft")
 
 
 def setup_model(
@@ -356,7 +374,7 @@ def setup_datasets(run: Run) -> None:
     else:
         run.module, run.forward = run.model, forward_tokens
     make = feature_dataset if run.cached else token_dataset
-    run.train_ds = make(run, d.train, False)
+    run.train_ds = make(run, d.train, False) if d.train is not None else streamed_batches(run)
     run.val_ds = make(run, d.validation, True) if d.validation is not None else None
     run.test_ds = make(run, d.test, True) if d.test is not None else None
     if run.token_hits and run.cfg.data.cache:
@@ -413,23 +431,37 @@ def token_dataset(run: Run, split: Split, with_index: bool) -> TextClassificatio
     return ds
 
 
+def streamed_batches(run: Run) -> StreamedBatches:
+    cfg, accelerator = run.cfg, run.accelerator
+    d = cfg.data
+    return StreamedBatches(
+        d.train, row_reader(d, run.data.labels, run.task), run.model.tokenizer, d.max_length, d.truncation,
+        cfg.train.batch_size, data_seed(cfg), accelerator.process_index, accelerator.num_processes,
+    )  # fmt: skip
+
+
 def setup_training(run: Run) -> None:
     """Loaders, loss, optimizer and scheduler, prepared by accelerate."""
     cfg, accelerator, t = run.cfg, run.accelerator, run.cfg.train
     pin = accelerator.device.type == "cuda"
-    train_loader = make_train_loader(run.train_ds, cfg, pin)
-    run.train_sampler = train_loader.batch_sampler
+    streamed = isinstance(run.train_ds, StreamedBatches)
+    # A streamed split is batched and shared between processes by itself (streaming.StreamLoader), not by accelerate.
+    train_loader = None if streamed else make_train_loader(run.train_ds, cfg, pin)
     evals = [make_eval_loader(ds, cfg.eval.batch_size, pin) for ds in (run.val_ds, run.test_ds) if ds is not None]
     optimizer = build_optimizer(run.model, cfg)
-    targets = run.task.targets(run.data.train.labels, run.data.labels)
+    targets = [] if streamed else run.task.targets(run.data.train.labels, run.data.labels)
     run.loss_fn, run.loss_weight = run.task.build_loss(cfg.loss, run.data.labels, targets, run.log)
-    run.module, run.optimizer, run.train_loader, *evals = accelerator.prepare(
-        run.module, optimizer, train_loader, *evals
-    )
-    run.val_loader = evals.pop(0) if run.val_ds is not None else None
-    run.test_loader = evals.pop(0) if run.test_ds is not None else None
+    loaders = evals if streamed else [train_loader, *evals]
+    run.module, run.optimizer, *loaders = accelerator.prepare(run.module, optimizer, *loaders)
+    if streamed:
+        run.train_loader = run.train_sampler = StreamLoader(run.train_ds, accelerator.device)
+    else:
+        run.train_sampler, run.train_loader = train_loader.batch_sampler, loaders.pop(0)
+    run.val_loader = loaders.pop(0) if run.val_ds is not None else None
+    run.test_loader = loaders.pop(0) if run.test_ds is not None else None
 
-    run.updates_per_epoch = math.ceil(len(run.train_loader) / t.grad_accum_steps)
+    # A stream is one run-long pass of train.max_steps updates (it restarts by itself when it ends).
+    run.updates_per_epoch = t.max_steps if streamed else math.ceil(len(run.train_loader) / t.grad_accum_steps)
     run.total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * run.updates_per_epoch)
     if run.lbfgs:
         run.total_steps = len(lbfgs_grid(run.val_ds is not None))
@@ -458,9 +490,10 @@ def log_plan(run: Run) -> None:
     else:
         mode = f"head + top {model.unfreeze_top_k} layers" if model.freeze_backbone else "full fine-tuning"
     sizes = (len(ds) if ds else 0 for ds in (run.val_ds, run.test_ds))
+    n_rows = "streamed" if isinstance(run.train_ds, StreamedBatches) else len(run.train_ds)
     run.log(
         f"bertcls: {cfg.model.name_or_path} | {len(run.data.labels)} labels {run.data.labels} | {mode}, "
-        f"{n_train:,} trainable params | train {len(run.train_ds)}, validation {next(sizes)}, test {next(sizes)}"
+        f"{n_train:,} trainable params | train {n_rows}, validation {next(sizes)}, test {next(sizes)}"
         f" | {run.total_steps} steps x {t.batch_size * accelerator.num_processes * t.grad_accum_steps} examples"
         f" | {accelerator.device}, {accelerator.num_processes} process(es), precision {run.precision}"
         + ("" if accelerator.device.type != "cpu" else f", allocator {allocator.name()}")
@@ -502,7 +535,10 @@ def train_epoch(run: Run, epoch: int, skip: int, signals: StopSignals) -> None:
     run.train_sampler.set_epoch(epoch)
     if t.gradual_unfreeze:
         unfreeze_for_epoch(run.model, epoch, run.log)
-    loader = run.accelerator.skip_first_batches(run.train_loader, skip) if skip else run.train_loader
+    loader = run.train_loader
+    if skip:
+        streamed = isinstance(loader, StreamLoader)
+        loader = loader.skipping(skip) if streamed else run.accelerator.skip_first_batches(loader, skip)
     # accelerate's loader re-sets its epoch counter on the sampler at each pass; a resumed run's (and the skipping
     # loader's) counter starts at 0, so it is told the true epoch too.
     loader.set_epoch(epoch)
