@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from bertcls import token_store
 from bertcls.data import TextClassificationDataset, encode, encode_windows, tokenize_texts
@@ -98,3 +99,16 @@ def test_dataset_keeps_tokens_labels_and_lengths_as_arrays(tiny_model, tmp_path)
     batch, again = ds.collate([ds[i] for i in range(4)]), cached.collate([cached[i] for i in range(4)])
     for k in batch:
         assert batch[k].equal(again[k]), k
+
+
+def test_predictions_in_chunks_equal_one_chunk(tiny_model, monkeypatch):
+    texts = [f"{t} {i}" for i in range(5) for t in TEXTS]
+    whole = tiny_model.predict_proba(texts, batch_size=4)
+    monkeypatch.setattr(token_store, "CHUNK_ROWS", 3)
+    assert torch.allclose(tiny_model.predict_proba(texts, batch_size=4), whole)
+    monkeypatch.setattr(tiny_model, "window_stride", 3)  # windows across chunk boundaries
+    monkeypatch.setattr(tiny_model, "max_length", 8)
+    monkeypatch.setattr(token_store, "CHUNK_ROWS", 10**6)
+    windows = tiny_model.predict_proba(texts, batch_size=4)
+    monkeypatch.setattr(token_store, "CHUNK_ROWS", 3)
+    assert torch.allclose(tiny_model.predict_proba(texts, batch_size=4), windows)
