@@ -651,7 +651,7 @@ def evaluate_validation(run: Run, epoch: float) -> None:
         run.accelerator.log({f"validation/{k}": x for k, x in v.items() if k != "num_examples"}, step=s.step)
         # A stream's epochs are unknown (its runs are one pass of max_steps updates), so its log shows examples.
         seen = s.examples * run.accelerator.num_processes
-        where = f"{seen:,} examples" if run.cfg.data.streaming else f"epoch {epoch:.2f}"
+        where = f"({seen:,} examples)" if run.cfg.data.streaming else f"epoch {epoch:.2f}"
         run.log(f"step {s.step} {where}: validation {run.task.describe(v)}")
         keep_best(run, v)
         count_for_early_stopping(run, v[s.best["metric"]])
