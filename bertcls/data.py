@@ -159,6 +159,7 @@ def encode(
     text_pairs: Sequence[str] | None,
     max_length: int,
     truncation: str = "head",
+    attention_mask: bool = True,
 ) -> dict[str, list[list[int]]]:
     """Tokenize everything at once with the fast tokenizer; no padding (that happens per batch).
 
@@ -171,7 +172,9 @@ def encode(
     check_truncation(truncation)
     pairs = list(text_pairs) if text_pairs is not None else None
     if truncation == "head":
-        out = tokenizer(list(texts), pairs, truncation=True, max_length=max_length, padding=False)
+        out = tokenizer(
+            list(texts), pairs, truncation=True, max_length=max_length, return_attention_mask=attention_mask
+        )
         return {k: out[k] for k in _keys(out)}
     out = tokenizer(list(texts), pairs, truncation=False, padding=False, verbose=False)
     return select_tokens({k: out[k] for k in _keys(out)}, out.sequence_ids, max_length, truncation)[0]
@@ -218,7 +221,8 @@ def tokenize_texts(
     def encode_chunk(chunk, pairs, first):
         if window_stride:
             return encode_windows(tokenizer, chunk, pairs, max_length, window_stride, first)
-        return encode(tokenizer, chunk, pairs, max_length, truncation), None
+        # No attention mask: unpadded rows' masks are all ones, and the store makes them when it pads a batch.
+        return encode(tokenizer, chunk, pairs, max_length, truncation, attention_mask=False), None
 
     def build(folder):
         show = progress and len(texts) > CHUNK_ROWS

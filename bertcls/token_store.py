@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -121,7 +122,7 @@ def tokenize(
 
 
 def _flat(rows: list[list[int]], dtype) -> np.ndarray:
-    return np.fromiter((t for row in rows for t in row), dtype, sum(map(len, rows)))
+    return np.fromiter(itertools.chain.from_iterable(rows), dtype, sum(map(len, rows)))
 
 
 def open_store(folder: Path) -> TokenStore:
