@@ -42,7 +42,10 @@ def load_data(cfg: Config, log=print) -> RunData:
         return drop_empty_texts(split, d.empty_texts, log)
 
     if d.streaming and not d.labels:
-        raise BertclsError("data.streaming=true needs data.labels: the label set cannot be read from a stream up front")
+        raise BertclsError(
+            "data.streaming=true needs data.labels (e.g. data.labels=[negative,positive]): a stream has no label set "
+            "to read up front"
+        )
     train = None if d.streaming else read(d.train)
     validation_source, test_source = resolve_split(d, "validation"), resolve_split(d, "test")
     validation = read(validation_source) if validation_source else None
