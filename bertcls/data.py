@@ -34,6 +34,7 @@ class Split:
     labels: list[Any] | None
     text_pairs: Sequence[str] | None = None
     source: str = ""
+    rows: np.ndarray | None = None  # each row's index in the source (None: 0, 1, 2, ...), kept through subsets
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -44,7 +45,12 @@ class Split:
                 return col.take(indices)
             return None if col is None else [col[i] for i in indices]
 
-        return Split(pick(self.texts), pick(self.labels), pick(self.text_pairs), self.source)
+        rows = (self.rows if self.rows is not None else np.arange(len(self)))[np.asarray(indices, dtype=np.int64)]
+        return Split(pick(self.texts), pick(self.labels), pick(self.text_pairs), self.source, rows)
+
+    def source_row(self, i: int) -> int:
+        """Row ``i``'s 1-based row number in its source (the first row after a header is 1)."""
+        return int(self.rows[i] if self.rows is not None else i) + 1
 
 
 def load_split(

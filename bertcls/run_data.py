@@ -60,11 +60,23 @@ def load_data(cfg: Config, log=print) -> RunData:
     labels = list(d.labels) if d.labels else build_labels(task.label_values(train.labels))
     if train is not None:
         task.check_label_count(labels, train.labels, d.train)
-        task.targets(train.labels, labels, f"train data {d.train}")
-    for name, split in (("validation", validation), ("test", test)):
+    for name, split in (("train", train), ("validation", validation), ("test", test)):
         if split is not None:
-            task.targets(split.labels, labels, f"{name} data {split.source or d.train}")
+            check_labels(task, split, labels, f"{name} data {split.source or d.train}")
     return RunData(labels, train, validation, test)
+
+
+def check_labels(task, split: Split, labels: list[str], source: str) -> None:
+    """Every label of ``split`` is in ``labels``; else the task's one-line error, with the first row at fault (so a bad
+    label deep in a large file can be found)."""
+    try:
+        task.targets(split.labels, labels, source)
+    except BertclsError as e:
+        known = set(labels)
+        bad = next((i for i, v in enumerate(split.labels) if set(map(str, task.label_values([v]))) - known), None)
+        if bad is None:
+            raise
+        raise BertclsError(f"{e} (first in row {split.source_row(bad)} of {split.source})") from e
 
 
 def data_seed(cfg: Config) -> int:

@@ -179,3 +179,18 @@ def test_length_grouped_sampler_covers_everything_once_and_groups_lengths():
 def test_length_sorted_batches_for_evaluation():
     batches = length_sorted_batches([3, 9, 1, 7], 2)
     assert batches == [[1, 3], [0, 2]]
+
+
+def test_an_unknown_label_deep_in_a_file_is_named_with_its_row(tmp_path):
+    from bertcls.config import load_config
+    from bertcls.run_data import load_data
+
+    from .conftest import make_rows, write_csv
+
+    rows = make_rows(60, 7)
+    rows[1]["text"] = "   "  # skipped (data.empty_texts=skip): later rows keep their own row numbers
+    rows[44]["label"] = "maybe"
+    train = write_csv(tmp_path / "train.csv", rows)
+    cfg = load_config(None, [f"data.train={train}", "data.labels=[negative,positive]", "data.validation_fraction=0.2"])
+    with pytest.raises(BertclsError, match=r"'maybe'.*not in the label set.*\(first in row 45 of .*train\.csv\)"):
+        load_data(cfg, log=lambda *_: None)
