@@ -20,6 +20,7 @@ from bertcls.data import (
     split_validation,
 )
 from bertcls.errors import BertclsError
+from bertcls.streaming import check_stream
 from bertcls.tasks import get_task
 
 
@@ -60,6 +61,8 @@ def load_data(cfg: Config, log=print) -> RunData:
     labels = list(d.labels) if d.labels else build_labels(task.label_values(train.labels))
     if train is not None:
         task.check_label_count(labels, train.labels, d.train)
+    else:
+        check_stream(d, labels, task)
     for name, split in (("train", train), ("validation", validation), ("test", test)):
         if split is not None:
             check_labels(task, split, labels, f"{name} data {split.source or d.train}")

@@ -58,6 +58,15 @@ def row_reader(data, labels: list[str], task) -> Callable:
     return read
 
 
+def check_stream(data, labels: list[str], task) -> None:
+    """Open the stream and read its first row as training will, so that missing files, a missing column or an unknown
+    label fail before the model loads, not at the first step."""
+    first = next(iter(stream_table(data.train)), None)
+    if first is None:
+        raise BertclsError(f"data.train {data.train}: the stream has no rows")
+    row_reader(data, labels, task)([first])
+
+
 class StreamedBatches:
     """Padded training batches (tensors on the CPU) of one process's share of a stream, pass after pass."""
 

@@ -92,6 +92,22 @@ def test_what_a_stream_cannot_do_is_one_clear_error(tiny_bert, tiny_data, tmp_pa
         train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", *base, *extra))
 
 
+def test_a_bad_stream_fails_before_the_model_loads(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    import bertcls.train as recipe
+
+    monkeypatch.setattr(recipe, "setup_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    rows = [{"body": r["text"], "label": r["label"]} for r in make_rows(20, 1)]
+    folder = write_shards(tmp_path / "shards", rows, 2)
+    base = ("data.streaming=true", "data.labels=[negative,positive]", "train.max_steps=4", f"data.train={folder}")
+    with pytest.raises(BertclsError, match="no column 'text'; columns are body, label"):
+        train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "a", *base))
+    with pytest.raises(BertclsError, match="do not exist"):
+        train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "b", *base, f"data.train={tmp_path / 'none' / '*.parquet'}"))
+    unknown = write_shards(tmp_path / "other", make_rows(20, 1), 1)
+    with pytest.raises(BertclsError, match="not in the label set"):
+        train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "c", *base, f"data.train={unknown}", "data.labels=[bad,good]"))
+
+
 @pytest.mark.integration
 def test_streamed_run_under_two_processes(tiny_bert, tiny_data, tmp_path):
     from .conftest import run_torchrun
