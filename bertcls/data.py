@@ -247,12 +247,17 @@ def pad_batch(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torc
     step and the tokenizer's generic path costs more than the model's forward on short texts."""
     rows = {k: [f[k] for f in features] for k in TOKEN_KEYS if k in features[0]}
     batch = {k: torch.from_numpy(v) for k, v in pad_rows(rows, range(len(features)), pad_id).items()}
-    for key in ("labels", "index"):
-        if key in features[0]:
-            batch[key] = torch.from_numpy(np.asarray([f[key] for f in features], dtype=np.int64))
-    if "labels" in batch and batch["labels"].ndim == 2:  # multi-hot rows: the BCE target is float
-        batch["labels"] = batch["labels"].float()
+    if "labels" in features[0]:
+        batch["labels"] = label_tensor([f["labels"] for f in features])
+    if "index" in features[0]:
+        batch["index"] = torch.tensor([f["index"] for f in features], dtype=torch.long)
     return batch
+
+
+def label_tensor(labels) -> torch.Tensor:
+    """A batch's label indices as a long tensor, or its multi-hot rows as a float one (the BCE target is float)."""
+    t = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    return t.float() if t.ndim == 2 else t
 
 
 class TextClassificationDataset(Dataset):

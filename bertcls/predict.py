@@ -20,6 +20,7 @@ from bertcls.errors import BertclsError, check_parent, cli_errors, quiet_loading
 from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.onnx_predict import OnnxClassifier, is_onnx_export
 from bertcls.precision import PRECISIONS, check_precision
+from bertcls.tables import texts_of
 from bertcls.tasks import Task, get_task
 
 if TYPE_CHECKING:
@@ -195,14 +196,6 @@ def open_input(source: str, text_column: str, text_pair_column: str | None):
 
     columns = {text_column: "--text-column", **({text_pair_column: "--text-pair-column"} if text_pair_column else {})}
     return read_checked(source, "train", columns)
-
-
-def texts_of(
-    rows: list[dict[str, Any]], text_column: str, text_pair_column: str | None
-) -> tuple[list[str], list[str] | None]:
-    """The texts (and second texts) of input rows; an empty cell is an empty text."""
-    as_text = lambda col: ["" if r[col] is None else str(r[col]) for r in rows]  # noqa: E731
-    return as_text(text_column), as_text(text_pair_column) if text_pair_column else None
 
 
 def read_input(

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from bertcls.data import encode
+from bertcls.data import label_tensor, tokenize_texts
 from bertcls.errors import BertclsError
-from bertcls.inference import pad_rows
-from bertcls.tables import missing_column, stream_table
+from bertcls.inference import length_sorted_batches
+from bertcls.tables import missing_column, stream_table, texts_of
 
 SHUFFLE_BUFFER = 10_000  # rows the stream is shuffled through (datasets' IterableDataset.shuffle)
 
@@ -37,20 +37,21 @@ def row_reader(data, labels: list[str], task) -> Callable:
     required = {data.text_column: "data.text_column", data.label_column: "data.label_column"}
     if data.text_pair_column:
         required[data.text_pair_column] = "data.text_pair_column"
-    text = lambda v: "" if v is None else str(v)  # noqa: E731
 
     def read(rows: list[dict[str, Any]]) -> tuple[list[str], list[str] | None, np.ndarray]:
         for column, option in required.items():
             if column not in rows[0]:
                 raise missing_column(column, list(rows[0]), source, option)
-        empty = [r for r in rows if not text(r[data.text_column]).strip()]
-        if empty and data.empty_texts == "error":
-            raise BertclsError(
-                f"{source}: a text is empty or whitespace only; fill or drop such rows, or set data.empty_texts=skip"
-            )
-        rows = [r for r in rows if text(r[data.text_column]).strip()] if empty else rows
-        texts = [text(r[data.text_column]) for r in rows]
-        pairs = [text(r[data.text_pair_column]) for r in rows] if data.text_pair_column else None
+        texts, pairs = texts_of(rows, data.text_column, data.text_pair_column)
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        if len(keep) < len(texts):
+            if data.empty_texts == "error":
+                raise BertclsError(
+                    f"{source}: a text is empty or whitespace only; fill or drop such rows, "
+                    "or set data.empty_texts=skip"
+                )
+            rows, texts = [rows[i] for i in keep], [texts[i] for i in keep]
+            pairs = [pairs[i] for i in keep] if pairs is not None else None
         values = task.read_labels([r[data.label_column] for r in rows], source, data.label_delimiter)
         targets = np.asarray(task.targets(values, labels, f"train data {source}"), dtype=np.int64)
         return texts, pairs, targets
@@ -111,14 +112,11 @@ class StreamedBatches:
         texts, pairs, targets = self.read_rows(window)
         if not texts:  # every row of the window was an empty text (skipped)
             return
-        tokens = encode(self.tokenizer, texts, pairs, self.max_length, self.truncation)
-        lengths = np.fromiter(map(len, tokens["input_ids"]), np.int64, len(texts))
-        order = np.argsort(-lengths, kind="stable")
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        tokens, _ = tokenize_texts(self.tokenizer, texts, pairs, self.max_length, self.truncation, progress=False)
+        batches = length_sorted_batches(tokens.lengths, self.batch_size)
         for b in torch.randperm(len(batches), generator=g).tolist():
-            batch = {k: torch.from_numpy(v) for k, v in pad_rows(tokens, batches[b].tolist(), self.pad_id).items()}
-            labels = torch.from_numpy(targets[batches[b]])
-            batch["labels"] = labels.float() if labels.ndim == 2 else labels
+            batch = {k: torch.from_numpy(v) for k, v in tokens.pad(batches[b], self.pad_id).items()}
+            batch["labels"] = label_tensor(targets[batches[b]])
             yield batch
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

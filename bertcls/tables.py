@@ -166,6 +166,15 @@ def text_column(table, name: str) -> Sequence[str]:
     return ["" if t is None else str(t) for t in column.to_pylist()]
 
 
+def texts_of(
+    rows: list[dict[str, Any]], text_column: str, text_pair_column: str | None
+) -> tuple[list[str], list[str] | None]:
+    """The texts (and second texts) of rows read as dicts (a chunk of a file, a window of a stream); an empty cell is
+    an empty text."""
+    as_text = lambda col: ["" if r[col] is None else str(r[col]) for r in rows]  # noqa: E731
+    return as_text(text_column), as_text(text_pair_column) if text_pair_column else None
+
+
 def column_values(table, name: str) -> list[Any]:
     """Column ``name`` as Python values. A string column is dictionary-encoded first, so a million rows of a few
     label names share a few ``str`` objects instead of holding one each."""
