@@ -1,20 +1,22 @@
 """``python -m bertcls.evaluate``: score one or more checkpoints on a labelled split, with reports and plots.
 
 ``evaluate(...)`` does the work and is what notebooks call (``evaluate_checkpoint`` scores one model without
-writing anything); ``main()`` only parses the command line. Everything is computed before anything is written, so a
-bad checkpoint or label found late leaves no half-written report behind.
+writing anything); ``main()`` only parses the command line. Rows are predicted, counted and written in chunks, so
+memory stays flat in the file's size; every ``predictions.csv`` is written under a temporary name and renamed only
+when all checkpoints are scored, so a bad checkpoint or label found late leaves no half-written report behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
 import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,16 +41,18 @@ CLI_OPTIONS = COLUMN_OPTIONS  # the option a missing column's error names
 
 @dataclass
 class CheckpointResult:
-    """One checkpoint scored on one split: its metrics, and per input row the probabilities and gold label index
-    (-1 where the checkpoint does not know the row's label; those rows are left out of ``metrics``). For a
-    multi-label checkpoint ``gold`` holds multi-hot rows (all -1 for a row with an unknown label) and ``thresholds``
-    the checkpoint's per-label thresholds."""
+    """One checkpoint scored on one split: its metrics, and per input row the gold label index (-1 where the
+    checkpoint does not know the row's label; those rows are left out of ``metrics``) and whether the prediction was
+    right. For a multi-label checkpoint ``gold`` holds multi-hot rows (all -1 for a row with an unknown label) and
+    ``thresholds`` the checkpoint's per-label thresholds. ``probs`` (rows x labels) is kept unless the caller asked
+    for counts only (``keep_probs=False``, as the report of a big file does)."""
 
     checkpoint: str
     labels: list[str]
     metrics: dict[str, Any]
-    probs: np.ndarray
     gold: np.ndarray
+    correct: np.ndarray
+    probs: np.ndarray | None = None
     thresholds: list[float] | None = None
 
     @property
@@ -59,15 +63,11 @@ class CheckpointResult:
     def known(self) -> np.ndarray:
         return self.task.known(self.gold)
 
-    @property
-    def predicted(self) -> np.ndarray:
-        """Predicted label indices, or multi-hot rows (labels at or above their thresholds) for multi-label."""
-        return self.task.decide(self.probs, self.thresholds)
 
-    @property
-    def correct(self) -> np.ndarray:
-        """Per row: the predicted label (multi-label: the whole label set) is the gold one."""
-        return self.task.correct(self.predicted, self.gold)
+# Rows predicted, tallied and written at a time: memory stays flat in the evaluated file's size.
+CHUNK_ROWS = 4096
+# One chunk's rows: the index of its first row, the probabilities and the decisions (label indices or multi-hot rows).
+ChunkCallback = Callable[[int, np.ndarray, np.ndarray], Any]
 
 
 def evaluate_checkpoint(
@@ -77,6 +77,11 @@ def evaluate_checkpoint(
     unknown_labels: str = "error",
     device: str | torch.device | None = None,
     precision: str = "auto",
+    *,
+    keep_probs: bool = True,
+    on_chunk: ChunkCallback | None = None,
+    chunk_rows: int | None = None,
+    progress: bool = False,
 ) -> CheckpointResult:
     """Predict every row of ``data`` with a checkpoint (a folder or a loaded model) and compute the metrics.
 
@@ -87,9 +92,15 @@ def evaluate_checkpoint(
     device has it, as training evaluates with its default ``mixed_precision: auto``), ``no`` (full), ``bf16``,
     ``fp16``; the one used is ``metrics["precision"]``.
 
+    Rows go ``chunk_rows`` (default ``CHUNK_ROWS``) at a time: each chunk is predicted, added to the metric counts
+    (``Task.tally``) and handed to ``on_chunk``, and only its probabilities are kept (``keep_probs``), so memory
+    need not grow with the data. ``progress`` shows a bar with rows/s.
+
     Raises:
         BertclsError: unreadable checkpoint, unknown labels, no labelled rows, bad options.
     """
+    from tqdm.auto import tqdm
+
     _check_options(unknown_labels, batch_size, precision)
     if data.labels is None:
         raise BertclsError(f"{data.source}: evaluation needs gold labels, and this data has none")
@@ -106,13 +117,30 @@ def evaluate_checkpoint(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     precision = resolve(precision, torch.device(device).type)
-    # predict_proba batches by length, moves each batch's output to the CPU and returns rows in input order.
-    probs = model.predict_proba(data.texts, data.text_pairs, batch_size, precision).numpy().astype(np.float64)
+    tally, correct, kept = task.tally(model), np.zeros(len(data), dtype=bool), []
+    chunk_rows = max(1, chunk_rows or CHUNK_ROWS)
+    bar = tqdm(total=len(data), desc="evaluate", unit="row", disable=None if progress else True)
+    for start in range(0, len(data), chunk_rows):
+        stop = min(start + chunk_rows, len(data))
+        pairs = data.text_pairs[start:stop] if data.text_pairs is not None else None
+        # predict_proba batches by length, moves each batch's output to the CPU and returns rows in input order.
+        probs = model.predict_proba(data.texts[start:stop], pairs, batch_size, precision).numpy().astype(np.float64)
+        g, k = gold[start:stop], known[start:stop]
+        tally.add(g[k], probs[k])
+        predicted = task.decide(probs, model.thresholds)
+        correct[start:stop] = task.correct(predicted, g)
+        if on_chunk is not None:
+            on_chunk(start, probs, predicted)
+        if keep_probs:
+            kept.append(probs)
+        bar.update(stop - start)
+    bar.close()
     metrics = {"checkpoint": name, "data": data.source, "labels": model.labels, "num_rows": len(data)}
     metrics["task"], metrics["precision"] = model.task, precision
-    metrics.update(task.report(model, gold[known], probs[known]))
+    metrics.update(task.report(model, tally))
     metrics["unknown_labels"] = {"count": int((~known).sum()), "labels": dict(sorted(unknown.items()))}
-    return CheckpointResult(name, model.labels, metrics, probs, gold, model.thresholds)
+    probs = np.concatenate(kept) if kept else None
+    return CheckpointResult(name, model.labels, metrics, gold, correct, probs, model.thresholds)
 
 
 def _check_options(unknown_labels: str, batch_size: int, precision: str) -> None:
@@ -195,22 +223,46 @@ def evaluate(
     out = Path(output) if output is not None else Path(paths[0]) / f"eval-{data_name(source, split)}"
     check_report_dir(out, overwrite)
 
-    results = [evaluate_checkpoint(p, data, batch_size, unknown_labels, device, precision) for p in paths]
     say = print if verbose else (lambda *_: None)
+    folders = [out] if len(paths) == 1 else [out / name for name in unique_names([str(p) for p in paths])]
+    options = (batch_size, unknown_labels, device, precision)
+    new_folders = [f for f in (*folders, out) if not f.exists()]
+    try:
+        with contextlib.ExitStack() as renames:
+            # Each predictions.csv is written as its rows are predicted, under a temporary name; all of them are
+            # renamed into place only once every checkpoint has been scored, so a failure leaves no partial report.
+            results = [_score_into(renames, p, folder, data, options, verbose) for p, folder in zip(paths, folders)]
+    except BaseException:
+        for folder in new_folders:  # the report folders this call made, now empty again
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+    for result, folder in zip(results, folders):
+        write_report(result, folder)
     if len(results) == 1:
-        write_report(results[0], data, out)
         say(format_report(results[0].metrics))
         say(f"report written to {out}")
         return results[0].metrics
 
-    names = unique_names([str(p) for p in paths])
-    for name, result in zip(names, results):
-        write_report(result, data, out / name)
-    summary = compare(results, names, source, len(data), n_resamples, seed)
+    summary = compare(results, [f.name for f in folders], source, len(data), n_resamples, seed)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     say(format_comparison(summary))
     say(f"reports written to {out} (one subfolder per checkpoint)")
     return summary
+
+
+def _score_into(
+    renames: contextlib.ExitStack, path: str | os.PathLike, folder: Path, data: Split, options: tuple, progress: bool
+) -> CheckpointResult:
+    """Score one checkpoint, writing its ``predictions.csv`` chunk by chunk to a temporary file that ``renames``
+    moves into ``folder`` when it closes. Keeps counts and one correct/wrong flag per row, not the probabilities."""
+    model = load_checkpoint(path)
+    tmp = renames.enter_context(atomic_file(folder / "predictions.csv"))
+    with tmp.open("w", newline="") as f:
+        rows = PredictionRows(f, data, model)
+        result = evaluate_checkpoint(model, data, *options, keep_probs=False, on_chunk=rows, progress=progress)
+    result.checkpoint = result.metrics["checkpoint"] = str(path)
+    return result
 
 
 def compare(
@@ -279,31 +331,35 @@ def unique_names(paths: Sequence[str]) -> list[str]:
     return [f"{i + 1}-{Path(p).resolve().name}" for i, p in enumerate(paths)]
 
 
-def write_report(result: CheckpointResult, data: Split, out: Path) -> None:
-    """``metrics.json``, ``predictions.csv`` (one row per input row, in input order) and ``confusion_matrix.png``.
+class PredictionRows:
+    """Writes ``predictions.csv`` rows chunk by chunk (an ``evaluate_checkpoint`` ``on_chunk``): one row per input
+    row, in input order, with the text (and pair), gold, predicted and one ``prob_<label>`` column per label. For
+    multi-label, ``gold`` and ``predicted`` are label sets joined by the checkpoint's delimiter."""
 
-    For multi-label, ``gold`` and ``predicted`` are label sets joined by the checkpoint's delimiter, and the PNG
-    holds one 2x2 matrix per label.
-    """
+    def __init__(self, f, data: Split, model: BertForTextClassification):
+        self.writer, self.data, self.model = csv.writer(f), data, model
+        self.task, self.delimiter = get_task(model.task), model.label_delimiter
+        columns = ["text", *(["text_pair"] if data.text_pairs is not None else []), "gold", "predicted"]
+        self.writer.writerow(columns + [f"prob_{label}" for label in model.labels])
+
+    def __call__(self, start: int, probs: np.ndarray, predicted: np.ndarray) -> None:
+        data, stop = self.data, start + len(probs)
+        texts = data.texts[start:stop]
+        pairs = data.text_pairs[start:stop] if data.text_pairs is not None else itertools.repeat(None)
+        for i, (text, pair) in enumerate(zip(texts, pairs)):
+            gold, guess = self.task.csv_cells(data.labels[start + i], predicted[i], self.model.labels, self.delimiter)
+            cells = [text, *([pair] if data.text_pairs is not None else []), gold, guess]
+            self.writer.writerow(cells + [repr(float(p)) for p in probs[i]])
+
+
+def write_report(result: CheckpointResult, out: Path) -> None:
+    """``metrics.json`` and ``confusion_matrix.png`` (for multi-label, one 2x2 matrix per label) beside the
+    ``predictions.csv`` that scoring wrote."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
-    columns = ["text", *(["text_pair"] if data.text_pairs is not None else []), "gold", "predicted"]
-    columns += [f"prob_{label}" for label in result.labels]
-    task, predicted = result.task, result.predicted
-    delimiter = result.metrics.get("label_delimiter", "|")
-    pairs = data.text_pairs if data.text_pairs is not None else itertools.repeat(None)
-    # Written under a temporary name and renamed at the end: a predictions.csv that exists is complete.
-    with atomic_file(out / "predictions.csv") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for i, (text, pair_text) in enumerate(zip(data.texts, pairs)):
-            pair = [pair_text] if data.text_pairs is not None else []
-            probs = [repr(float(p)) for p in result.probs[i]]
-            gold, guess = task.csv_cells(data.labels[i], predicted[i], result.labels, delimiter)
-            writer.writerow([text, *pair, gold, guess, *probs])
     m = result.metrics
     title = f"{'/'.join(Path(result.checkpoint).parts[-2:])} on {m['data']}"
-    task.plot_confusion(m, result.labels, out / "confusion_matrix.png", title)
+    result.task.plot_confusion(m, result.labels, out / "confusion_matrix.png", title)
 
 
 # ---------------------------------------------------------------- printed tables

@@ -93,91 +93,193 @@ def expected_calibration_error(y_true: Sequence[int], probs: np.ndarray, n_bins:
 
     i.e. the gap between accuracy and confidence, averaged over bins by their share of examples (0 = calibrated).
     """
+    return ece_of(calibration_bins(y_true, probs, n_bins))
+
+
+def calibration_bins(y_true: Sequence[int], probs: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Per confidence bin (see ``expected_calibration_error``): (examples, sum of confidences, number correct), a
+    (3, n_bins) array that adds up over chunks of examples."""
     y_true = np.asarray(y_true)
     conf = probs.max(-1).astype(np.float64)
     correct = (probs.argmax(-1) == y_true).astype(np.float64)
     # Bin b holds (b/n, (b+1)/n]; ceil(c*n)-1 does that, and a confidence of exactly 0 (impossible for a top class
     # of a softmax, but cheap to guard) joins the first bin.
     bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
-    return float(ece)
+    return np.stack([np.bincount(bins, weights=w, minlength=n_bins) for w in (np.ones_like(conf), conf, correct)])
+
+
+def ece_of(bins: np.ndarray) -> float:
+    """ECE from ``calibration_bins``: sum over bins of |correct - confidence sums| / n (the formula above, with
+    each bin's share and means multiplied out)."""
+    n = bins[0].sum()
+    return float(np.abs(bins[2] - bins[1]).sum() / n) if n else 0.0
+
+
+def _divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, 0 where den is 0 (sklearn's ``zero_division=0``)."""
+    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
+    return np.where(den > 0, num / np.maximum(den, 1e-300), 0.0)
+
+
+def _prf(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F1 from counts (elementwise), 0 where undefined."""
+    return _divide(tp, tp + fp), _divide(tp, tp + fn), _divide(2 * tp, 2 * tp + fp + fn)
+
+
+def _averages(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, dict[str, float]]:
+    """``macro`` (mean of per-label scores), ``micro`` (scores of pooled counts) and ``weighted`` (per-label scores
+    weighted by support) precision / recall / F1, as sklearn's ``precision_recall_fscore_support`` averages them."""
+    per_label = _prf(tp, fp, fn)
+    support = tp + fn
+    out = {"macro": [float(v.mean()) for v in per_label]}
+    out["micro"] = [float(v) for v in _prf(tp.sum(), fp.sum(), fn.sum())]
+    w = support / support.sum() if support.sum() else np.zeros_like(support, dtype=np.float64)
+    out["weighted"] = [float((v * w).sum()) for v in per_label]
+    return {k: dict(zip(("precision", "recall", "f1"), v)) for k, v in out.items()}
+
+
+def _per_class(labels: Sequence[str], tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> dict[str, dict[str, Any]]:
+    p, r, f = _prf(tp, fp, fn)
+    return {
+        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(tp[i] + fn[i])}
+        for i, name in enumerate(labels)
+    }
+
+
+class ReportTally:
+    """``classification_report`` accumulated chunk by chunk (``add``), so evaluating a file of any size keeps
+    counts, not rows: the confusion matrix, the summed log loss and the calibration bins. Two labels also keep one
+    float32 score and one gold byte per row, which ROC-AUC and average precision need."""
+
+    def __init__(self, num_labels: int):
+        self.confusion = np.zeros((num_labels, num_labels), dtype=np.int64)
+        self.loss_sum = 0.0
+        self.bins = np.zeros((3, ECE_BINS))
+        self.scores: list[np.ndarray] = []
+        self.golds: list[np.ndarray] = []
+
+    def add(self, y_true: Sequence[int], probs: np.ndarray) -> None:
+        y_true = np.asarray(y_true, dtype=np.int64)
+        if not len(y_true):
+            return
+        k = len(self.confusion)
+        self.confusion += np.bincount(y_true * k + probs.argmax(-1), minlength=k * k).reshape(k, k)
+        self.loss_sum += log_loss(y_true, probs) * len(y_true)
+        self.bins += calibration_bins(y_true, probs)
+        if k == 2:
+            self.scores.append(probs[:, 1].astype(np.float32))
+            self.golds.append(y_true.astype(np.int8))
+
+    def report(self, labels: Sequence[str]) -> dict[str, Any]:
+        """What ``classification_report`` documents, from the counts so far."""
+        c = self.confusion
+        n = int(c.sum())
+        tp = np.diag(c)
+        fp, fn = c.sum(0) - tp, c.sum(1) - tp
+        report: dict[str, Any] = {"num_examples": n, "accuracy": float(tp.sum() / n) if n else 0.0}
+        report["loss"] = self.loss_sum / n if n else 0.0
+        report["ece"] = ece_of(self.bins)
+        report.update(_averages(tp, fp, fn))
+        report["macro_f1"] = report["macro"]["f1"]
+        report["per_class"] = _per_class(labels, tp, fp, fn)
+        report["confusion_matrix"] = c.tolist()
+        if len(labels) == 2:
+            report.update(_ranking_scores(np.concatenate(self.golds or [np.zeros(0, np.int8)]), self.scores))
+            report["positive_label"] = labels[1]
+        return report
+
+
+def _ranking_scores(gold: np.ndarray, scores: list[np.ndarray]) -> dict[str, float | None]:
+    """ROC-AUC and average precision of the positive class; None when the data holds only one class."""
+    from sklearn import metrics as skm
+
+    if len(np.unique(gold)) < 2:
+        return {"roc_auc": None, "average_precision": None}
+    score = np.concatenate(scores)
+    return {
+        "roc_auc": float(skm.roc_auc_score(gold, score)),
+        "average_precision": float(skm.average_precision_score(gold == 1, score)),
+    }
 
 
 def classification_report(y_true: Sequence[int], probs: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    """Every metric ``bertcls.evaluate`` reports, from gold label indices and class probabilities.
+    """Every metric ``bertcls.evaluate`` reports, from gold label indices and class probabilities (in one go; the
+    evaluation itself adds chunks to a ``ReportTally``).
 
     Returns a JSON-ready dict: ``num_examples``, ``accuracy``, ``loss`` (log loss), ``ece``, ``precision`` /
     ``recall`` / ``f1`` for ``macro``, ``micro`` and ``weighted`` averages, ``macro_f1`` (as training reports it),
     ``per_class`` (precision, recall, f1, support per label name), ``confusion_matrix`` (nested list, rows = gold,
     columns = predicted, in ``labels`` order), and for two labels ``roc_auc`` and ``average_precision`` with
     ``labels[1]`` as the positive class (None when the data holds only one class, where they are undefined).
+    Averages follow sklearn's ``precision_recall_fscore_support`` with ``zero_division=0`` (tests hold them equal).
     """
-    from sklearn import metrics as skm
+    tally = ReportTally(len(labels))
+    tally.add(y_true, probs)
+    return tally.report(labels)
 
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = probs.argmax(-1)
-    ids = list(range(len(labels)))
-    report: dict[str, Any] = {"num_examples": len(y_true), "accuracy": float(skm.accuracy_score(y_true, y_pred))}
-    report["loss"] = log_loss(y_true, probs)
-    report["ece"] = expected_calibration_error(y_true, probs)
-    for average in ("macro", "micro", "weighted"):
-        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=average, zero_division=0)
-        report[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
-    report["macro_f1"] = report["macro"]["f1"]
-    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None, zero_division=0)
-    report["per_class"] = {
-        name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
-        for i, name in enumerate(labels)
-    }
-    report["confusion_matrix"] = skm.confusion_matrix(y_true, y_pred, labels=ids).tolist()
-    if len(labels) == 2:
-        both = len(np.unique(y_true)) == 2
-        report["positive_label"] = labels[1]
-        report["roc_auc"] = float(skm.roc_auc_score(y_true, probs[:, 1])) if both else None
-        report["average_precision"] = float(skm.average_precision_score(y_true == 1, probs[:, 1])) if both else None
-    return report
+
+class MultiLabelTally:
+    """``multilabel_report`` accumulated chunk by chunk: per-label decision counts, the summed binary cross-entropy,
+    whole-set hits and the per-row (``samples``) precision / recall / F1 sums."""
+
+    def __init__(self, thresholds: Sequence[float]):
+        k = len(thresholds)
+        self.thresholds = list(thresholds)
+        self.tp, self.fp, self.fn, self.tn = (np.zeros(k, dtype=np.int64) for _ in range(4))
+        self.n, self.bce_sum, self.subset_hits = 0, 0.0, 0
+        self.samples = np.zeros(3)
+
+    def add(self, y_true: np.ndarray, probs: np.ndarray) -> None:
+        from bertcls.multilabel import decide
+
+        true = np.asarray(y_true).astype(bool)
+        if not len(true):
+            return
+        pred = np.asarray(decide(probs, self.thresholds)).astype(bool)
+        self.tp += (true & pred).sum(0)
+        self.fp += (~true & pred).sum(0)
+        self.fn += (true & ~pred).sum(0)
+        self.tn += (~true & ~pred).sum(0)
+        self.n += len(true)
+        self.bce_sum += binary_log_loss(true, probs) * true.size
+        self.subset_hits += int((true == pred).all(1).sum())
+        p, r, f = _prf((true & pred).sum(1), (~true & pred).sum(1), (true & ~pred).sum(1))
+        self.samples += [p.sum(), r.sum(), f.sum()]
+
+    def report(self, labels: Sequence[str]) -> dict[str, Any]:
+        """What ``multilabel_report`` documents, from the counts so far."""
+        n, k = self.n, len(labels)
+        tp, fp, fn = self.tp, self.fp, self.fn
+        report: dict[str, Any] = {"num_examples": n, "loss": self.bce_sum / (n * k) if n else 0.0}
+        report["micro_f1"] = float(_prf(tp.sum(), fp.sum(), fn.sum())[2])
+        report["macro_f1"] = float(_prf(tp, fp, fn)[2].mean())
+        report["subset_accuracy"] = self.subset_hits / n if n else 0.0
+        report["hamming_loss"] = float((fp + fn).sum() / (n * k)) if n else 0.0
+        report.update(_averages(tp, fp, fn))
+        means = self.samples / n if n else self.samples
+        report["samples"] = dict(zip(("precision", "recall", "f1"), map(float, means)))
+        report["per_class"] = _per_class(labels, tp, fp, fn)
+        for i, name in enumerate(labels):
+            report["per_class"][name]["threshold"] = float(self.thresholds[i])
+        matrices = np.stack([self.tn, self.fp, self.fn, self.tp], -1).reshape(k, 2, 2)
+        report["confusion_matrices"] = {name: matrices[i].tolist() for i, name in enumerate(labels)}
+        return report
 
 
 def multilabel_report(
     y_true: np.ndarray, probs: np.ndarray, labels: Sequence[str], thresholds: Sequence[float]
 ) -> dict[str, Any]:
     """Every metric ``bertcls.evaluate`` reports for a multi-label checkpoint, from multi-hot gold rows, sigmoid
-    probabilities and per-label thresholds.
+    probabilities and per-label thresholds (in one go; the evaluation adds chunks to a ``MultiLabelTally``).
 
     Returns a JSON-ready dict: ``num_examples``, ``subset_accuracy``, ``hamming_loss``, ``loss`` (mean BCE),
     ``micro_f1``, ``macro_f1``, precision / recall / f1 for ``micro``, ``macro``, ``weighted`` and ``samples``
     averages, ``per_class`` (precision, recall, f1, support, threshold per label name) and ``confusion_matrices``
-    (per label ``[[tn, fp], [fn, tp]]``, sklearn's ``multilabel_confusion_matrix``).
+    (per label ``[[tn, fp], [fn, tp]]``, as sklearn's ``multilabel_confusion_matrix``).
     """
-    from sklearn import metrics as skm
-
-    from bertcls.multilabel import decide
-
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = decide(probs, thresholds)
-    report: dict[str, Any] = {"num_examples": len(y_true)}
-    report.update(multilabel_metrics(y_true, probs, thresholds))
-    for average in ("micro", "macro", "weighted", "samples"):
-        p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, average=average, zero_division=0)
-        report[average] = {"precision": float(p), "recall": float(r), "f1": float(f)}
-    p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
-    report["per_class"] = {
-        name: {
-            "precision": float(p[i]),
-            "recall": float(r[i]),
-            "f1": float(f[i]),
-            "support": int(s[i]),
-            "threshold": float(thresholds[i]),
-        }
-        for i, name in enumerate(labels)
-    }
-    matrices = skm.multilabel_confusion_matrix(y_true, y_pred, labels=list(range(len(labels))))
-    report["confusion_matrices"] = {name: matrices[i].tolist() for i, name in enumerate(labels)}
-    return report
+    tally = MultiLabelTally(thresholds)
+    tally.add(y_true, probs)
+    return tally.report(labels)
 
 
 def paired_bootstrap(

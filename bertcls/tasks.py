@@ -218,11 +218,15 @@ class SingleLabel(Task):
             out.append({"label": labels[top], "score": row[top], "probabilities": dict(zip(labels, row, strict=True))})
         return out
 
-    def report(self, model, gold: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-        """Every metric ``bertcls.evaluate`` reports (``bertcls.metrics.classification_report``)."""
-        from bertcls.metrics import classification_report
+    def tally(self, model):
+        """An empty ``bertcls.metrics.ReportTally`` for ``model``: evaluation adds chunks of rows to it."""
+        from bertcls.metrics import ReportTally
 
-        return classification_report(gold, probs, model.labels)
+        return ReportTally(model.num_labels)
+
+    def report(self, model, tally) -> dict[str, Any]:
+        """Every metric ``bertcls.evaluate`` reports (``bertcls.metrics.classification_report``), from a tally."""
+        return tally.report(model.labels)
 
     def csv_cells(self, value: Any, predicted, labels: Sequence[str], delimiter: str) -> tuple[Any, str]:
         """The ``gold`` and ``predicted`` cells of a predictions row: the gold as read, the predicted label's name."""
@@ -372,13 +376,16 @@ class MultiLabel(Task):
 
         return prediction_dicts(rows, labels, thresholds)
 
-    def report(self, model, gold: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
-        """Every metric ``bertcls.evaluate`` reports at the model's thresholds (``bertcls.metrics.multilabel_report``),
-        and the delimiter its label sets are written with."""
-        from bertcls.metrics import multilabel_report
+    def tally(self, model):
+        """An empty ``bertcls.metrics.MultiLabelTally`` at the model's thresholds."""
+        from bertcls.metrics import MultiLabelTally
 
-        report = multilabel_report(gold, probs, model.labels, model.thresholds)
-        return {**report, "label_delimiter": model.label_delimiter}
+        return MultiLabelTally(model.thresholds)
+
+    def report(self, model, tally) -> dict[str, Any]:
+        """Every metric ``bertcls.evaluate`` reports (``bertcls.metrics.multilabel_report``), from a tally, and the
+        delimiter its label sets are written with."""
+        return {**tally.report(model.labels), "label_delimiter": model.label_delimiter}
 
     def csv_cells(self, value: Any, predicted, labels: Sequence[str], delimiter: str) -> tuple[str, str]:
         """The ``gold`` and ``predicted`` cells of a predictions row: label sets joined by ``delimiter``."""

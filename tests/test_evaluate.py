@@ -97,6 +97,31 @@ def test_expected_calibration_error_by_hand():
     assert expected_calibration_error(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]])) == 0.0
 
 
+def test_report_in_chunks_equals_one_chunk(checkpoints, tiny_data, tmp_path, monkeypatch):
+    """A report made 3 rows at a time (metrics counted, predictions.csv written as it goes, unknown labels skipped
+    on the way) is the report made in one chunk."""
+    from bertcls import evaluate as evaluate_module
+
+    rows = make_rows(20, 0)
+    rows.insert(7, {"text": "odd one", "label": "neutral"})
+    data = str(write_csv(tmp_path / "d.csv", rows))
+    reports = {}
+    for chunk in (3, 10**6):
+        monkeypatch.setattr(evaluate_module, "CHUNK_ROWS", chunk)
+        out = tmp_path / f"chunk{chunk}"
+        m = evaluate(checkpoints[0], data, output=out, unknown_labels="skip", precision="no", verbose=False)
+        reports[chunk] = m, read_predictions(out / "predictions.csv")
+    (small, small_rows), (whole, whole_rows) = reports[3], reports[10**6]
+    assert small["unknown_labels"]["count"] == 1 and small["num_examples"] == 20
+    assert [r["text"] for r in small_rows] == [r["text"] for r in whole_rows] == [r["text"] for r in rows]
+    np.testing.assert_allclose(
+        [float(r["prob_positive"]) for r in small_rows], [float(r["prob_positive"]) for r in whole_rows], atol=1e-6
+    )
+    assert small["confusion_matrix"] == whole["confusion_matrix"]
+    for key in ("accuracy", "loss", "ece", "roc_auc", "average_precision"):
+        assert small[key] == pytest.approx(whole[key], abs=1e-6), key
+
+
 def test_paired_bootstrap_bounds_and_seed():
     rng = np.random.default_rng(0)
     a = rng.random(300) < 0.6
