@@ -168,18 +168,30 @@ class FeatureDataset(Dataset):
     """Cached features with label ids (or multi-hot rows, as floats, for a multi-label task); items carry their index
     so evaluation can restore input order."""
 
-    def __init__(self, features: torch.Tensor, labels: Sequence[int] | Sequence[Sequence[int]] | None):
-        self.features = features
+    def __init__(
+        self,
+        features: torch.Tensor,
+        labels: Sequence[int] | Sequence[Sequence[int]] | None,
+        rows: np.ndarray | None = None,
+    ):
+        # ``rows``: positions of this dataset's examples in ``features`` (the whole split's, for a subset), read
+        # as batches need them rather than copied out of the memory-mapped file.
+        self.features, self.rows = features, rows
         self.labels = torch.tensor(labels, dtype=torch.long) if labels is not None else None
         if self.labels is not None and self.labels.ndim == 2:
             self.labels = self.labels.float()
-        self.lengths = np.ones(len(features), dtype=np.int64)
+        self.lengths = np.ones(len(self), dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.features)
+        return len(self.rows) if self.rows is not None else len(self.features)
+
+    def matrix(self) -> torch.Tensor:
+        """This dataset's features as one (examples, hidden) tensor (a copy for a subset)."""
+        return self.features[torch.from_numpy(self.rows)] if self.rows is not None else self.features
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item: dict[str, Any] = {"features": self.features[i], "index": i}
+        row = int(self.rows[i]) if self.rows is not None else i
+        item: dict[str, Any] = {"features": self.features[row], "index": i}
         if self.labels is not None:
             item["labels"] = int(self.labels[i]) if self.labels.ndim == 1 else self.labels[i]
         return item

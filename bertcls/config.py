@@ -355,6 +355,22 @@ class OutputConfig:
 
 
 @dataclass
+class CvConfig:
+    """Cross-validation of `data.train` (`python -m bertcls.cv`): out-of-fold predictions and a label-issue audit."""
+
+    folds: int = 5
+    """Folds: each trains on the others and predicts its own rows. Stratified by label (multi_label: by label set,
+    with sets rarer than `folds` rows pooled) and seeded by `train.data_seed` (or `train.seed`)."""
+    save_models: bool = False
+    """Keep each fold's checkpoints in `output.dir/folds/fold-K/` (average them with `bertcls.predict --checkpoint
+    A --checkpoint B ...`); otherwise only each fold's metrics, curves and log stay."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
+            raise BertclsError(f"cv.folds must be an integer of at least 2, got {self.folds!r}")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -363,6 +379,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    cv: CvConfig = field(default_factory=CvConfig)
 
     def __post_init__(self) -> None:
         # Options that only mean something for one of the two tasks: refused for the other, never silently ignored.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,10 @@ class Split:
     text_pairs: Sequence[str] | None = None
     source: str = ""
     rows: np.ndarray | None = None  # each row's index in the source (None: 0, 1, 2, ...), kept through subsets
+    # A subset's whole split as read, and its rows' positions there: the frozen backbone's features are computed
+    # (and cached) once for the whole split and shared by its subsets (validation cut, cross-validation folds).
+    base: Split | None = field(default=None, repr=False, compare=False)
+    base_rows: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -45,8 +49,10 @@ class Split:
                 return col.take(indices)
             return None if col is None else [col[i] for i in indices]
 
-        rows = (self.rows if self.rows is not None else np.arange(len(self)))[np.asarray(indices, dtype=np.int64)]
-        return Split(pick(self.texts), pick(self.labels), pick(self.text_pairs), self.source, rows)
+        indices = np.asarray(indices, dtype=np.int64)
+        rows = (self.rows if self.rows is not None else np.arange(len(self)))[indices]
+        base, base_rows = (self.base, self.base_rows[indices]) if self.base is not None else (self, indices)
+        return Split(pick(self.texts), pick(self.labels), pick(self.text_pairs), self.source, rows, base, base_rows)
 
     def source_row(self, i: int) -> int:
         """Row ``i``'s 1-based row number in its source (the first row after a header is 1)."""
@@ -138,14 +144,18 @@ def label_ids(values: Sequence[Any], labels: Sequence[str], source: str = "data"
     return [index[str(v)] for v in values]
 
 
+def stratum(value: Any) -> str:
+    """What stratified splits group a row by: its label, or for multi-label its label set, as one string."""
+    return "|".join(sorted(map(str, value))) if isinstance(value, list) else str(value)
+
+
 def split_validation(data: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     """Cut a seeded, stratified validation split from ``data``; falls back to random if a class is too small, or
     there are more classes than either side has rows. Multi-label data is stratified by label combination."""
     from sklearn.model_selection import train_test_split
 
     indices = list(range(len(data)))
-    canonical = lambda v: "|".join(sorted(map(str, v))) if isinstance(v, list) else str(v)  # noqa: E731
-    labels = [canonical(v) for v in data.labels] if data.labels is not None else None
+    labels = [stratum(v) for v in data.labels] if data.labels is not None else None
     stratify = labels
     if labels is not None and min(labels.count(c) for c in set(labels)) < 2:
         stratify = None

@@ -229,13 +229,14 @@ class MultiLabelTally:
         self.n, self.bce_sum, self.subset_hits = 0, 0.0, 0
         self.samples = np.zeros(3)
 
-    def add(self, y_true: np.ndarray, probs: np.ndarray) -> None:
+    def add(self, y_true: np.ndarray, probs: np.ndarray, thresholds: Sequence[float] | None = None) -> None:
+        """Count rows decided at ``thresholds`` (default: the tally's; cross-validation's folds each have theirs)."""
         from bertcls.multilabel import decide
 
         true = np.asarray(y_true).astype(bool)
         if not len(true):
             return
-        pred = np.asarray(decide(probs, self.thresholds)).astype(bool)
+        pred = np.asarray(decide(probs, self.thresholds if thresholds is None else thresholds)).astype(bool)
         self.tp += (true & pred).sum(0)
         self.fp += (~true & pred).sum(0)
         self.fn += (true & ~pred).sum(0)

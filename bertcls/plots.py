@@ -1,4 +1,4 @@
-"""Figures: the confusion matrix of an evaluation and the learning curves of a training run.
+"""Figures: the confusion matrix of an evaluation, the learning curves of a training run, cross-validation folds.
 
 Figures are built on ``matplotlib.figure.Figure`` directly, not ``pyplot``: no global figure state and no GUI
 backend, so plotting works the same in a training process, a headless server or a notebook.
@@ -124,6 +124,30 @@ def plot_curves(metrics: dict[str, Any], path: str | os.PathLike, title: str | N
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best")
     fig.suptitle(title or "learning curves", fontsize=13)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_folds(summary: dict[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Cross-validation's ``metrics.json`` content as bars: each fold's held-out score per metric
+    (``summary["folds"][k]["metrics"]``), with the mean over folds as a line and the out-of-fold score as a marker."""
+    keys = list(summary["mean"])
+    folds = summary["folds"]
+    fig = Figure(figsize=(max(6.0, 1.6 * len(keys) * len(folds) / 3 + 3), 4.5))
+    ax = fig.add_subplot()
+    width = 0.8 / len(folds)
+    for f, fold in enumerate(folds):
+        x = np.arange(len(keys)) + (f - (len(folds) - 1) / 2) * width
+        ax.bar(x, [fold["metrics"][k] for k in keys], width, label=f"fold {fold['fold']}", alpha=0.8)
+    for i, k in enumerate(keys):
+        ax.hlines(summary["mean"][k], i - 0.4, i + 0.4, color="black", label="mean of folds" if i == 0 else None)
+        oof = summary["out_of_fold"].get(k)
+        if oof is not None:
+            ax.plot(i, oof, "D", color="tab:red", label="out-of-fold, all rows" if i == 0 else None)
+    ax.set_xticks(range(len(keys)), labels=keys)
+    ax.set(ylabel="held-out score", title=title or f"{len(folds)}-fold cross-validation")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from bertcls.atomic import atomic_file
+from bertcls.ensemble import Ensemble
 from bertcls.errors import BertclsError, check_parent, cli_errors, quiet_loading
 from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.onnx_predict import OnnxClassifier, is_onnx_export
@@ -153,6 +154,13 @@ def load_predictor(path: str | os.PathLike) -> Classifier:
     return load_checkpoint(path)
 
 
+def load_predictors(paths: Sequence[str | os.PathLike]) -> Classifier | Ensemble:
+    """One checkpoint as ``load_predictor`` loads it, or several as an ``Ensemble`` (same task and labels)."""
+    if len(paths) == 1:
+        return load_predictor(paths[0])
+    return Ensemble([load_predictor(p) for p in paths], [str(p) for p in paths])
+
+
 def _cut(p: dict[str, Any], top_k: int | None) -> dict[str, Any]:
     return {**p, "probabilities": dict(list(p["probabilities"].items())[:top_k])} if top_k else p
 
@@ -235,7 +243,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--checkpoint", required=True, metavar="DIR", help="a saved bertcls checkpoint or ONNX export folder"
+        "--checkpoint",
+        required=True,
+        action="append",
+        metavar="DIR",
+        help="a saved bertcls checkpoint or ONNX export folder; repeated (--checkpoint A --checkpoint B): an "
+        "ensemble, their mean probabilities",
     )
     parser.add_argument("texts", nargs="*", help="texts to classify (or use --input)")
     parser.add_argument("--input", help="a CSV/TSV/JSON/JSONL/Parquet file with a text column")
@@ -267,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     check_sizes(args.batch_size, args.top_k)
     if args.output:
         check_output_file(Path(args.output), args.overwrite)
-    model = load_predictor(args.checkpoint)
+    model = load_predictors(args.checkpoint)
     if args.output:
         # Chunk by chunk, keeping no predictions: memory stays flat however big the input file is.
         columns = (args.text_column, args.text_pair_column)

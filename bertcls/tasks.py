@@ -220,9 +220,12 @@ class SingleLabel(Task):
 
     def tally(self, model):
         """An empty ``bertcls.metrics.ReportTally`` for ``model``: evaluation adds chunks of rows to it."""
+        return self.tally_of(model.labels, model.thresholds)
+
+    def tally_of(self, labels: Sequence[str], thresholds=None):
         from bertcls.metrics import ReportTally
 
-        return ReportTally(model.num_labels)
+        return ReportTally(len(labels))
 
     def report(self, model, tally) -> dict[str, Any]:
         """Every metric ``bertcls.evaluate`` reports (``bertcls.metrics.classification_report``), from a tally."""
@@ -378,9 +381,12 @@ class MultiLabel(Task):
 
     def tally(self, model):
         """An empty ``bertcls.metrics.MultiLabelTally`` at the model's thresholds."""
+        return self.tally_of(model.labels, model.thresholds)
+
+    def tally_of(self, labels: Sequence[str], thresholds=None):
         from bertcls.metrics import MultiLabelTally
 
-        return MultiLabelTally(model.thresholds)
+        return MultiLabelTally(thresholds)
 
     def report(self, model, tally) -> dict[str, Any]:
         """Every metric ``bertcls.evaluate`` reports (``bertcls.metrics.multilabel_report``), from a tally, and the

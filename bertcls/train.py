@@ -115,6 +115,7 @@ class Run:
     val_loader: Any = None
     test_loader: Any = None
     cache_hits: list[bool] = field(default_factory=list)
+    features: dict[int, Any] = field(default_factory=dict)  # id of a whole split -> its features (feature_dataset)
     token_hits: list[bool] = field(default_factory=list)
     optimizer: Any = None
     scheduler: Any = None
@@ -180,8 +181,10 @@ def lbfgs_grid(has_validation: bool) -> tuple[float, ...]:
 # ---------------------------------------------------------------- the recipe
 
 
-def train(cfg: Config) -> dict[str, Any]:
-    """Train a classifier as ``cfg`` says; returns the metrics written to ``output.dir/metrics.json``.
+def train(cfg: Config, data: RunData | None = None) -> dict[str, Any]:
+    """Train a classifier as ``cfg`` says; returns the metrics written to ``output.dir/metrics.json``. ``data``: the
+    splits already read and checked (``run_data.load_data``; cross-validation passes each fold's), instead of
+    reading ``cfg.data``'s files.
 
     Raises:
         BertclsError: bad data, labels, options or output folder (one-line messages).
@@ -190,7 +193,7 @@ def train(cfg: Config) -> dict[str, Any]:
         allocator.cap_primitive_cache()
     threads = torch.get_num_threads()
     try:
-        return train_lp_ft(cfg) if cfg.train.schedule == "lp_ft" else _run(cfg)
+        return train_lp_ft(cfg, data) if cfg.train.schedule == "lp_ft" else _run(cfg, data)
     except RuntimeError as e:
         if not lost_peer(e):
             raise
@@ -215,9 +218,9 @@ def lost_peer(e: RuntimeError) -> bool:
     return isinstance(e, dist.DistError) or any(s in text for s in signs)
 
 
-def _run(cfg: Config) -> dict[str, Any]:
+def _run(cfg: Config, data: RunData | None = None) -> dict[str, Any]:
     start = time.perf_counter()
-    run = setup(cfg)
+    run = setup(cfg, data)
     run.progress = tqdm(
         total=run.total_steps, initial=run.state.step, disable=not run.main, desc="training", unit="step",
         dynamic_ncols=True,
@@ -233,14 +236,15 @@ def _run(cfg: Config) -> dict[str, Any]:
 # -- setup: each step fits on a screen; everything is checked before anything is written
 
 
-def setup(cfg: Config) -> Run:
+def setup(cfg: Config, data: RunData | None = None) -> Run:
     precision = resolve_mixed_precision(cfg.train.mixed_precision)
     cached = uses_cache(cfg)
     accelerator, trackers = setup_accelerator(cfg, precision, cached)
     # Output folder, data, options and model are checked before anything is written, so a typo costs nothing there.
     check_output_dir(cfg)
     resume_dir = resolve_resume(cfg.train.resume_from, Path(cfg.output.dir))
-    data = load_data(cfg, RunLog(None, accelerator.is_main_process))  # printed; train.log does not exist yet
+    if data is None:
+        data = load_data(cfg, RunLog(None, accelerator.is_main_process))  # printed; train.log does not exist yet
     check_run_options(cfg, data, accelerator, cached)
     task = get_task(cfg.data.task)
     model, cfg = setup_model(cfg, data.labels, task, accelerator)
@@ -398,13 +402,17 @@ def token_cache_dir(cfg: Config) -> Path | None:
 
 
 def feature_dataset(run: Run, split: Split, _with_index: bool) -> FeatureDataset:
-    cfg = run.cfg
-    feats, hit = load_or_compute(
-        run.model, split, cfg.data.max_length, run.precision, run.accelerator, cache_dir(cfg), run.log,
-        cfg.eval.batch_size,
-    )  # fmt: skip
-    run.cache_hits.append(hit)
-    return FeatureDataset(feats, run.task.targets(split.labels, run.data.labels))
+    """The split's features: a subset (validation cut, a cross-validation fold) reads its rows from the features of
+    the whole split it was cut from, computed once per run and cached once for every way of cutting it."""
+    cfg, whole = run.cfg, split.base if split.base is not None else split
+    if id(whole) not in run.features:
+        feats, hit = load_or_compute(
+            run.model, whole, cfg.data.max_length, run.precision, run.accelerator, cache_dir(cfg), run.log,
+            cfg.eval.batch_size,
+        )  # fmt: skip
+        run.cache_hits.append(hit)
+        run.features[id(whole)] = feats
+    return FeatureDataset(run.features[id(whole)], run.task.targets(split.labels, run.data.labels), split.base_rows)
 
 
 def token_dataset(run: Run, split: Split, with_index: bool) -> TextClassificationDataset:
@@ -617,7 +625,7 @@ def fit_lbfgs(run: Run) -> None:
     epoch; best/ is the one validation prefers."""
     s, device = run.state, run.accelerator.device
     linear = run.model.head.layers[-1]
-    x = run.train_ds.features.to(device).float().clone()  # features made in inference mode
+    x = run.train_ds.matrix().to(device).float().clone()  # features made in inference mode
     y = run.train_ds.labels.to(device)
     for c in lbfgs_grid(run.val_ds is not None):
         loss, iterations = fit_linear(linear, x, y, run.loss_fn, c)
@@ -819,7 +827,7 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def train_lp_ft(cfg: Config) -> dict[str, Any]:
+def train_lp_ft(cfg: Config, data: RunData | None = None) -> dict[str, Any]:
     """Linear probing, then fine-tuning (Kumar et al. 2022, arXiv 2202.10054), as one run.
 
     Phase 1 trains the head alone on the frozen backbone (on cached features) into ``output.dir/linear_probe``;
@@ -846,7 +854,7 @@ def train_lp_ft(cfg: Config) -> dict[str, Any]:
         ),
         output=replace(cfg.output, dir=str(probe_dir), overwrite=True),
     )
-    probe_result = train(probe)
+    probe_result = train(probe, data)
     full = replace(
         cfg,
         # reinit_top_k already happened in the probe phase, whose features the head was fitted on.
@@ -855,7 +863,7 @@ def train_lp_ft(cfg: Config) -> dict[str, Any]:
         ),
         train=replace(t, schedule="standard"),
     )
-    result = train(full)
+    result = train(full, data)
     result["schedule"] = "lp_ft"
     result["linear_probe"] = {k: probe_result.get(k) for k in ("best", "history", "test", "train_time_s")}
     if PartialState().is_main_process:
@@ -866,10 +874,16 @@ def train_lp_ft(cfg: Config) -> dict[str, Any]:
 # ---------------------------------------------------------------- command line
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[str | None, list[str]]:
+TRAIN_HELP = "Fine-tune a BERT-family classifier. With no arguments: the offline demo (configs/default.yaml)."
+
+
+def parse_args(
+    argv: list[str] | None = None, prog: str = "python -m bertcls.train", description: str = TRAIN_HELP
+) -> tuple[str | None, list[str]]:
+    """``--config FILE`` and ``key=value`` overrides, for ``bertcls.train`` and the commands built on it (cv)."""
     parser = argparse.ArgumentParser(
-        prog="python -m bertcls.train",
-        description="Fine-tune a BERT-family classifier. With no arguments: the offline demo (configs/default.yaml).",
+        prog=prog,
+        description=description,
         epilog="overrides: key.sub=value, e.g. data.train=my.csv train.epochs=2 output.dir=runs/a\n\n" + options_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
