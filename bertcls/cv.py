@@ -135,7 +135,7 @@ def run_fold(cfg: Config, data: RunData, held: np.ndarray, fold_dir: Path, k: in
         held_split.texts, held_split.text_pairs, cfg.eval.batch_size, result["mixed_precision"]
     ).numpy().astype(np.float64)  # fmt: skip
     if not cfg.cv.save_models:
-        for name in ("best", "last", "checkpoints"):
+        for name in ("best", "last", "checkpoints", "linear_probe"):
             shutil.rmtree(fold_dir / name, ignore_errors=True)
     record = {
         "fold": k,
@@ -214,15 +214,15 @@ def write_outputs(cfg, out, pool, labels, task, probs, fold_of, thresholds, issu
 
 
 def format_summary(summary: dict[str, Any], issues: LabelIssues | None, pool: Split, labels, out: Path) -> str:
-    keys = list(summary["mean"])
+    keys, w = list(summary["mean"]), 18
     lines = [f"{len(summary['folds'])}-fold cross-validation, held-out scores:"]
-    lines.append(f"{'fold':<14}" + "".join(f"{k:>12}" for k in keys))
+    lines.append(f"{'fold':<14}" + "".join(f"{k:>{w}}" for k in keys))
     for r in summary["folds"]:
-        lines.append(f"{r['fold']:<14}" + "".join(f"{r['metrics'][k]:>12.4f}" for k in keys))
-    spread = "".join(f"{summary['mean'][k]:>7.4f}±{summary['std'][k]:<4.3f}" for k in keys)
-    lines.append(f"{'mean ± std':<14}{spread}")
+        lines.append(f"{r['fold']:<14}" + "".join(f"{r['metrics'][k]:>{w}.4f}" for k in keys))
+    spread = (f"{summary['mean'][k]:.4f} ± {summary['std'][k]:.4f}" for k in keys)
+    lines.append(f"{'mean ± std':<14}" + "".join(f"{s:>{w}}" for s in spread))
     oof = summary["out_of_fold"]
-    lines.append(f"{'out-of-fold':<14}" + "".join(f"{oof[k]:>12.4f}" if k in oof else f"{'':>12}" for k in keys))
+    lines.append(f"{'out-of-fold':<14}" + "".join(f"{oof[k]:>{w}.4f}" if k in oof else f"{'':>{w}}" for k in keys))
     if issues is not None:
         li = summary["label_issues"]
         lines.append(f"label issues: about {li['estimated']} rows look mislabelled; {li['listed']} listed in "

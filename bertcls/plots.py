@@ -129,26 +129,30 @@ def plot_curves(metrics: dict[str, Any], path: str | os.PathLike, title: str | N
 
 
 def plot_folds(summary: dict[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
-    """Cross-validation's ``metrics.json`` content as bars: each fold's held-out score per metric
-    (``summary["folds"][k]["metrics"]``), with the mean over folds as a line and the out-of-fold score as a marker."""
-    keys = list(summary["mean"])
-    folds = summary["folds"]
-    fig = Figure(figsize=(max(6.0, 1.6 * len(keys) * len(folds) / 3 + 3), 4.5))
-    ax = fig.add_subplot()
-    width = 0.8 / len(folds)
-    for f, fold in enumerate(folds):
-        x = np.arange(len(keys)) + (f - (len(folds) - 1) / 2) * width
-        ax.bar(x, [fold["metrics"][k] for k in keys], width, label=f"fold {fold['fold']}", alpha=0.8)
-    for i, k in enumerate(keys):
-        ax.hlines(summary["mean"][k], i - 0.4, i + 0.4, color="black", label="mean of folds" if i == 0 else None)
-        oof = summary["out_of_fold"].get(k)
+    """Cross-validation's ``metrics.json`` content: a panel per metric with each fold's held-out score as a bar
+    (``summary["folds"][k]["metrics"]``), the mean over folds as a line and the out-of-fold score over all rows as
+    a marker. Each panel's scale is zoomed to its values, so differences between folds show."""
+    keys, folds = list(summary["mean"]), summary["folds"]
+    fig = Figure(figsize=(4.2 * len(keys), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(keys)))
+    x = np.arange(1, len(folds) + 1)
+    for ax, key in zip(axes, keys):
+        values = np.array([f["metrics"][key] for f in folds])
+        oof = summary["out_of_fold"].get(key)
+        ax.bar(x, values, color="tab:blue", alpha=0.75, label="fold (held-out rows)")
+        ax.axhline(summary["mean"][key], color="black", label="mean of folds")
         if oof is not None:
-            ax.plot(i, oof, "D", color="tab:red", label="out-of-fold, all rows" if i == 0 else None)
-    ax.set_xticks(range(len(keys)), labels=keys)
-    ax.set(ylabel="held-out score", title=title or f"{len(folds)}-fold cross-validation")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
+            ax.axhline(oof, color="tab:red", linestyle="--", label="out-of-fold, all rows")
+        low, high = min(values.min(), oof if oof is not None else np.inf), max(values.max(), oof or -np.inf)
+        pad = max((high - low) * 0.6, 0.005)
+        ax.set_ylim(max(low - pad, 0.0), high + pad)
+        for xi, v in zip(x, values):
+            ax.text(xi, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+        ax.set(xticks=x, xlabel="fold", title=f"{key}: {summary['mean'][key]:.4f} ± {summary['std'][key]:.4f}")
+        ax.grid(alpha=0.3, axis="y")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=9)
+    fig.suptitle(title or f"{len(folds)}-fold cross-validation", fontsize=12)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return _save(fig, path)
 
 

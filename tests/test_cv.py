@@ -162,3 +162,28 @@ def test_fold_checkpoints_predict_as_an_ensemble(cv_run, tiny_bert):
     other_dir = other.save_pretrained(out.parent / "other")
     proc = run_cli("bertcls.predict", "--checkpoint", str(folds[0]), "--checkpoint", str(other_dir), "fine")
     assert_one_line_error(proc, "an ensemble needs the same task and labels")
+
+
+def test_multilabel_cv_with_lp_ft_runs_every_fold(tiny_bert, tmp_path):
+    """Multi-label folds (stratified by label set, thresholds tuned per fold) through the two-phase lp_ft schedule:
+    out-of-fold label sets for every row, no confident-learning audit (it is for one label per row)."""
+    from .test_multilabel import make_rows as ml_rows
+    from .test_multilabel import write_jsonl
+
+    train = write_jsonl(tmp_path / "train.jsonl", ml_rows(36, 1))
+    overrides = [
+        f"model.name_or_path={tiny_bert}", f"data.train={train}", "data.validation_fraction=0.2",
+        "data.task=multi_label", "eval.threshold=tune", "train.schedule=lp_ft", "train.lp_epochs=1",
+        "train.epochs=1", "train.batch_size=8", "train.mixed_precision=no", "data.max_length=32", "cv.folds=3",
+        f"output.dir={tmp_path / 'cv'}", f"train.cache_dir={tmp_path / 'cache'}",
+    ]  # fmt: skip
+    summary = cross_validate(load_config(None, overrides))
+    assert summary["label_issues"] is None and summary["task"] == "multi_label"
+    assert summary["out_of_fold"]["num_examples"] == 36 and len(summary["folds"]) == 3
+    assert all(f["validation_rows"] > 0 for f in summary["folds"])  # cut from each fold's training rows
+    with (tmp_path / "cv" / "oof_predictions.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 36 and not (tmp_path / "cv" / "label_issues.csv").exists()
+    fold = tmp_path / "cv" / "folds" / "fold-1"
+    assert not (fold / "best").exists() and not (fold / "linear_probe").exists()  # cv.save_models=false
+    assert (fold / "metrics.json").is_file() and (fold / "train.log").is_file()
