@@ -313,9 +313,15 @@ class EvalConfig:
     label, or `tune`: at each evaluation each label's threshold maximizes that label's F1 on the validation split
     (ties: the one nearest 0.5; a label with no positive there keeps 0.5). Saved in `best/` and `last/` and applied
     by `model.predict`, evaluate, predict and ONNX exports; `metrics.json` reports them under `best.thresholds`."""
+    calibration: str = "temperature"
+    """After training, `temperature` fits temperature scaling on the validation split (one T for single_label, one
+    per label for multi_label, minimising NLL) and folds it into `best/`'s last layer, so every prediction path and
+    export gives calibrated probabilities; tuned thresholds are re-tuned on them. `none`: leave them as trained.
+    Needs a validation split (skipped without one). See docs/calibration.md."""
 
     def __post_init__(self) -> None:
         _positive("eval", "batch_size", self.batch_size)
+        _choice("eval", "calibration", self.calibration, ("temperature", "none"))
         _positive("eval", "every_steps", self.every_steps, allow_zero=True)
         _choice("eval", "metric", self.metric, ("auto", *METRICS))
         t = self.threshold

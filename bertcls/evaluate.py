@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from bertcls.atomic import atomic_file
+from bertcls.calibration import uncalibrated
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
 from bertcls.errors import BertclsError, cli_errors, label_set, quiet_loading, some
 from bertcls.metrics import paired_bootstrap
@@ -118,6 +119,7 @@ def evaluate_checkpoint(
     model.to(device)
     precision = resolve(precision, torch.device(device).type)
     tally, correct, kept = task.tally(model), np.zeros(len(data), dtype=bool), []
+    before = task.tally(model) if model.temperature is not None else None  # the probabilities before calibration
     chunk_rows = max(1, chunk_rows or CHUNK_ROWS)
     bar = tqdm(total=len(data), desc="evaluate", unit="row", disable=None if progress else True)
     for start in range(0, len(data), chunk_rows):
@@ -127,6 +129,8 @@ def evaluate_checkpoint(
         probs = model.predict_proba(data.texts[start:stop], pairs, batch_size, precision).numpy().astype(np.float64)
         g, k = gold[start:stop], known[start:stop]
         tally.add(g[k], probs[k])
+        if before is not None:
+            before.add(g[k], uncalibrated(probs[k], model.temperature, task.per_label))
         predicted = task.decide(probs, model.thresholds)
         correct[start:stop] = task.correct(predicted, g)
         if on_chunk is not None:
@@ -138,9 +142,18 @@ def evaluate_checkpoint(
     metrics = {"checkpoint": name, "data": data.source, "labels": model.labels, "num_rows": len(data)}
     metrics["task"], metrics["precision"] = model.task, precision
     metrics.update(task.report(model, tally))
+    if before is not None:
+        metrics["calibration"] = calibration_report(model.temperature, task.report(model, before))
     metrics["unknown_labels"] = {"count": int((~known).sum()), "labels": dict(sorted(unknown.items()))}
     probs = np.concatenate(kept) if kept else None
     return CheckpointResult(name, model.labels, metrics, gold, correct, probs, model.thresholds)
+
+
+def calibration_report(temperature, before: dict[str, Any]) -> dict[str, Any]:
+    """What ``metrics.json`` records of a calibrated checkpoint: its temperature and the uncalibrated scores (the
+    report's own scores are the calibrated ones, as the checkpoint predicts them)."""
+    kept = ("loss", "ece", "calibration_bins", "accuracy", "micro_f1", "macro_f1", "subset_accuracy")
+    return {"temperature": temperature, "before": {k: before[k] for k in kept if k in before}}
 
 
 def _check_options(unknown_labels: str, batch_size: int, precision: str) -> None:
@@ -353,13 +366,19 @@ class PredictionRows:
 
 
 def write_report(result: CheckpointResult, out: Path) -> None:
-    """``metrics.json`` and ``confusion_matrix.png`` (for multi-label, one 2x2 matrix per label) beside the
+    """``metrics.json``, ``confusion_matrix.png`` (for multi-label, one 2x2 matrix per label) and, single-label,
+    ``reliability.png`` (before and after calibration when the checkpoint has a temperature) beside the
     ``predictions.csv`` that scoring wrote."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     m = result.metrics
     title = f"{'/'.join(Path(result.checkpoint).parts[-2:])} on {m['data']}"
     result.task.plot_confusion(m, result.labels, out / "confusion_matrix.png", title)
+    if "calibration_bins" in m:  # single-label: confidence against accuracy, before and after calibration
+        from bertcls.plots import plot_reliability
+
+        before = m.get("calibration", {}).get("before", {}).get("calibration_bins")
+        plot_reliability(m["calibration_bins"], out / "reliability.png", before, title)
 
 
 # ---------------------------------------------------------------- printed tables

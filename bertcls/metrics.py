@@ -179,6 +179,8 @@ class ReportTally:
         report: dict[str, Any] = {"num_examples": n, "accuracy": float(tp.sum() / n) if n else 0.0}
         report["loss"] = self.loss_sum / n if n else 0.0
         report["ece"] = ece_of(self.bins)
+        # Per confidence bin: examples, summed confidence, correct (the reliability diagram's data).
+        report["calibration_bins"] = self.bins.tolist()
         report.update(_averages(tp, fp, fn))
         report["macro_f1"] = report["macro"]["f1"]
         report["per_class"] = _per_class(labels, tp, fp, fn)

@@ -191,6 +191,9 @@ class BertForTextClassification(nn.Module):
         # Multi-label only: how a label set is written in one text cell (read by evaluate, written by predict).
         self.label_delimiter = DEFAULT_DELIMITER
         self._thresholds = get_task(spec.task).initial_thresholds(len(spec.labels))
+        # Temperature scaling already folded into the head's last layer (bertcls.calibration), recorded so reports
+        # can show the probabilities from before it: None (never calibrated), a float, or one per label.
+        self.temperature: float | list[float] | None = None
         self.set_trainable(freeze_backbone, unfreeze_top_k)
 
     # -- labels and trainability

@@ -156,6 +156,37 @@ def plot_folds(summary: dict[str, Any], path: str | os.PathLike, title: str | No
     return _save(fig, path)
 
 
+def plot_reliability(
+    bins: Sequence[Sequence[float]],
+    path: str | os.PathLike,
+    before: Sequence[Sequence[float]] | None = None,
+    title: str | None = None,
+) -> Path:
+    """A reliability diagram: per confidence bin (``bertcls.metrics.calibration_bins``: examples, summed
+    confidence, correct), the accuracy against the mean confidence; the diagonal is perfect calibration. ``before``:
+    the same bins before temperature scaling, drawn as a second curve. Below, how many examples each bin holds."""
+    from bertcls.metrics import ece_of
+
+    fig = Figure(figsize=(6, 6.5))
+    ax, ax_n = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    edges = np.linspace(0, 1, len(bins[0]) + 1)
+    for data, colour, name in ((before, "tab:orange", "before calibration"), (bins, "tab:blue", "as predicted")):
+        if data is None:
+            continue
+        n, conf, right = (np.asarray(row, dtype=float) for row in data)
+        used = n > 0
+        label = f"{name} (ECE {ece_of(np.asarray(data, dtype=float)):.4f})"
+        ax.plot(conf[used] / n[used], right[used] / n[used], "o-", color=colour, label=label)
+        ax_n.bar(edges[:-1], n, width=np.diff(edges), align="edge", alpha=0.5, color=colour)
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title or "reliability")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9)
+    ax_n.set(xlabel="confidence (top-label probability)", ylabel="examples")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,8 @@ def checkpoint_config(model: BertForTextClassification) -> dict[str, Any]:
         "backbone_config": model.backbone.config.to_dict(),
     }
     config.update(get_task(model.task).saved_decision(model))
+    if model.temperature is not None:
+        config["temperature"] = model.temperature
     return config
 
 
@@ -254,6 +256,18 @@ def _backbone_from_config(path: Path, saved: dict[str, Any]) -> PreTrainedModel:
     return AutoModel.from_config(bb_config)
 
 
+def _saved_temperature(value: Any, num_labels: int, path: Path) -> float | list[float] | None:
+    """The recorded temperature: None, a positive number, or one positive number per label."""
+    values = value if isinstance(value, list) else [value]
+    ok = value is None or (
+        all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values)
+        and (not isinstance(value, list) or len(value) == num_labels)
+    )
+    if not ok:
+        raise BertclsError(f"checkpoint {path}: {CONFIG_NAME} has a bad temperature ({value!r})")
+    return value if value is None or isinstance(value, list) else float(value)
+
+
 def _load_checkpoint(path: Path) -> BertForTextClassification:
     config, spec, state, tokenizer = _read_checkpoint(path)
     model = BertForTextClassification(
@@ -271,6 +285,7 @@ def _load_checkpoint(path: Path) -> BertForTextClassification:
         get_task(model.task).load_saved_decision(model, config)
     except (BertclsError, TypeError, ValueError) as e:
         raise BertclsError(f"checkpoint {path}: {CONFIG_NAME} has bad thresholds ({e})") from e
+    model.temperature = _saved_temperature(config.get("temperature"), model.num_labels, path)
     expected = set(model.state_dict())
     got = set(state)
     if expected != got:

@@ -250,7 +250,14 @@ class SingleLabel(Task):
         if "roc_auc" in m:
             auc, ap = format_score(m["roc_auc"], 0).strip(), format_score(m["average_precision"], 0).strip()
             head += f"   ROC-AUC {auc}   AP {ap} (positive: {m['positive_label']})"
-        lines += [head, ""]
+        lines.append(head)
+        if "calibration" in m:
+            c = m["calibration"]
+            lines.append(
+                f"calibrated (temperature {c['temperature']:.3f}); before calibration: loss {c['before']['loss']:.4f}"
+                f"   ECE {c['before']['ece']:.4f}"
+            )
+        lines.append("")
         w = max(12, *(len(label) for label in labels)) + 2
         lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
         for label in labels:

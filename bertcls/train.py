@@ -734,7 +734,10 @@ def finalize(run: Run, start: float) -> dict[str, Any]:
         "early_stopping": {k: v for k, v in s.early_stopping.items() if k != "reference"},
         "nan_skipped_steps": s.nan_skipped_steps,
     }
-    restore_best(run)
+    calibrating = run.val_loader is not None and run.cfg.eval.calibration == "temperature"
+    restore_best(run, force=calibrating)
+    if calibrating:
+        result["calibration"] = calibrate(run, decisions)
     if run.test_loader is not None:
         probs, gold, n = split_predictions(run.module, run.test_loader, accelerator, run.test_ds, run.forward, run.task)
         result["test"] = tst = split_metrics(run.task, probs, gold, n, run.model.thresholds)
@@ -770,10 +773,12 @@ def save_models(run: Run) -> dict[str, dict[str, Any]]:
     return decisions
 
 
-def restore_best(run: Run) -> None:
-    """The model left in memory (and tested) is the best one, as after early stopping in other tools."""
+def restore_best(run: Run, force: bool = False) -> None:
+    """The model left in memory (and tested, or calibrated when ``force``) is the best one, as after early stopping
+    in other tools."""
     s = run.state
-    needed = s.best["step"] is not None and s.best["step"] != s.step and (run.test_loader is not None or s.stopped)
+    wanted = run.test_loader is not None or s.stopped or force
+    needed = s.best["step"] is not None and s.best["step"] != s.step and wanted
     if not needed or run.best_head:  # (a cached run already holds its best head, loaded by save_models)
         return
     from safetensors.torch import load_file
@@ -783,6 +788,40 @@ def restore_best(run: Run) -> None:
     run.log(
         f"restored the best checkpoint (step {s.best['step']}, validation {s.best['metric']} {s.best['value']:.4f})"
     )
+
+
+def calibrate(run: Run, decisions: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Temperature scaling of the best model on the validation split (``bertcls.calibration``), folded into its
+    last layer and saved again as ``best/``; tuned multi-label thresholds are re-tuned on the calibrated
+    probabilities. Returns what ``metrics.json`` records under ``calibration``."""
+    from bertcls.calibration import calibrated, fit_temperature, fold_temperature
+    from bertcls.metrics import calibration_bins, ece_of
+
+    multi, task, model = run.task.per_label, run.task, run.model
+    probs, gold, _ = split_predictions(run.module, run.val_loader, run.accelerator, run.val_ds, run.forward, task)
+    temperature = fit_temperature(probs, gold, multi)
+    after = calibrated(probs, temperature, multi)
+    if multi and run.cfg.eval.threshold == "tune":
+        model.thresholds = tune_thresholds(gold, after).tolist()
+        run.state.best.update(task.decision_state(model))
+        decisions["best"] = task.decision_state(model)
+    fold_temperature(model, temperature)
+    report: dict[str, Any] = {"method": "temperature", "split": "validation", "temperature": temperature}
+    for name, p in (("before", probs), ("after", after)):
+        report[f"loss_{name}"] = task.metrics_of(gold, p, model.thresholds)["loss"]
+        if not multi:
+            report[f"ece_{name}"] = ece_of(calibration_bins(gold, p))
+    shown = f"{temperature:.3f}" if not multi else f"{min(temperature):.3f} to {max(temperature):.3f}"
+    line = f"calibration: temperature {shown} on the validation split; loss {report['loss_before']:.4f} -> "
+    line += f"{report['loss_after']:.4f}"
+    if not multi:
+        line += f", ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}"
+    run.log(line)
+    run.accelerator.wait_for_everyone()
+    if run.main:
+        model.save_pretrained(run.out / "best")
+    run.accelerator.wait_for_everyone()
+    return report
 
 
 def write_results(run: Run, result: dict[str, Any], decisions: dict[str, dict[str, Any]]) -> None:

@@ -1,0 +1,127 @@
+"""Temperature scaling: fitted on validation, folded into the head, carried into checkpoints, reports and exports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bertcls import BertclsError, BertForTextClassification
+from bertcls.calibration import calibrated, fit_temperature, fold_temperature, uncalibrated
+from bertcls.data import load_split
+from bertcls.evaluate import evaluate
+from bertcls.export import export_onnx
+from bertcls.metrics import expected_calibration_error
+from bertcls.onnx_predict import OnnxClassifier
+from bertcls.train import train
+
+from .test_train import tiny_cfg
+
+TEXTS = ["fun", "a gripping beautiful film", "the plot was boring and the ending flat", "dull", "a lovely story"]
+
+
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_fit_recovers_the_temperature_of_overconfident_probabilities():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(20000, 3)) * 3
+    # Labels drawn from softmax(z / 2): a model that outputs softmax(z) is overconfident by a temperature of 2.
+    gold = np.array([rng.choice(3, p=p) for p in softmax(z / 2)])
+    t = fit_temperature(softmax(z), gold, multi_label=False)
+    assert t == pytest.approx(2.0, rel=0.05)
+    after = calibrated(softmax(z), t, False)
+    np.testing.assert_array_equal(after.argmax(1), z.argmax(1))  # the top label never moves
+    assert expected_calibration_error(gold, after) < expected_calibration_error(gold, softmax(z)) / 3
+    np.testing.assert_allclose(uncalibrated(after, t, False), softmax(z), atol=1e-9)
+
+
+def test_multilabel_fit_is_per_label_and_skips_one_class_labels():
+    rng = np.random.default_rng(1)
+    z = rng.normal(size=(20000, 3)) * 3
+    gold = (rng.random((20000, 3)) < 1 / (1 + np.exp(-z / np.array([0.5, 2.0, 1.0])))).astype(int)
+    gold[:, 2] = 0  # one class only: no temperature to fit
+    temps = fit_temperature(1 / (1 + np.exp(-z)), gold, multi_label=True)
+    assert temps[0] == pytest.approx(0.5, rel=0.05) and temps[1] == pytest.approx(2.0, rel=0.05) and temps[2] == 1.0
+
+
+def test_folding_divides_the_logits_and_survives_save_and_load(tiny_bert, tmp_path):
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=["a", "b", "c"], seed=0).eval()
+    before = model.predict_proba(TEXTS).numpy()
+    fold_temperature(model, 2.5)
+    fold_temperature(model, 0.8)  # a second calibration multiplies into the first
+    assert model.temperature == pytest.approx(2.0)
+    np.testing.assert_allclose(model.predict_proba(TEXTS).numpy(), calibrated(before, 2.0, False), atol=1e-5)
+    again = BertForTextClassification.from_pretrained(model.save_pretrained(tmp_path / "c"))
+    assert again.temperature == pytest.approx(2.0)
+    config = json.loads((tmp_path / "c" / "bertcls_config.json").read_text())
+    config["temperature"] = -1
+    (tmp_path / "c" / "bertcls_config.json").write_text(json.dumps(config))
+    with pytest.raises(BertclsError, match="bad temperature"):
+        BertForTextClassification.from_pretrained(tmp_path / "c")
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_bert, tiny_data, tmp_path_factory):
+    """The same tiny run with and without calibration."""
+    d = tmp_path_factory.mktemp("cal")
+    plain = train(tiny_cfg(tiny_bert, tiny_data, d / "plain", "eval.calibration=none"))
+    cal = train(tiny_cfg(tiny_bert, tiny_data, d / "cal"))
+    return d, plain, cal
+
+
+def test_training_calibrates_best_on_validation(runs, tiny_data):
+    d, plain, cal = runs
+    c = cal["calibration"]
+    assert "calibration" not in plain and c["split"] == "validation" and c["temperature"] > 0
+    assert c["loss_after"] <= c["loss_before"] + 1e-9  # NLL on the split it was fitted on can only fall
+    raw = BertForTextClassification.from_pretrained(d / "plain" / "best")
+    best = BertForTextClassification.from_pretrained(d / "cal" / "best")
+    assert raw.temperature is None and best.temperature == pytest.approx(c["temperature"])
+    texts = load_split(str(tiny_data["test"])).texts
+    expected = calibrated(raw.predict_proba(texts).numpy(), c["temperature"], False)
+    np.testing.assert_allclose(best.predict_proba(texts).numpy(), expected, atol=1e-5)
+    assert cal["test"]["accuracy"] == plain["test"]["accuracy"]  # a temperature never changes the top label
+    assert BertForTextClassification.from_pretrained(d / "cal" / "last").temperature is None  # the raw end state
+
+
+def test_evaluate_reports_before_and_after_with_a_reliability_diagram(runs, tiny_data):
+    d, _, cal = runs
+    m = evaluate(d / "cal" / "best", str(tiny_data["test"]), output=d / "ev", precision="no", verbose=False)
+    raw = evaluate(d / "plain" / "best", str(tiny_data["test"]), output=d / "ev0", precision="no", verbose=False)
+    assert m["calibration"]["temperature"] == pytest.approx(cal["calibration"]["temperature"])
+    assert m["calibration"]["before"]["ece"] == pytest.approx(raw["ece"], abs=1e-6)
+    assert m["calibration"]["before"]["loss"] == pytest.approx(raw["loss"], abs=1e-6)
+    assert m["accuracy"] == raw["accuracy"] and "calibration" not in raw
+    for folder in ("ev", "ev0"):
+        assert (d / folder / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_onnx_export_of_a_calibrated_checkpoint_gives_calibrated_probabilities(runs):
+    d, _, _ = runs
+    best = BertForTextClassification.from_pretrained(d / "cal" / "best").eval()
+    export_onnx(d / "cal" / "best", d / "onnx", verbose=False)
+    onnx = OnnxClassifier.from_folder(d / "onnx")
+    np.testing.assert_allclose(onnx.predict_proba(TEXTS), best.predict_proba(TEXTS).numpy(), atol=1e-5)
+
+
+def test_multilabel_thresholds_are_retuned_on_calibrated_probabilities(tiny_bert, tmp_path):
+    from .test_multilabel import make_rows as ml_rows
+    from .test_multilabel import ml_cfg, write_delimited_csv, write_jsonl
+
+    data = {
+        "train": write_jsonl(tmp_path / "train.jsonl", ml_rows(96, 1)),
+        "validation": write_delimited_csv(tmp_path / "validation.csv", ml_rows(40, 2)),
+        "test": write_jsonl(tmp_path / "test.jsonl", ml_rows(40, 3)),
+    }
+    result = train(ml_cfg(tiny_bert, data, tmp_path / "run", "eval.threshold=tune"))
+    temps = result["calibration"]["temperature"]
+    assert isinstance(temps, list) and len(temps) == 3
+    best = BertForTextClassification.from_pretrained(tmp_path / "run" / "best")
+    assert best.temperature == pytest.approx(temps)
+    assert best.thresholds == pytest.approx(list(result["best"]["thresholds"].values()))
+    assert torch.is_tensor(best.predict_proba(TEXTS))
