@@ -206,6 +206,14 @@ class TrainConfig:
     data_seed: int | None = None
     """Seed of the data order and validation split alone (`null`: `train.seed`), to vary the data with the same
     initialization."""
+    collapse_retries: int = 1
+    """A run whose first validation shows collapse (every prediction the same while the labels differ, or a
+    training loss that never left ln K, the uniform guess) says so; it then restarts with the next seed
+    (`train.seed + 1`) at most this many times (0: only say so). `metrics.json` records each collapsed seed."""
+    seeds: list[int] = field(default_factory=list)
+    """Train the same config once per seed, each in `output.dir/seed-N/`, then compare them on the test split:
+    mean ± std of the test metrics and a paired bootstrap of each seed against the first (`output.dir/seeds.json`,
+    `output.dir/seed_comparison/`). Empty: one run at `train.seed`."""
     sampler: str = "random"
     """`random` | `balanced`: each epoch draws as many examples as train has, with replacement, every class equally
     likely (full batches, the short one last)."""
@@ -258,6 +266,9 @@ class TrainConfig:
         _choice("train", "schedule", self.schedule, ("standard", "lp_ft"))
         _positive("train", "lp_epochs", self.lp_epochs)
         _positive("train", "dist_timeout", self.dist_timeout)
+        _positive("train", "collapse_retries", self.collapse_retries, allow_zero=True)
+        if len(set(self.seeds)) != len(self.seeds):
+            raise BertclsError(f"train.seeds must not repeat a seed, got {list(self.seeds)}")
         _choice("train", "sampler", self.sampler, SAMPLERS)
         _choice("train", "head_solver", self.head_solver, HEAD_SOLVERS)
         if self.head_lr is not None:

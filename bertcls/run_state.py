@@ -25,6 +25,7 @@ class RunState:
     train_loss_curve: list[list[float]] = field(default_factory=list)  # [step, mean loss] every 10 steps
     best: dict[str, Any] = field(default_factory=dict)  # metric, value, step (and the decision state)
     early_stopping: dict[str, Any] = field(default_factory=dict)
+    collapse: dict[str, Any] = field(default_factory=dict)  # seeds that collapsed before this one, or a warning
 
     @classmethod
     def start(cls, metric: str, patience: int, min_delta: float) -> RunState:
@@ -43,7 +44,8 @@ class RunState:
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         for f in fields(self):
-            setattr(self, f.name, saved[f.name])
+            if f.name in saved or f.name != "collapse":  # (checkpoints from before collapse checks lack it)
+                setattr(self, f.name, saved[f.name])
 
 
 @dataclass

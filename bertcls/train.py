@@ -40,6 +40,7 @@ from bertcls.checkpoint import (
     resume_command,
     save_checkpoint,
 )
+from bertcls.collapse import Collapsed, collapse_reason
 from bertcls.config import Config, load_config, options_help, to_yaml
 from bertcls.data import (
     Split,
@@ -193,7 +194,11 @@ def train(cfg: Config, data: RunData | None = None) -> dict[str, Any]:
         allocator.cap_primitive_cache()
     threads = torch.get_num_threads()
     try:
-        return train_lp_ft(cfg, data) if cfg.train.schedule == "lp_ft" else _run(cfg, data)
+        if cfg.train.seeds:
+            from bertcls.seeds import train_seeds
+
+            return train_seeds(cfg, data)
+        return train_lp_ft(cfg, data) if cfg.train.schedule == "lp_ft" else retrying_collapse(cfg, data)
     except RuntimeError as e:
         if not lost_peer(e):
             raise
@@ -218,17 +223,41 @@ def lost_peer(e: RuntimeError) -> bool:
     return isinstance(e, dist.DistError) or any(s in text for s in signs)
 
 
-def _run(cfg: Config, data: RunData | None = None) -> dict[str, Any]:
+def retrying_collapse(cfg: Config, data: RunData | None) -> dict[str, Any]:
+    """``_run``, restarted with the next seed (into the same output.dir) while its first validation shows collapse
+    and ``train.collapse_retries`` allows (``bertcls.collapse``)."""
+    collapsed: list[dict[str, Any]] = []
+    while True:
+        try:
+            return _run(cfg, data, collapsed)
+        except Collapsed as c:
+            t = cfg.train
+            collapsed.append({"seed": t.seed, "step": c.step, "reason": c.reason})
+            retry = replace(t, seed=t.seed + 1, collapse_retries=t.collapse_retries - 1, resume_from=None)
+            # The collapsed attempt's files are this run's own: the retry replaces them.
+            cfg = replace(cfg, train=retry, output=replace(cfg.output, overwrite=True))
+
+
+def _run(cfg: Config, data: RunData | None = None, collapsed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     run = setup(cfg, data)
+    if collapsed:
+        run.state.collapse = {"collapsed": list(collapsed), "seed": cfg.train.seed}
+    for c in collapsed or []:
+        run.log(f"seed {c['seed']} collapsed at step {c['step']} ({c['reason']}); this run uses seed {cfg.train.seed}")
     run.progress = tqdm(
         total=run.total_steps, initial=run.state.step, disable=not run.main, desc="training", unit="step",
         dynamic_ncols=True,
     )  # fmt: skip
     run.timer.tick = time.perf_counter()
     run.module.train()
-    with StopSignals() as signals:
-        fit_lbfgs(run) if run.lbfgs else fit(run, signals)
+    try:
+        with StopSignals() as signals:
+            fit_lbfgs(run) if run.lbfgs else fit(run, signals)
+    except Collapsed:
+        run.progress.close()
+        finish_run(run.accelerator)
+        raise
     run.progress.close()
     return finalize(run, start)
 
@@ -656,6 +685,8 @@ def evaluate_validation(run: Run, epoch: float) -> None:
             # Every process tunes on the same gathered predictions, so all hold the same thresholds.
             run.model.thresholds = tune_thresholds(gold, probs).tolist()
         v = record["validation"] = split_metrics(run.task, probs, gold, n, run.model.thresholds)
+        if not s.history and not run.lbfgs:  # the first evaluation (an L-BFGS grid starts strongly regularized)
+            check_collapse(run, probs, gold)
         run.accelerator.log({f"validation/{k}": x for k, x in v.items() if k != "num_examples"}, step=s.step)
         # A stream's epochs are unknown (its runs are one pass of max_steps updates), so its log shows examples.
         seen = s.examples * run.accelerator.num_processes
@@ -666,6 +697,20 @@ def evaluate_validation(run: Run, epoch: float) -> None:
     s.history.append(record)
     run.module.train()
     timer.eval_time += time.perf_counter() - eval_start
+
+
+def check_collapse(run: Run, probs, gold) -> None:
+    """Name a collapsed run at its first validation; raise ``Collapsed`` for a restart when retries are left."""
+    s, seed = run.state, run.cfg.train.seed
+    reason = collapse_reason(run.task, probs, gold, run.model.thresholds, run.data.labels, s.train_loss_curve)
+    if reason is None:
+        return
+    # A resumed run is never restarted: its checkpoints are the user's.
+    if run.cfg.train.collapse_retries > 0 and not run.cfg.train.resume_from:
+        run.log(f"collapse at step {s.step} with seed {seed}: {reason}; restarting with seed {seed + 1}")
+        raise Collapsed(reason, s.step)
+    run.log(f"warning: this run looks collapsed at step {s.step} (seed {seed}): {reason}; try another train.seed")
+    s.collapse["warning"] = {"seed": seed, "step": s.step, "reason": reason}
 
 
 def keep_best(run: Run, v: dict[str, float]) -> None:
@@ -734,6 +779,8 @@ def finalize(run: Run, start: float) -> dict[str, Any]:
         "early_stopping": {k: v for k, v in s.early_stopping.items() if k != "reference"},
         "nan_skipped_steps": s.nan_skipped_steps,
     }
+    if s.collapse:
+        result["collapse"] = s.collapse
     calibrating = run.val_loader is not None and run.cfg.eval.calibration == "temperature"
     restore_best(run, force=calibrating)
     if calibrating:

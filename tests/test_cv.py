@@ -174,6 +174,7 @@ def test_multilabel_cv_with_lp_ft_runs_every_fold(tiny_bert, tmp_path):
     overrides = [
         f"model.name_or_path={tiny_bert}", f"data.train={train}", "data.validation_fraction=0.2",
         "data.task=multi_label", "eval.threshold=tune", "train.schedule=lp_ft", "train.lp_epochs=1",
+        "train.collapse_retries=0",
         "train.epochs=1", "train.batch_size=8", "train.mixed_precision=no", "data.max_length=32", "cv.folds=3",
         f"output.dir={tmp_path / 'cv'}", f"train.cache_dir={tmp_path / 'cache'}",
     ]  # fmt: skip

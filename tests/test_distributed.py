@@ -14,6 +14,7 @@ pytestmark = pytest.mark.integration
 def fault_args(tiny_bert, tiny_data, tmp_path) -> list[str]:
     return [
         f"model.name_or_path={tiny_bert}",
+        "train.collapse_retries=0",
         f"data.train={tiny_data['train']}",
         f"data.validation={tiny_data['validation']}",
         "data.test=null",

@@ -552,6 +552,7 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
     out = tmp_path / "run"
     args = [
         f"model.name_or_path={tiny_bert}",
+        "train.collapse_retries=0",
         f"data.train={train_path}",
         f"data.validation={val_path}",
         f"data.test={val_path}",
