@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from bertcls.run_state import StopRun
+
 # How close to the uniform guess's loss (relative) a loss that "never left it" stays.
 STUCK_TOLERANCE = 0.01
 
 
-class Collapsed(Exception):
+class Collapsed(StopRun):
     """Raised at the first validation of a collapsed run that may be restarted."""
 
     def __init__(self, reason: str, step: int):

@@ -388,6 +388,30 @@ class CvConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Hyperparameter search (`python -m bertcls.sweep`, Optuna): what to vary and where the study lives."""
+
+    space: dict[str, Any] = field(default_factory=dict)
+    """Config key -> what to try: `{low: 1e-5, high: 1e-3, log: true}` (a float; ints when `low` and `high` are
+    ints; `step` optional) or a list of choices, e.g. `{train.lr: {low: 1e-5, high: 1e-3, log: true},
+    model.pooling: [cls, mean]}`."""
+    trials: int = 20
+    """Trials in the study (finished, pruned and failed ones count; a resumed or shared study runs only the rest)."""
+    storage: str | None = None
+    """Optuna storage URL (`null`: `sqlite:///<output.dir>/study.db`). Point several processes or machines at the
+    same database URL and they share one study."""
+    study_name: str = "bertcls"
+    """The study's name in the storage."""
+    pruner: str = "median"
+    """`median`: stop a trial whose validation metric at an evaluation is worse than the median of earlier trials at
+    the same step (after 3 trials); `none`: run every trial to the end."""
+
+    def __post_init__(self) -> None:
+        _positive("sweep", "trials", self.trials)
+        _choice("sweep", "pruner", self.pruner, ("median", "none"))
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -397,6 +421,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     cv: CvConfig = field(default_factory=CvConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
         # Options that only mean something for one of the two tasks: refused for the other, never silently ignored.

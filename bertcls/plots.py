@@ -187,6 +187,44 @@ def plot_reliability(
     return _save(fig, path)
 
 
+def plot_sweep(trials: Sequence[dict[str, Any]], params: Sequence[str], metric: str, path: str | os.PathLike) -> Path:
+    """A sweep's trials (``trials.csv`` rows): the validation metric per trial with the best so far, then one panel
+    per parameter with the metric against the parameter's value (log scale for ranges over a decade). Pruned trials
+    are crosses at their last reported value's place (none: left out); failed ones are left out."""
+    lower = metric in ("loss", "hamming_loss")
+    fig = Figure(figsize=(4.5 * (1 + len(params)), 4.2))
+    axes = np.atleast_1d(fig.subplots(1, 1 + len(params)))
+    done = [t for t in trials if t["state"] == "complete" and t["value"] is not None]
+    ax = axes[0]
+    if done:
+        x = [t["trial"] for t in done]
+        y = [t["value"] for t in done]
+        ax.plot(x, y, "o", color="tab:blue", label="finished trial")
+        best = np.minimum.accumulate(y) if lower else np.maximum.accumulate(y)
+        ax.step(x, best, where="post", color="black", label="best so far")
+    pruned = [t["trial"] for t in trials if t["state"] == "pruned"]
+    for p in pruned:
+        ax.axvline(p, color="tab:red", alpha=0.25, linewidth=3, label="pruned" if p == pruned[0] else None)
+    ax.set(xlabel="trial", ylabel=f"validation {metric}", title="trials")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    for ax, name in zip(axes[1:], params):
+        values = [t[name] for t in done]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric and values:
+            ax.plot(values, [t["value"] for t in done], "o", color="tab:blue")
+            if min(values) > 0 and max(values) / min(values) > 10:
+                ax.set_xscale("log")
+        elif values:
+            choices = sorted({str(v) for v in values})
+            ax.plot([choices.index(str(v)) for v in values], [t["value"] for t in done], "o", color="tab:blue")
+            ax.set_xticks(range(len(choices)), labels=choices)
+        ax.set(xlabel=name, title=name)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

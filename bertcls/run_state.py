@@ -10,6 +10,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 
+class StopRun(Exception):
+    """Ends a run early on purpose, from inside the loop (a collapsed seed to restart, a sweep trial to prune): the
+    run closes its progress bar and trackers and the exception goes on to whoever asked for it."""
+
+
 @dataclass
 class RunState:
     """Where the loop stands and what it has seen so far: a checkpoint's state.json is ``state_dict()``."""

@@ -64,7 +64,7 @@ from bertcls.outputs import RUN_FILES, RUN_RESULTS, check_output_dir, prepare_ou
 from bertcls.precision import resolve as resolve_mixed_precision  # scripts/ import it from here too
 from bertcls.probe import C_GRID, fit_linear
 from bertcls.run_data import RunData, data_seed, load_data, make_train_loader
-from bertcls.run_state import RunLog, RunState, Timer
+from bertcls.run_state import RunLog, RunState, StopRun, Timer
 from bertcls.speed import allocator
 from bertcls.streaming import StreamedBatches, StreamLoader, row_reader
 from bertcls.tasks import Task, get_task
@@ -129,6 +129,7 @@ class Run:
     best_head: dict[str, torch.Tensor] = field(default_factory=dict)  # cached runs keep the best head in memory
     progress: Any = None
     timer: Timer = field(default_factory=Timer)
+    on_validation: Callable | None = None  # train()'s hook, called after each validation
 
     @property
     def main(self) -> bool:
@@ -182,10 +183,13 @@ def lbfgs_grid(has_validation: bool) -> tuple[float, ...]:
 # ---------------------------------------------------------------- the recipe
 
 
-def train(cfg: Config, data: RunData | None = None) -> dict[str, Any]:
+def train(
+    cfg: Config, data: RunData | None = None, on_validation: Callable[[int, dict[str, float]], Any] | None = None
+) -> dict[str, Any]:
     """Train a classifier as ``cfg`` says; returns the metrics written to ``output.dir/metrics.json``. ``data``: the
     splits already read and checked (``run_data.load_data``; cross-validation passes each fold's), instead of
-    reading ``cfg.data``'s files.
+    reading ``cfg.data``'s files. ``on_validation(step, metrics)`` is called after each validation (a sweep reports
+    to its pruner there, and may end the run by raising ``run_state.StopRun``).
 
     Raises:
         BertclsError: bad data, labels, options or output folder (one-line messages).
@@ -198,7 +202,9 @@ def train(cfg: Config, data: RunData | None = None) -> dict[str, Any]:
             from bertcls.seeds import train_seeds
 
             return train_seeds(cfg, data)
-        return train_lp_ft(cfg, data) if cfg.train.schedule == "lp_ft" else retrying_collapse(cfg, data)
+        if cfg.train.schedule == "lp_ft":
+            return train_lp_ft(cfg, data, on_validation)
+        return retrying_collapse(cfg, data, on_validation)
     except RuntimeError as e:
         if not lost_peer(e):
             raise
@@ -223,13 +229,13 @@ def lost_peer(e: RuntimeError) -> bool:
     return isinstance(e, dist.DistError) or any(s in text for s in signs)
 
 
-def retrying_collapse(cfg: Config, data: RunData | None) -> dict[str, Any]:
+def retrying_collapse(cfg: Config, data: RunData | None, on_validation=None) -> dict[str, Any]:
     """``_run``, restarted with the next seed (into the same output.dir) while its first validation shows collapse
     and ``train.collapse_retries`` allows (``bertcls.collapse``)."""
     collapsed: list[dict[str, Any]] = []
     while True:
         try:
-            return _run(cfg, data, collapsed)
+            return _run(cfg, data, collapsed, on_validation)
         except Collapsed as c:
             t = cfg.train
             collapsed.append({"seed": t.seed, "step": c.step, "reason": c.reason})
@@ -238,9 +244,10 @@ def retrying_collapse(cfg: Config, data: RunData | None) -> dict[str, Any]:
             cfg = replace(cfg, train=retry, output=replace(cfg.output, overwrite=True))
 
 
-def _run(cfg: Config, data: RunData | None = None, collapsed: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def _run(cfg: Config, data: RunData | None = None, collapsed=None, on_validation=None) -> dict[str, Any]:
     start = time.perf_counter()
     run = setup(cfg, data)
+    run.on_validation = on_validation
     if collapsed:
         run.state.collapse = {"collapsed": list(collapsed), "seed": cfg.train.seed}
     for c in collapsed or []:
@@ -254,7 +261,7 @@ def _run(cfg: Config, data: RunData | None = None, collapsed: list[dict[str, Any
     try:
         with StopSignals() as signals:
             fit_lbfgs(run) if run.lbfgs else fit(run, signals)
-    except Collapsed:
+    except StopRun:
         run.progress.close()
         finish_run(run.accelerator)
         raise
@@ -694,6 +701,8 @@ def evaluate_validation(run: Run, epoch: float) -> None:
         run.log(f"step {s.step} {where}: validation {run.task.describe(v)}")
         keep_best(run, v)
         count_for_early_stopping(run, v[s.best["metric"]])
+        if run.on_validation is not None:
+            run.on_validation(s.step, v)
     s.history.append(record)
     run.module.train()
     timer.eval_time += time.perf_counter() - eval_start
@@ -913,7 +922,7 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def train_lp_ft(cfg: Config, data: RunData | None = None) -> dict[str, Any]:
+def train_lp_ft(cfg: Config, data: RunData | None = None, on_validation=None) -> dict[str, Any]:
     """Linear probing, then fine-tuning (Kumar et al. 2022, arXiv 2202.10054), as one run.
 
     Phase 1 trains the head alone on the frozen backbone (on cached features) into ``output.dir/linear_probe``;
@@ -949,7 +958,7 @@ def train_lp_ft(cfg: Config, data: RunData | None = None) -> dict[str, Any]:
         ),
         train=replace(t, schedule="standard"),
     )
-    result = train(full, data)
+    result = train(full, data, on_validation)
     result["schedule"] = "lp_ft"
     result["linear_probe"] = {k: probe_result.get(k) for k in ("best", "history", "test", "train_time_s")}
     if PartialState().is_main_process:
