@@ -30,6 +30,10 @@ from bertcls.label_issues import LabelIssues, find_label_issues
 from bertcls.run_data import RunData, data_seed, load_data
 from bertcls.tasks import Task, get_task
 
+CV_HELP = (
+    "K-fold cross-validation of data.train: out-of-fold predictions and an audit of likely wrong labels "
+    "(see docs/cv.md)."
+)
 CV_FILES = ("oof_predictions.csv", "label_issues.csv", "metrics.json", "folds.png", "config.yaml", "folds")
 CV_RESULTS = ("oof_predictions.csv", "label_issues.csv", "metrics.json", "folds")  # worth keeping: never replaced
 # unless output.overwrite=true
@@ -240,7 +244,7 @@ def format_summary(summary: dict[str, Any], issues: LabelIssues | None, pool: Sp
 def main(argv: list[str] | None = None) -> None:
     from bertcls.train import close_distributed, parse_args
 
-    config, overrides = parse_args(argv, prog="python -m bertcls.cv", description=__doc__.splitlines()[0])
+    config, overrides = parse_args(argv, prog="python -m bertcls.cv", description=CV_HELP)
     cfg = load_config(config, overrides)
     quiet_loading()
     cross_validate(cfg)

@@ -254,7 +254,8 @@ def format_summary(summary: dict[str, Any], out: Path) -> str:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m bertcls.sweep", description=__doc__.splitlines()[0])
+    about = "Hyperparameter search with Optuna over any config keys (see docs/sweep.md)."
+    parser = argparse.ArgumentParser(prog="python -m bertcls.sweep", description=about)
     parser.add_argument("--config", help="YAML file with config values and a sweep: section")
     parser.add_argument("--trials", type=int, default=None, help="trials in the study (default: sweep.trials)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value pairs; they win over the config file")
