@@ -207,7 +207,8 @@ def plot_sweep(trials: Sequence[dict[str, Any]], params: Sequence[str], metric: 
         ax.axvline(p, color="tab:red", alpha=0.25, linewidth=3, label="pruned" if p == pruned[0] else None)
     ax.set(xlabel="trial", ylabel=f"validation {metric}", title="trials")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # (a sweep whose every trial failed draws nothing)
+        ax.legend(loc="best", fontsize=8)
     for ax, name in zip(axes[1:], params):
         values = [t[name] for t in done]
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)

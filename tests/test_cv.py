@@ -146,22 +146,27 @@ def test_cv_keeps_earlier_results_and_checks_options(cv_run, tiny_bert, tiny_dat
     assert_one_line_error(proc, "cv.folds=5 needs at least one row per fold")
 
 
-def test_fold_checkpoints_predict_as_an_ensemble(cv_run, tiny_bert):
+def test_fold_checkpoints_predict_as_an_ensemble(cv_run, tiny_bert, capsys):
+    from bertcls.predict import main as predict_main
+
     out, _, _ = cv_run
     folds = [out / "folds" / f"fold-{k}" / "best" for k in (1, 2, 3)]
     texts = ["a gripping film", "dull and slow"]
     members = [BertForTextClassification.from_pretrained(f) for f in folds]
     mean = np.mean([m.predict_proba(texts).numpy() for m in members], axis=0)
     repeated = [arg for f in folds for arg in ("--checkpoint", str(f))]
-    proc = run_cli("bertcls.predict", *repeated, "--json", "--precision", "no", *texts)
-    assert proc.returncode == 0, proc.stderr
-    printed = [json.loads(line) for line in proc.stdout.splitlines()]
+    capsys.readouterr()
+    predict_main([*repeated, "--json", "--precision", "no", *texts])
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     got = np.array([[p["probabilities"]["negative"], p["probabilities"]["positive"]] for p in printed])
     np.testing.assert_allclose(got, mean, atol=1e-6)
     other = BertForTextClassification.from_pretrained(tiny_bert, labels=["x", "y"], seed=0)
     other_dir = other.save_pretrained(out.parent / "other")
-    proc = run_cli("bertcls.predict", "--checkpoint", str(folds[0]), "--checkpoint", str(other_dir), "fine")
-    assert_one_line_error(proc, "an ensemble needs the same task and labels")
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main(["--checkpoint", str(folds[0]), "--checkpoint", str(other_dir), "fine"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "an ensemble needs the same task and labels" in err
 
 
 def test_multilabel_cv_with_lp_ft_runs_every_fold(tiny_bert, tmp_path):
