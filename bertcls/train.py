@@ -566,11 +566,19 @@ def fit(run: Run, signals: StopSignals) -> None:
         train_epoch(run, epoch, skip if epoch == start_epoch else 0, signals)
         if s.step >= run.total_steps or epoch == num_epochs - 1 or s.stopped:
             break
-        evaluate_validation(run, epoch + 1)
+        if not evaluated_at_this_step(run):  # eval.every_steps may have landed on the epoch's last step
+            evaluate_validation(run, epoch + 1)
         if s.stopped:
             break
-    if not s.stopped:  # a stopped run was evaluated already
+    if not s.stopped and not evaluated_at_this_step(run):  # a stopped run was evaluated already
         evaluate_validation(run, s.step / run.updates_per_epoch)
+
+
+def evaluated_at_this_step(run: Run) -> bool:
+    """Whether the last evaluation was at the current step: evaluating twice at one step would count it twice for
+    early stopping (and for a sweep's pruner)."""
+    history = run.state.history
+    return bool(history) and history[-1]["step"] == run.state.step
 
 
 def train_epoch(run: Run, epoch: int, skip: int, signals: StopSignals) -> None:

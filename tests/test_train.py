@@ -412,3 +412,10 @@ def test_own_files_with_other_labels_on_the_default_config(tiny_bert, tmp_path):
     assert metrics["test"]["num_examples"] == 20
     assert metrics["history"][-1]["validation"]["num_examples"] == 4
     assert "rotten_tomatoes" not in (out / "best" / "README.md").read_text()
+
+
+def test_an_evaluation_step_that_ends_an_epoch_is_evaluated_once(tiny_bert, tiny_data, tmp_path):
+    # 12 steps per epoch and an evaluation every 4: step 12 ends an epoch too, and must not count twice (early
+    # stopping counts evaluations; a sweep's pruner takes one report per step).
+    result = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", "eval.every_steps=4"))
+    assert [h["step"] for h in result["history"]] == [4, 8, 12, 16, 20, 24]
