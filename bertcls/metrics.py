@@ -35,10 +35,12 @@ def core_metrics(y_true: Sequence[int], probs: np.ndarray) -> dict[str, float]:
 def f1_scores(true: np.ndarray, pred: np.ndarray, axis: int | None = 0) -> np.ndarray:
     """F1 = 2 tp / (2 tp + fp + fn) of boolean decision arrays, per column (``axis=0``) or pooled (``axis=None``);
     0 where a column has neither a true nor a predicted positive (sklearn's ``zero_division=0``)."""
-    tp = (true & pred).sum(axis)
-    wrong = (true ^ pred).sum(axis)
-    denom = 2 * tp + wrong
-    return np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    return _prf(*decision_counts(true, pred, axis))[2]
+
+
+def decision_counts(true: np.ndarray, pred: np.ndarray, axis: int | None = 0) -> tuple[np.ndarray, ...]:
+    """(tp, fp, fn) of boolean decision arrays, summed along ``axis``."""
+    return (true & pred).sum(axis), (~true & pred).sum(axis), (true & ~pred).sum(axis)
 
 
 def binary_log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
@@ -239,14 +241,15 @@ class MultiLabelTally:
         if not len(true):
             return
         pred = np.asarray(decide(probs, self.thresholds if thresholds is None else thresholds)).astype(bool)
-        self.tp += (true & pred).sum(0)
-        self.fp += (~true & pred).sum(0)
-        self.fn += (true & ~pred).sum(0)
-        self.tn += (~true & ~pred).sum(0)
+        tp, fp, fn = decision_counts(true, pred, 0)
+        self.tp += tp
+        self.fp += fp
+        self.fn += fn
+        self.tn += len(true) - tp - fp - fn
         self.n += len(true)
         self.bce_sum += binary_log_loss(true, probs) * true.size
         self.subset_hits += int((true == pred).all(1).sum())
-        p, r, f = _prf((true & pred).sum(1), (~true & pred).sum(1), (true & ~pred).sum(1))
+        p, r, f = _prf(*decision_counts(true, pred, 1))
         self.samples += [p.sum(), r.sum(), f.sum()]
 
     def report(self, labels: Sequence[str]) -> dict[str, Any]:

@@ -83,6 +83,11 @@ class Task:
             ("macro_f1", "s--", "tab:purple", "validation macro F1"),
         ]
 
+    def tally(self, model):
+        """Empty metric counts for ``model`` (``tally_of`` its labels and thresholds): evaluation adds chunks of rows
+        to them."""
+        return self.tally_of(model.labels, model.thresholds)
+
     def known(self, gold: np.ndarray) -> np.ndarray:
         """Per row of ``gold_rows``'s gold: every label of the row is one the checkpoint knows."""
         return (gold >= 0).reshape(len(gold), -1).all(-1)
@@ -218,11 +223,8 @@ class SingleLabel(Task):
             out.append({"label": labels[top], "score": row[top], "probabilities": dict(zip(labels, row, strict=True))})
         return out
 
-    def tally(self, model):
-        """An empty ``bertcls.metrics.ReportTally`` for ``model``: evaluation adds chunks of rows to it."""
-        return self.tally_of(model.labels, model.thresholds)
-
     def tally_of(self, labels: Sequence[str], thresholds=None):
+        """An empty ``bertcls.metrics.ReportTally``."""
         from bertcls.metrics import ReportTally
 
         return ReportTally(len(labels))
@@ -386,11 +388,8 @@ class MultiLabel(Task):
 
         return prediction_dicts(rows, labels, thresholds)
 
-    def tally(self, model):
-        """An empty ``bertcls.metrics.MultiLabelTally`` at the model's thresholds."""
-        return self.tally_of(model.labels, model.thresholds)
-
     def tally_of(self, labels: Sequence[str], thresholds=None):
+        """An empty ``bertcls.metrics.MultiLabelTally`` at ``thresholds``."""
         from bertcls.metrics import MultiLabelTally
 
         return MultiLabelTally(thresholds)

@@ -859,7 +859,7 @@ def calibrate(run: Run, decisions: dict[str, dict[str, Any]]) -> dict[str, Any]:
     last layer and saved again as ``best/``; tuned multi-label thresholds are re-tuned on the calibrated
     probabilities. Returns what ``metrics.json`` records under ``calibration``."""
     from bertcls.calibration import calibrated, fit_temperature, fold_temperature
-    from bertcls.metrics import calibration_bins, ece_of
+    from bertcls.metrics import expected_calibration_error
 
     multi, task, model = run.task.per_label, run.task, run.model
     probs, gold, _ = split_predictions(run.module, run.val_loader, run.accelerator, run.val_ds, run.forward, task)
@@ -874,7 +874,7 @@ def calibrate(run: Run, decisions: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for name, p in (("before", probs), ("after", after)):
         report[f"loss_{name}"] = task.metrics_of(gold, p, model.thresholds)["loss"]
         if not multi:
-            report[f"ece_{name}"] = ece_of(calibration_bins(gold, p))
+            report[f"ece_{name}"] = expected_calibration_error(gold, p)
     shown = f"{temperature:.3f}" if not multi else f"{min(temperature):.3f} to {max(temperature):.3f}"
     line = f"calibration: temperature {shown} on the validation split; loss {report['loss_before']:.4f} -> "
     line += f"{report['loss_after']:.4f}"

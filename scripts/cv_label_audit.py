@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bertcls.label_issues import ranked_precision_recall
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN = ROOT.parent / "shared" / "data" / "rotten_tomatoes" / "train.csv"
 
@@ -66,19 +68,18 @@ def main() -> None:
         listed = [int(r["row"]) for r in csv.DictReader(f)]
     with (out / "oof_predictions.csv").open(newline="") as f:
         oof = list(csv.DictReader(f))
-    truth, n = set(flipped), len(flipped)
-    hits_at_n = sum(r in truth for r in listed[:n])
-    hits = sum(r in truth for r in listed)
+    at_n = ranked_precision_recall(listed, flipped)
+    everything = ranked_precision_recall(listed, flipped, at=len(listed))
     metrics = json.loads((out / "metrics.json").read_text())
     result = {
         "rows": len(original),
-        "flipped": n,
+        "flipped": len(flipped),
         "estimated": metrics["label_issues"]["estimated"],
         "listed": len(listed),
-        "precision_at_n": hits_at_n / min(n, len(listed)) if listed else 0.0,
-        "recall_at_n": hits_at_n / n,
-        "precision_all_listed": hits / len(listed) if listed else 0.0,
-        "recall_all_listed": hits / n,
+        "precision_at_n": at_n["precision"],
+        "recall_at_n": at_n["recall"],
+        "precision_all_listed": everything["precision"],
+        "recall_all_listed": everything["recall"],
         "oof_accuracy_given_labels": float(np.mean([r["predicted"] == r["label"] for r in oof])),
         "oof_accuracy_original_labels": float(np.mean([r["predicted"] == original[int(r["row"])] for r in oof])),
         "fold_mean": metrics["mean"],
