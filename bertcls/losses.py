@@ -44,6 +44,21 @@ def class_weights(spec: str | Mapping[str, float] | None, labels: Sequence[str],
     return torch.tensor([float(spec.get(name, 1.0)) for name in labels], dtype=torch.float32)
 
 
+def on_device(weights: torch.Tensor | None):
+    """``get(device)``: ``weights`` on that device, copied there once (a copy from the host at every step would make
+    the host wait for the GPU's queue each time)."""
+    copies: dict[torch.device, torch.Tensor] = {}
+
+    def get(device: torch.device) -> torch.Tensor | None:
+        if weights is None:
+            return None
+        if device not in copies:
+            copies[device] = weights.to(device)
+        return copies[device]
+
+    return get
+
+
 def build_loss(weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> LossFn:
     """``loss_fn(logits, labels)``: mean cross-entropy in float32, weighted and smoothed as torch defines it.
 
@@ -51,8 +66,10 @@ def build_loss(weights: torch.Tensor | None = None, label_smoothing: float = 0.0
     ``(1 - e) * onehot + e / num_classes``.
     """
 
+    on = on_device(weights)
+
     def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        w = weights.to(logits.device) if weights is not None else None
+        w = on(logits.device)
         return torch.nn.functional.cross_entropy(logits.float(), labels, weight=w, label_smoothing=label_smoothing)
 
     return loss_fn
@@ -63,10 +80,13 @@ def build_loss_weight(weights: torch.Tensor | None = None):
     ``weights``, or without weights the number of label entries: examples, or for multi-hot rows example-label
     pairs), so that micro-batches of one update can be weighed as the single batch they make up."""
 
+    on = on_device(weights)
+
     def weight(labels: torch.Tensor) -> torch.Tensor:
         if weights is not None:
-            return weights.to(labels.device)[labels].sum()
-        return torch.tensor(float(labels.numel()), device=labels.device)
+            return on(labels.device)[labels].sum()
+        # A fill on the device: torch.tensor(n, device=...) would copy from the host and wait for the GPU.
+        return torch.full((), float(labels.numel()), device=labels.device)
 
     return weight
 
@@ -104,8 +124,10 @@ def build_multilabel_loss(pos_weight: torch.Tensor | None = None) -> LossFn:
     as torch's ``binary_cross_entropy_with_logits`` defines it.
     """
 
+    on = on_device(pos_weight)
+
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        w = pos_weight.to(logits.device) if pos_weight is not None else None
+        w = on(logits.device)
         return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=w)
 
     return loss_fn

@@ -4,6 +4,7 @@ unfreezing, micro-batch groups with exact gradient accumulation, non-finite loss
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -103,20 +104,67 @@ def backward_group(accelerator: Accelerator, module, group: list[dict], forward,
     return losses
 
 
-def nonfinite_loss(accelerator: Accelerator, count: torch.Tensor) -> bool:
-    """Whether any process saw a non-finite loss since the last optimizer step (all processes must agree, or one
-    would step while another skips). One host sync per optimizer step."""
-    if accelerator.num_processes > 1:
-        count = accelerator.reduce(count.clone(), "sum")
-    return bool(count.item())
+class NonFiniteLosses:
+    """Non-finite training losses, counted on the device and read by the host only where the loop reads something
+    anyway (the loss curve every 10 steps, an evaluation, a checkpoint, the end), never once per step: on a GPU a
+    per-step read would make the host wait for each step's kernels before it could queue the next step's.
+
+    A step with a non-finite loss makes no update all the same: ``step_unless`` hands fused AdamW the step's
+    ``found_inf`` flag, and the kernel leaves the weights and its step counts alone (the way it skips a GradScaler's
+    overflow). Under fp16 the GradScaler sets that flag itself, from the gradients, which a non-finite loss makes
+    non-finite too.
+    """
+
+    def __init__(self, device: torch.device):
+        self.losses = torch.zeros((), dtype=torch.long, device=device)  # non-finite micro-batch losses since a read
+        self.steps = torch.zeros((), dtype=torch.long, device=device)  # optimizer steps they made skip
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)  # the first of those steps (-1: none)
+        self.first_loss = torch.zeros((), device=device)  # its loss on this process
+
+    def count(self, losses: list[torch.Tensor], step: int, accelerator: Accelerator) -> torch.Tensor:
+        """Count step ``step``'s micro-batch losses; returns its ``found_inf`` (1.0: some process saw a non-finite
+        loss, so every process skips the update and they stay equal)."""
+        stacked = torch.stack([x.float() for x in losses])
+        bad = ~torch.isfinite(stacked)
+        n = bad.sum()
+        self.losses += n
+        if accelerator.num_processes > 1:
+            n = accelerator.reduce(n.clone(), "sum")  # a collective, but no wait on the host
+        found = n > 0
+        first_here = found & (self.first_step < 0)
+        self.steps += found.long()
+        self.first_step = torch.where(first_here, step, self.first_step)
+        # index_select, not stacked[i]: indexing by a 0-d tensor reads the index on the host.
+        first_bad = stacked.index_select(0, bad.long().argmax().view(1))[0]
+        self.first_loss = torch.where(first_here, first_bad, self.first_loss)
+        return found.float()
+
+    def read(self) -> tuple[int, int, int, float]:
+        """``(non-finite losses, skipped steps, first skipped step, its loss)`` since the last read; one host sync."""
+        losses, steps, first = torch.stack([self.losses, self.steps, self.first_step]).tolist()
+        loss = float(self.first_loss)
+        self.losses.zero_(), self.steps.zero_(), self.first_step.fill_(-1)
+        return losses, steps, first, loss
 
 
-def nan_message(losses: list[torch.Tensor], step: int, lr: float, out: Path) -> str:
-    """The error of ``nan_policy=stop``, naming this process's first non-finite micro-batch loss of the step."""
-    loss = next((x for x in losses if not torch.isfinite(x)), losses[-1])
+def step_unless(optimizer, found_inf: torch.Tensor) -> None:
+    """``optimizer.step()``, the update skipped on the device where ``found_inf`` is 1: torch's fused AdamW (the only
+    optimizer ``build_optimizer`` makes) reads the flag from the optimizer, as a GradScaler hands it over."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # under accelerate's wrapper
+    inner.found_inf = found_inf
+    try:
+        optimizer.step()
+    finally:
+        if hasattr(inner, "found_inf"):  # a GradScaler's step (fp16) replaces the flag and deletes it afterwards
+            del inner.found_inf
+
+
+def nan_message(loss: float, step: int, lr: float, out: Path) -> str:
+    """The error of ``nan_policy=stop``: the first non-finite loss and the step it was seen at."""
+    what = f"became {loss}" if not math.isfinite(loss) else "became non-finite on another process"
     return (
-        f"the training loss became {loss.item()} at step {step} (learning rate {lr:.3g}); stopped without updating "
-        f"the model, so {out}/best and {out}/{CHECKPOINTS} keep the last good state. Try a lower train.lr, "
+        f"the training loss {what} at step {step} (learning rate {lr:.3g}); stopped without updating the model "
+        f"with it, so {out}/best and {out}/{CHECKPOINTS} keep the last good state. Try a lower train.lr, "
         "train.mixed_precision=no (fp32), gradient clipping (train.max_grad_norm=1.0), or train.nan_policy=skip"
     )
 

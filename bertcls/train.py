@@ -52,11 +52,12 @@ from bertcls.metrics import is_better
 from bertcls.model import BertForTextClassification
 from bertcls.multilabel import tune_thresholds
 from bertcls.optim import (
+    NonFiniteLosses,
     backward_group,
     build_optimizer,
     micro_batch_groups,
     nan_message,
-    nonfinite_loss,
+    step_unless,
     stop_requested,
     unfreeze_for_epoch,
 )
@@ -126,6 +127,7 @@ class Run:
     updates_per_epoch: int = 1
     state: RunState = field(default_factory=RunState)
     running: torch.Tensor | None = None  # the summed train loss since the last curve point, on the device
+    nonfinite: NonFiniteLosses | None = None  # non-finite losses counted on the device, read by check_nonfinite
     best_head: dict[str, torch.Tensor] = field(default_factory=dict)  # cached runs keep the best head in memory
     progress: Any = None
     timer: Timer = field(default_factory=Timer)
@@ -292,6 +294,7 @@ def setup(cfg: Config, data: RunData | None = None) -> Run:
     select = "loss" if run.lbfgs else cfg.eval.metric  # an L-BFGS head's L2 strength: smoother than accuracy
     run.state = RunState.start(select, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta)
     run.running = torch.zeros((), device=accelerator.device)
+    run.nonfinite = NonFiniteLosses(accelerator.device)
     if resume_dir is not None:
         resume(run, resume_dir)
     return run
@@ -319,11 +322,25 @@ def setup_accelerator(cfg: Config, precision: str, cached: bool) -> tuple[Accele
         # A process that died or hangs makes the others fail at their next collective after this long, not 30 min.
         kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=cfg.train.dist_timeout))],
     )
+    if accelerator.mixed_precision == "fp16" and accelerator.scaler is None and not cached:
+        use_fp16_without_accelerator(accelerator)
     set_seed(cfg.train.seed)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return accelerator, trackers
+
+
+def use_fp16_without_accelerator(accelerator: Accelerator) -> None:
+    """fp16 on a CPU the way accelerate runs it on a GPU: autocast to float16 and a dynamic loss scaler.
+
+    accelerate 1.15 gives fp16 its GradScaler and autocast only on accelerators; on a CPU it would silently train in
+    fp32 while the run says fp16. torch runs both on a CPU, so the CPU takes the GPU's code path (and the tests can
+    check loss scaling, skipped overflow steps and the scaler's resume there). ``prepare`` wraps the model's forward
+    in autocast because ``native_amp`` is set; backward, clipping, the optimizer step and ``save_state`` use the
+    scaler as they would on a GPU."""
+    accelerator.scaler = torch.amp.GradScaler(accelerator.device.type)
+    accelerator.native_amp = True
 
 
 def check_run_options(cfg: Config, data: RunData, accelerator: Accelerator, cached: bool) -> None:
@@ -572,6 +589,7 @@ def fit(run: Run, signals: StopSignals) -> None:
             break
     if not s.stopped and not evaluated_at_this_step(run):  # a stopped run was evaluated already
         evaluate_validation(run, s.step / run.updates_per_epoch)
+    check_nonfinite(run)
 
 
 def evaluated_at_this_step(run: Run) -> bool:
@@ -607,26 +625,18 @@ def optimizer_step(run: Run, group: list[dict]) -> None:
     s, t, accelerator = run.state, run.cfg.train, run.accelerator
     s.examples += sum(len(b["labels"]) for b in group)
     losses = backward_group(accelerator, run.module, group, run.forward, run.loss_fn, run.loss_weight)
-    nonfinite = torch.zeros((), dtype=torch.long, device=accelerator.device)
+    found_inf = run.nonfinite.count(losses, s.step + 1, accelerator)
     for loss in losses:
-        nonfinite += (~torch.isfinite(loss)).long()
         # Summed on the device: reading the loss every step would force a host sync each step.
         run.running += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
     s.running_n += len(losses)
     if t.max_grad_norm > 0:
         accelerator.clip_grad_norm_(run.module.parameters(), t.max_grad_norm)
-    bad = nonfinite_loss(accelerator, nonfinite)
-    if bad and t.nan_policy == "stop":
-        run.progress.close()  # so the error is the last line on the terminal
-        raise TrainingStopped(nan_message(losses, s.step + 1, run.lr, run.out))
-    if not bad:
-        run.optimizer.step()
-        run.scheduler.step()
+    # A non-finite loss is read later (check_nonfinite); its step's update is skipped on the device now. The
+    # schedule moves on either way, as it does over a GradScaler's skipped fp16 steps.
+    step_unless(run.optimizer, found_inf)
+    run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    if bad:  # nan_policy=skip: no update was made, and the non-finite losses stay out of the curve
-        s.nan_skipped_steps += 1
-        s.running_n -= int(nonfinite.item())
-        run.log(f"non-finite loss at step {s.step + 1}: skipped the optimizer step ({s.nan_skipped_steps} so far)")
     s.step += 1
     run.progress.update(1)
 
@@ -653,7 +663,24 @@ def after_step(run: Run, signals: StopSignals) -> bool:
     return s.step >= run.total_steps or s.stopped
 
 
+def check_nonfinite(run: Run) -> None:
+    """Read the non-finite losses counted on the device since the last read (optim.NonFiniteLosses): under
+    ``nan_policy=stop`` stop the run (before anything after the bad step is logged, evaluated or saved), under
+    ``skip`` count the skipped steps and keep their losses out of the curve."""
+    losses, steps, first, loss = run.nonfinite.read()
+    if not steps:
+        return
+    s = run.state
+    if run.cfg.train.nan_policy == "stop":
+        run.progress.close()  # so the error is the last line on the terminal
+        raise TrainingStopped(nan_message(loss, first, run.lr, run.out))
+    s.nan_skipped_steps += steps
+    s.running_n -= losses
+    run.log(f"non-finite loss at step {first}: skipped {steps} optimizer step(s) ({s.nan_skipped_steps} so far)")
+
+
 def log_train_loss(run: Run) -> None:
+    check_nonfinite(run)
     s, accelerator = run.state, run.accelerator
     mean_loss = accelerator.reduce(run.running, "mean").item() / s.running_n
     s.train_loss_curve.append([s.step, mean_loss])
@@ -683,6 +710,7 @@ def fit_lbfgs(run: Run) -> None:
 
 def evaluate_validation(run: Run, epoch: float) -> None:
     """Score the validation split, keep the best model, count evaluations for early stopping."""
+    check_nonfinite(run)
     s, timer = run.state, run.timer
     eval_start = time.perf_counter()
     record: dict[str, Any] = {"step": s.step, "epoch": round(epoch, 3), "lr": run.lr}
@@ -760,6 +788,7 @@ def count_for_early_stopping(run: Run, value: float) -> None:
 
 def save_state(run: Run) -> Path:
     """A checkpoint of the run (every process calls this: the running loss is reduced)."""
+    check_nonfinite(run)
     s = run.state
     s.running_loss = run.accelerator.reduce(run.running.clone(), "mean").item()
     head = run.best_head if run.cached and run.best_head else None

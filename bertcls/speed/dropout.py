@@ -12,7 +12,8 @@ On CUDA (and any non-CPU device) this is plain ``nn.functional.dropout``: GPU dr
 Attention-probability dropout lives inside the attention function. With dropout on, torch's CPU SDPA leaves its fused
 kernel for the unfused "math" path and draws a ``bernoulli_`` mask per attention weight; ``ATTENTION`` (registered
 with transformers' AttentionInterface) is SDPA everywhere except there, where it does the same unfused maths with the
-cheaper mask (docs/benchmarks.md, "Levers").
+cheaper mask (docs/benchmarks.md, "Levers"). Its mask function skips a per-forward host sync
+(``sdpa_mask_without_sync``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ def sdpa_with_fast_dropout(module, query, key, value, attention_mask, dropout=0.
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
 
 
+def sdpa_mask_without_sync(*args, **kwargs):
+    """transformers' SDPA mask without its check whether a padding mask is all ones: that check (to pass no mask when
+    nothing is padded) reads the mask on the host at every forward, and on a GPU the host then waits for the queued
+    kernels at every step. A batch without padding gets a mask of all True instead: the same result. One code path
+    on every device, so the CPU tests see that a step reads nothing (tests/test_amp.py)."""
+    return sdpa_mask(*args, **{**kwargs, "allow_is_bidirectional_skip": False})
+
+
 ATTENTION = "bertcls_sdpa"
 
 
@@ -82,7 +91,7 @@ def use_fast_dropout(module: nn.Module) -> int:
     transformers models inside it from SDPA to ``ATTENTION``; returns how many dropout modules were replaced."""
     # Registered here, not at import: importing bertcls changes nothing in transformers (registering again is a no-op).
     AttentionInterface.register(ATTENTION, sdpa_with_fast_dropout)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask_without_sync)
     replaced = 0
     for parent in module.modules():
         if getattr(getattr(parent, "config", None), "_attn_implementation", None) == "sdpa" and hasattr(
