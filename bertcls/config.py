@@ -247,11 +247,16 @@ class TrainConfig:
     """Continue an interrupted run in place: `latest` (the newest complete checkpoint in `output.dir/checkpoints`)
     or a `step-N` folder (`null`: start afresh)."""
     nan_policy: str = "stop"
-    """A non-finite loss: `stop` (a one-line error with advice) | `skip` (no optimizer step for that batch;
-    `metrics.json` counts `nan_skipped_steps`)."""
+    """A non-finite loss (its step makes no update either way; the count is read every 10 steps): `stop` (a one-line
+    error with advice, before anything later is evaluated or saved) | `skip` (go on; `metrics.json` counts
+    `nan_skipped_steps`)."""
     dist_timeout: float = 600.0
     """Several processes: seconds a process waits for the others at a collective before it fails with an error (a
     dead or hung process never makes the others wait forever)."""
+    unpadded: bool = False
+    """Pack each training batch's texts end to end without padding and attend within each text (variable-length
+    attention: SDPA on nested tensors, torch's flash or memory-efficient kernels on a GPU). The same model function;
+    BERT backbones with `cls`/`pooler`/`mean` pooling. Off by default until it is measured faster on a GPU."""
     speedups: bool = True
     """The CPU speed tricks of `bertcls.speed` (cheaper dropout masks, the top layer computed for the first token
     only, jemalloc for the training command, small oneDNN caches): same maths, faster (`false`: all off)."""

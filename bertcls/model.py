@@ -310,8 +310,14 @@ class BertForTextClassification(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        max_seqlen: int | None = None,
     ) -> torch.Tensor:
-        """The pooled backbone output that the head classifies: (batch, hidden)."""
+        """The pooled backbone output that the head classifies: (batch, hidden). With ``cu_seqlens`` the batch is
+        unpadded: its texts end to end in one row (``bertcls.packing.pack``)."""
+        if cu_seqlens is not None:
+            return self._packed_features(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -322,14 +328,28 @@ class BertForTextClassification(nn.Module):
             outputs = self.backbone(**kwargs)
             return POOLINGS[self.spec.pooling](outputs, attention_mask)
 
+    def _packed_features(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
+        from bertcls import packing
+
+        kwargs = {"input_ids": input_ids, "position_ids": position_ids, **packing.varlen_kwargs(cu_seqlens, max_seqlen)}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_fully_frozen):
+            with packing.varlen(self.backbone):
+                outputs = self.backbone(**kwargs)
+            return packing.pool(self.backbone, self.spec.pooling, outputs, cu_seqlens)
+
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        **unpadded: Any,
     ) -> SequenceClassifierOutput:
-        logits = self.head(self.features(input_ids, attention_mask, token_type_ids))
+        """Logits (and with ``labels`` the loss); ``unpadded``: ``position_ids``, ``cu_seqlens`` and ``max_seqlen`` of
+        a packed batch (``bertcls.packing``)."""
+        logits = self.head(self.features(input_ids, attention_mask, token_type_ids, **unpadded))
         loss = None if labels is None else get_task(self.task).plain_loss(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 

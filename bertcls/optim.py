@@ -169,9 +169,13 @@ def nan_message(loss: float, step: int, lr: float, out: Path) -> str:
     )
 
 
-def stop_requested(accelerator: Accelerator, signals: StopSignals) -> bool:
-    """Whether any process got SIGTERM/SIGINT; checked after each optimizer step so all processes stop together."""
+def stop_requested(accelerator: Accelerator, signals: StopSignals, step: int, every: int) -> bool:
+    """Whether any process got SIGTERM/SIGINT, asked after each optimizer step. One process: at once. Several must
+    agree to stop together, which takes a collective and a read of its result: asked every ``every`` steps (where the
+    loss curve is read anyway), so on GPUs the host does not wait for each step to finish."""
     if accelerator.num_processes == 1:
         return signals.received is not None
+    if step % every:
+        return False
     flag = torch.tensor(int(signals.received is not None), device=accelerator.device)
     return bool(accelerator.reduce(flag, "sum").item())

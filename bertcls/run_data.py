@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
+from bertcls import packing
 from bertcls.cache import FeatureDataset
 from bertcls.config import Config, resolve_split
 from bertcls.data import (
@@ -103,7 +104,8 @@ def make_train_loader(ds, cfg: Config, pin: bool) -> DataLoader:
     return DataLoader(
         ds,
         batch_sampler=sampler,
-        collate_fn=ds.collate,
+        # Unpadded: each batch's texts end to end in one row (bertcls.packing), packed here on the CPU.
+        collate_fn=packing.packed_collate(ds.collate) if t.unpadded else ds.collate,
         num_workers=t.num_workers,
         pin_memory=pin,
         generator=torch.Generator().manual_seed(seed),

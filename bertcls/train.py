@@ -29,7 +29,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, se
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from bertcls import speed
+from bertcls import packing, speed
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
 from bertcls.checkpoint import (
     CHECKPOINTS,
@@ -141,6 +141,8 @@ class Run:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
+
+LOG_EVERY = 10  # steps between points of the loss curve: where the loop reads the device (loss, non-finite counts)
 
 # ---------------------------------------------------------------- setup helpers
 
@@ -355,6 +357,9 @@ def check_run_options(cfg: Config, data: RunData, accelerator: Accelerator, cach
         raise BertclsError("train.gradual_unfreeze needs model.freeze_backbone=false and a single process")
     if cached and cfg.data.window_stride:
         raise BertclsError("data.window_stride does not work with the feature cache; set train.cache=false")
+    if t.unpadded and (cached or cfg.data.streaming):
+        # cached: the head trains on stored features, there are no token batches to unpad
+        raise BertclsError("train.unpadded packs token batches: it does not work with the feature cache or streaming")
     if cfg.data.streaming:
         check_streaming(cfg)
 
@@ -389,6 +394,8 @@ def setup_model(
     task.configure(model, cfg.eval.threshold == "tune", cfg.eval.threshold, cfg.data.label_delimiter)
     if m.reinit_top_k:
         model.reinit_top_layers(m.reinit_top_k, torch.Generator().manual_seed(cfg.train.seed))
+    if cfg.train.unpadded:
+        packing.check_supported(model.backbone, model.spec.pooling)
     if cfg.train.speedups:
         speed.apply(model)
     # Set after loading, so a checkpoint given as name_or_path (lp_ft's second phase) reads texts as configured too.
@@ -557,6 +564,7 @@ def log_plan(run: Run) -> None:
         f"{n_train:,} trainable params | train {n_rows}, validation {next(sizes)}, test {next(sizes)}"
         f" | {run.total_steps} steps x {t.batch_size * accelerator.num_processes * t.grad_accum_steps} examples"
         f" | {accelerator.device}, {accelerator.num_processes} process(es), precision {run.precision}"
+        + (", unpadded batches" if t.unpadded else "")
         + ("" if accelerator.device.type != "cpu" else f", allocator {allocator.name()}")
     )
 
@@ -644,7 +652,7 @@ def optimizer_step(run: Run, group: list[dict]) -> None:
 def after_step(run: Run, signals: StopSignals) -> bool:
     """The loss curve, evaluation and checkpoints every so many steps, and a requested stop; True: leave the loop."""
     s, cfg = run.state, run.cfg
-    if s.step % 10 == 0 or s.step == run.total_steps:
+    if s.step % LOG_EVERY == 0 or s.step == run.total_steps:
         log_train_loss(run)
     if cfg.eval.every_steps and s.step % cfg.eval.every_steps == 0 and s.step < run.total_steps:
         evaluate_validation(run, s.step / run.updates_per_epoch)
@@ -652,7 +660,7 @@ def after_step(run: Run, signals: StopSignals) -> bool:
     saved_now = bool(every and s.step % every == 0 and s.step < run.total_steps and not s.stopped)
     if saved_now:
         save_state(run)
-    if stop_requested(run.accelerator, signals):
+    if stop_requested(run.accelerator, signals, s.step, LOG_EVERY):
         path = save_state(run) if not saved_now else run.out / CHECKPOINTS / f"step-{s.step}"
         run.progress.close()
         raise TrainingStopped(

@@ -16,6 +16,8 @@ The parts:
 - frozen backbone, 3 epochs at the head's learning rate: bertcls (feature cache, cold) against the tuned Trainer
   with the backbone's ``requires_grad`` off: wall time of training plus evaluation;
 - scaling: bertcls on 1x, 2x and 4x a slice of the training data: time per example and peak memory;
+- unpadded (``--parts unpadded``, not in the default set): bertcls with ``train.unpadded=true`` against its padded
+  default, one seed per precision (the option is meant for GPUs);
 - a matmul peak measured here, to turn throughput into model FLOPs utilization (MFU, on real tokens).
 
 Hyperparameters shared by every run: batch 32, max length 128, lr 1e-4 (bertcls's separate head rate is switched
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,13 @@ FROZEN_LR, FROZEN_EPOCHS = 3e-3, 3.0
 
 
 # ------------------------------------------------------------------ shared helpers (run inside the workers)
+
+
+def peak_gpu_mb() -> float | None:
+    """The most GPU memory torch's allocator held at once in this process (None without CUDA)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
 
 def peak_rss_mb() -> float:
@@ -148,6 +158,7 @@ def work_bertcls(job: dict[str, Any]) -> dict[str, Any]:
         f"train.cache_dir={tmp / 'cache'}",
         f"model.freeze_backbone={job.get('frozen', False)}",
         "train.head_solver=adamw",  # the same epochs of head steps as the Trainer runs (not an L-BFGS fit)
+        f"train.unpadded={job.get('variant') == 'unpadded'}",
         *job.get("overrides", []),
     ]
     cfg = load_config(None, overrides)
@@ -162,6 +173,7 @@ def work_bertcls(job: dict[str, Any]) -> dict[str, Any]:
         # The validation passes made during training, prediction alone (as the Trainer's predict() is timed).
         "eval_samples_per_s": metrics["eval_examples_per_s"],
         "peak_rss_mb": rss,
+        "peak_gpu_mb": peak_gpu_mb(),
         "allocator": allocator.name(),
         "precision": metrics["mixed_precision"],
         "threads": torch.get_num_threads(),
@@ -175,8 +187,9 @@ def work_bertcls(job: dict[str, Any]) -> dict[str, Any]:
     # Padding and real tokens of one pass of the training loader, exactly as train() batches.
     data = load_split(job["train"], "text", "label")
     ds = TextClassificationDataset(data.texts, data.labels, cfg_tokenizer(tmp), SHARED["max_length"])
-    stats = padding_stats(make_train_loader(ds, cfg, pin=False))
-    result |= stats
+    # (an unpadded run's batches are the same texts: counted padded, then it computes none of that padding)
+    stats = padding_stats(make_train_loader(ds, replace(cfg, train=replace(cfg.train, unpadded=False)), pin=False))
+    result |= stats | ({"padding_ratio": 0.0} if cfg.train.unpadded else {})
     result["mean_len"] = stats["real_tokens"] / len(ds)
     result["tokens_per_s"] = result["train_samples_per_s"] * result["mean_len"]
     return result
@@ -272,6 +285,7 @@ def work_trainer(job: dict[str, Any]) -> dict[str, Any]:
         "train_samples_per_s": samples / train_time,
         "eval_samples_per_s": evaluated / eval_time,
         "peak_rss_mb": rss,
+        "peak_gpu_mb": peak_gpu_mb(),
         "allocator": allocator.name(),
         "test_accuracy": accuracy,
         "optimizer": type(trainer.optimizer).__name__ + ("(fused)" if trainer.optimizer.defaults.get("fused") else ""),
@@ -325,6 +339,7 @@ def work_floor(job: dict[str, Any]) -> dict[str, Any]:
         "padding_ratio": 1 - real / (steps * bs * SHARED["max_length"]),
         "mean_len": real / (steps * bs),
         "peak_rss_mb": peak_rss_mb(),
+        "peak_gpu_mb": peak_gpu_mb(),
         "threads": torch.get_num_threads(),
     }
 
@@ -400,8 +415,8 @@ def summarize(runs: list[dict[str, Any]], peak: dict[str, float], fpt: float) ->
         groups.setdefault(key(r), []).append(r)
     lines = [
         "| run | precision | seeds | train samples/s | real tokens/s | padding | eval samples/s | peak RSS MB "
-        "| test acc | MFU train |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| peak GPU MB | test acc | MFU train |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (kind, variant, prec, frozen, scale), rs in groups.items():
         if frozen or scale:
@@ -419,7 +434,7 @@ def summarize(runs: list[dict[str, Any]], peak: dict[str, float], fpt: float) ->
         lines.append(
             f"| {kind} {variant} | {prec} | {len(rs)} | {col('train_samples_per_s')} | {col('tokens_per_s', '{:.0f}')}"
             f" | {col('padding_ratio', '{:.1%}')} | {col('eval_samples_per_s')} | {col('peak_rss_mb', '{:.0f}')}"
-            f" | {col('test_accuracy')} | {mfu:.1%} |"
+            f" | {col('peak_gpu_mb', '{:.0f}')} | {col('test_accuracy', '{:.4f}')} | {mfu:.1%} |"
         )
     return "\n".join(lines)
 
@@ -450,6 +465,9 @@ def ratio_lines(runs: list[dict[str, Any]], default_precision: str = "fp32") -> 
             theirs = pick(other, variant, prec, "train_samples_per_s")
             if theirs:
                 out.append(f"- {prec}: bertcls training {ours / theirs:.2f}x the {other} {variant}".rstrip())
+        unpadded = pick("bertcls", "unpadded", prec, "train_samples_per_s")
+        if unpadded:
+            out.append(f"- {prec}: bertcls unpadded training {unpadded / ours:.2f}x bertcls padded (its default)")
         ev_ours = pick("bertcls", "", prec, "eval_samples_per_s")
         ev_theirs = pick("trainer", "tuned", prec, "eval_samples_per_s")
         if ev_ours and ev_theirs:
@@ -537,6 +555,13 @@ def main() -> None:
                     run = {"precision": prec, "seed": seed, "epochs": args.epochs}
                     for extra in pair if (seed + i) % 2 == 0 else pair[::-1]:
                         runs.append(run_worker({**common, **extra, **run}, log))
+        if "unpadded" in parts:
+            log("unpadded batches (train.unpadded=true) against bertcls's padded default, alternating")
+            for i, prec in enumerate(precisions):
+                pair = [{"kind": "bertcls", "variant": "unpadded"}, {"kind": "bertcls"}]
+                run = {"precision": prec, "seed": 0, "epochs": args.epochs}
+                for extra in pair if i % 2 == 0 else pair[::-1]:
+                    runs.append(run_worker({**common, **extra, **run}, log))
         if "baselines" in parts:
             log(f"baselines, {args.baseline_steps} steps: the default Trainer and the pad-to-max_length loop")
             for prec in precisions:

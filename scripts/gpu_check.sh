@@ -3,8 +3,10 @@
 #   1. the tests marked gpu;
 #   2. the default run on the GPU in bf16 and in fp16 (test accuracy, training samples/s);
 #   3. scripts/bench.py --device cuda, full fine-tuning, one seed, bf16: the packaged MiniLM and a randomly
-#      initialised bert-base-sized model against the tuned Hugging Face Trainer;
+#      initialised bert-base-sized model against the tuned Hugging Face Trainer (samples/s, MFU, peak GPU memory);
+#      for bert-base also bertcls with train.unpadded=true against its padded default;
 #   4. the frozen run (configs/frozen.yaml) on a cold feature cache.
+# Each step has a time limit (the sum is 8 minutes), so a hung step fails instead of eating the machine's time.
 # Prints one table and exits non-zero if any step failed. Without CUDA it prints "no CUDA device" and exits 3.
 #   bash scripts/gpu_check.sh            # logs and JSON in a temporary folder (or $OUT when set)
 # Run it from the repository root with the project installed (pip install -e ".[dev]").
@@ -21,19 +23,20 @@ mkdir -p "$out"
 failed=0
 table=()
 
-# run NAME COMMAND...: run it with its output in $out/NAME.log, note ok/FAILED and the seconds it took
+# run NAME SECONDS COMMAND...: run it with its output in $out/NAME.log under a time limit; note ok/FAILED, the seconds
 run() {
-    local name=$1 start status
-    shift
+    local name=$1 limit=$2 start status
+    shift 2
     start=$(date +%s)
-    if "$@" >"$out/$name.log" 2>&1; then status=ok; else status=FAILED; failed=1; fi
+    if timeout "$limit" "$@" >"$out/$name.log" 2>&1; then status=ok; else status="FAILED (exit $?)"; failed=1; fi
     table+=("$name|$status|$(($(date +%s) - start)) s|$(summary "$name")")
 }
 
-# summary NAME: the numbers that step produced (test metrics of a run, the bench's ratios, pytest's closing line)
+# summary NAME: the numbers that step produced (a run's test metrics; a bench's samples/s, MFU, peak GPU memory and
+# accuracy per tool; else the log's last line, as pytest's summary)
 summary() {
     "$PY" - "$out" "$1" <<'EOF'
-import json, sys
+import json, statistics, sys
 from pathlib import Path
 out, name = Path(sys.argv[1]), sys.argv[2]
 metrics = out / name / "metrics.json"
@@ -44,8 +47,22 @@ if metrics.exists():
     print(f"test accuracy {m['test']['accuracy']:.4f}, {m['train_examples_per_s']:.0f} train samples/s, "
           f"precision {m['mixed_precision']}")
 elif bench.exists():
-    lines = [l for l in log.splitlines() if "x the" in l or "samples/s" in l]
-    print("; ".join(l.strip() for l in lines[-3:])[:300])
+    b = json.loads(bench.read_text())
+    tools = {}
+    for r in b["runs"]:
+        j = r["job"]
+        tools.setdefault(f"{j['kind']} {j.get('variant', '')}".strip(), []).append(r)
+    mean = lambda rs, k: statistics.mean(r[k] for r in rs)  # noqa: E731
+    parts = []
+    for tool, rs in tools.items():
+        mfu = 3 * b["flops_per_token"] * mean(rs, "tokens_per_s") / b["peak"][rs[0]["job"]["precision"]]
+        gpu = mean(rs, "peak_gpu_mb") if all(r.get("peak_gpu_mb") for r in rs) else float("nan")
+        parts.append(f"{tool}: {mean(rs, 'train_samples_per_s'):.0f}/s, MFU {mfu:.1%}, {gpu:.0f} MB GPU, "
+                     f"acc {mean(rs, 'test_accuracy'):.3f}")
+    if "bertcls" in tools and "trainer tuned" in tools:
+        ratio = mean(tools["bertcls"], "train_samples_per_s") / mean(tools["trainer tuned"], "train_samples_per_s")
+        parts.append(f"bertcls {ratio:.2f}x the tuned Trainer")
+    print("; ".join(parts))
 else:
     tail = [l for l in log.splitlines() if l.strip()]
     print(tail[-1][:200] if tail else "")
@@ -53,14 +70,14 @@ EOF
 }
 
 "$PY" -c "import torch; p = torch.cuda.get_device_properties(0); print(f'{p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}')"
-run gpu-tests "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/
-run default-bf16 "$PY" -m bertcls.train output.dir="$out/default-bf16" train.mixed_precision=bf16
-run default-fp16 "$PY" -m bertcls.train output.dir="$out/default-fp16" train.mixed_precision=fp16
-run bench-minilm "$PY" scripts/bench.py --device cuda --parts full --seeds 1 --precisions bf16 \
+run gpu-tests 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/
+run default-bf16 60 "$PY" -m bertcls.train output.dir="$out/default-bf16" train.mixed_precision=bf16
+run default-fp16 60 "$PY" -m bertcls.train output.dir="$out/default-fp16" train.mixed_precision=fp16
+run bench-minilm 90 "$PY" scripts/bench.py --device cuda --parts full --seeds 1 --precisions bf16 \
     --out "$out/bench-minilm.json"
-run bench-bert-base "$PY" scripts/bench.py --device cuda --model random:bert-base --parts full --seeds 1 \
-    --precisions bf16 --out "$out/bench-bert-base.json"
-run frozen "$PY" -m bertcls.train --config configs/frozen.yaml output.dir="$out/frozen" \
+run bench-bert-base 150 "$PY" scripts/bench.py --device cuda --model random:bert-base --parts full,unpadded \
+    --seeds 1 --precisions bf16 --out "$out/bench-bert-base.json"
+run frozen 30 "$PY" -m bertcls.train --config configs/frozen.yaml output.dir="$out/frozen" \
     train.cache_dir="$out/cache"
 
 printf '\n| step | status | time | numbers |\n| --- | --- | --- | --- |\n'

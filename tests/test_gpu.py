@@ -55,3 +55,52 @@ def test_frozen_run_on_cuda_uses_the_cache_and_lbfgs(tiny_bert, tiny_data, tmp_p
         )
     )
     assert result["feature_cache"]["used"] and result["best"]["metric"] == "loss"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("train.mixed_precision=bf16",),
+        ("train.mixed_precision=fp16",),
+        ("train.mixed_precision=bf16", "train.unpadded=true"),
+    ],
+    ids=["bf16", "fp16", "bf16-unpadded"],
+)
+def test_training_steps_on_cuda_never_wait_for_the_gpu(tiny_bert, tiny_data, tmp_path, extra):
+    """The host queues step after step: nothing in a step (the non-finite check included) reads the GPU."""
+    from tqdm.auto import tqdm
+
+    from bertcls.train import optimizer_step, setup
+
+    run = setup(tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", *extra))
+    run.progress = tqdm(disable=True)
+    batches = iter(run.train_loader)
+    optimizer_step(run, [next(batches)])  # the first step creates AdamW's state and the loss scale
+    groups = [[next(batches)] for _ in range(3)]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for group in groups:
+            optimizer_step(run, group)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert run.nonfinite.read()[:2] == (0, 0)
+
+
+def test_unpadded_logits_equal_padded_logits_on_cuda(tiny_bert):
+    """The variable-length path on the GPU's kernels (flash or memory-efficient SDPA on nested tensors)."""
+    from bertcls import BertForTextClassification, speed
+    from bertcls.packing import pack
+
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=["a", "b"], seed=0)
+    speed.apply(model)
+    model = model.to("cuda").eval()
+    texts = ["a good film", "the plot was dull and the ending flat", "fine", "x y z w v u t"]
+    batch = {k: v.to("cuda") for k, v in model.tokenizer(texts, padding=True, return_tensors="pt").items()}
+    packed = {
+        k: v.to("cuda") if torch.is_tensor(v) else v for k, v in pack({k: v.cpu() for k, v in batch.items()}).items()
+    }
+    with torch.no_grad():
+        torch.testing.assert_close(model(**packed).logits, model(**batch).logits, rtol=1e-4, atol=1e-5)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            torch.testing.assert_close(model(**packed).logits, model(**batch).logits, rtol=2e-2, atol=2e-2)

@@ -48,11 +48,17 @@ def _encoder_config_ok(config) -> bool:
     )
 
 
-def _attend_first(attention: nn.Module, hidden_states: torch.Tensor, projections, attention_mask) -> torch.Tensor:
-    """Position 0's attention context, ``(batch, 1, hidden)``: its query against every position's key and value
-    (``projections``: the layer's query, key and value linears), through the attention function the layer would
-    call."""
-    first = hidden_states[:, :1]
+def _first_positions(hidden_states: torch.Tensor, varlen: dict) -> torch.Tensor:
+    """Each text's first position: ``(batch, 1, hidden)``, or for an unpadded batch (``bertcls.packing``, one row of
+    texts end to end) ``(1, texts, hidden)``."""
+    starts = varlen.get("cu_seq_lens_k")
+    return hidden_states[:, :1] if starts is None else hidden_states.index_select(1, starts[:-1])
+
+
+def _attend_first(attention: nn.Module, hidden_states, first, projections, attention_mask, varlen) -> torch.Tensor:
+    """The first positions' attention context, shaped like ``first``: their queries against every position's key and
+    value (``projections``: the layer's query, key and value linears), through the attention function the layer would
+    call. An unpadded batch's first tokens attend to their own text's keys (one query per text)."""
 
     def heads(x: torch.Tensor) -> torch.Tensor:
         return x.view(x.shape[0], x.shape[1], -1, attention.attention_head_size).transpose(1, 2)
@@ -61,12 +67,23 @@ def _attend_first(attention: nn.Module, hidden_states: torch.Tensor, projections
     query, key, value = heads(to_query(first)), heads(to_key(hidden_states)), heads(to_value(hidden_states))
     if attention_mask is not None and attention_mask.dim() == 4 and attention_mask.shape[-2] > 1:
         attention_mask = attention_mask[:, :, :1]  # the first query's row of the (batch, 1, query, key) mask
+    if varlen.get("cu_seq_lens_k") is not None:
+        n = first.shape[1]
+        varlen = {**varlen, "cu_seq_lens_q": torch.arange(n + 1, device=first.device), "max_length_q": 1}
     attend = ALL_ATTENTION_FUNCTIONS.get_interface(
         attention.config._attn_implementation, _own_eager_attention(attention)
     )
     dropout = attention.dropout.p if attention.training else 0.0
-    context, _ = attend(attention, query, key, value, attention_mask, dropout=dropout, scaling=attention.scaling)
-    return context.reshape(first.shape[0], 1, -1)
+    context, _ = attend(
+        attention, query, key, value, attention_mask, dropout=dropout, scaling=attention.scaling, **varlen
+    )
+    return context.reshape(*first.shape[:2], -1)
+
+
+def _varlen(kwargs: dict) -> dict:
+    """The variable-length attention arguments among a layer's keyword arguments (none for a padded batch)."""
+    keys = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
+    return {k: kwargs[k] for k in keys if kwargs.get(k) is not None}
 
 
 def _bert_supports(layer: nn.Module) -> bool:
@@ -82,10 +99,11 @@ def _bert_supports(layer: nn.Module) -> bool:
     )
 
 
-def _bert_first_token(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None) -> torch.Tensor:
-    sa = layer.attention.self
-    context = _attend_first(sa, hidden_states, (sa.query, sa.key, sa.value), attention_mask)
-    attended = layer.attention.output(context, hidden_states[:, :1])
+def _bert_first_token(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None, **kwargs) -> torch.Tensor:
+    sa, varlen = layer.attention.self, _varlen(kwargs)
+    first = _first_positions(hidden_states, varlen)
+    context = _attend_first(sa, hidden_states, first, (sa.query, sa.key, sa.value), attention_mask, varlen)
+    attended = layer.attention.output(context, first)
     return layer.feed_forward_chunk(attended)
 
 
@@ -99,10 +117,10 @@ def _distilbert_supports(layer: nn.Module) -> bool:
     )
 
 
-def _distilbert_first_token(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None) -> torch.Tensor:
-    sa = layer.attention
-    context = _attend_first(sa, hidden_states, (sa.q_lin, sa.k_lin, sa.v_lin), attention_mask)
-    attended = layer.sa_layer_norm(sa.out_lin(context) + hidden_states[:, :1])
+def _distilbert_first_token(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None, **kwargs):
+    sa, first = layer.attention, hidden_states[:, :1]  # (no unpadded batches: bertcls.packing is for BERT)
+    context = _attend_first(sa, hidden_states, first, (sa.q_lin, sa.k_lin, sa.v_lin), attention_mask, {})
+    attended = layer.sa_layer_norm(sa.out_lin(context) + first)
     return layer.output_layer_norm(layer.ffn(attended) + attended)
 
 
@@ -121,7 +139,7 @@ def first_token_forward(layer: nn.Module) -> Callable[..., torch.Tensor] | None:
 def _top_layer_forward(layer: nn.Module, hidden_states: torch.Tensor, attention_mask=None, *args, **kwargs):
     if not getattr(layer, FLAG, False):
         return type(layer).forward(layer, hidden_states, attention_mask, *args, **kwargs)
-    return first_token_forward(layer)(layer, hidden_states, attention_mask)
+    return first_token_forward(layer)(layer, hidden_states, attention_mask, **kwargs)
 
 
 def _first_token_features(model: BertForTextClassification, *args, **kwargs) -> torch.Tensor:
