@@ -120,10 +120,13 @@ class NonFiniteLosses:
         self.steps = torch.zeros((), dtype=torch.long, device=device)  # optimizer steps they made skip
         self.first_step = torch.full((), -1, dtype=torch.long, device=device)  # the first of those steps (-1: none)
         self.first_loss = torch.zeros((), device=device)  # its loss on this process
+        self.lrs: dict[int, float] = {}  # the learning rate of each step since a read (host numbers: no sync)
 
-    def count(self, losses: list[torch.Tensor], step: int, accelerator: Accelerator) -> torch.Tensor:
-        """Count step ``step``'s micro-batch losses; returns its ``found_inf`` (1.0: some process saw a non-finite
-        loss, so every process skips the update and they stay equal)."""
+    def count(self, losses: list[torch.Tensor], step: int, lr: float, accelerator: Accelerator) -> torch.Tensor:
+        """Count step ``step``'s micro-batch losses (``lr``: its learning rate, for the error); returns its
+        ``found_inf`` (1.0: some process saw a non-finite loss, so every process skips the update and they stay
+        equal)."""
+        self.lrs[step] = lr
         stacked = torch.stack([x.float() for x in losses])
         bad = ~torch.isfinite(stacked)
         n = bad.sum()
@@ -139,18 +142,28 @@ class NonFiniteLosses:
         self.first_loss = torch.where(first_here, first_bad, self.first_loss)
         return found.float()
 
-    def read(self) -> tuple[int, int, int, float]:
-        """``(non-finite losses, skipped steps, first skipped step, its loss)`` since the last read; one host sync."""
+    def read(self) -> tuple[int, int, int, float, float | None]:
+        """``(non-finite losses, skipped steps, first skipped step, its loss, its learning rate)`` since the last
+        read; one host sync."""
         losses, steps, first = torch.stack([self.losses, self.steps, self.first_step]).tolist()
-        loss = float(self.first_loss)
+        loss, lr = float(self.first_loss), self.lrs.get(first)
         self.losses.zero_(), self.steps.zero_(), self.first_step.fill_(-1)
-        return losses, steps, first, loss
+        self.lrs.clear()
+        return losses, steps, first, loss, lr
 
 
-def step_unless(optimizer, found_inf: torch.Tensor) -> None:
+def step_unless(optimizer, found_inf: torch.Tensor, scaler=None) -> None:
     """``optimizer.step()``, the update skipped on the device where ``found_inf`` is 1: torch's fused AdamW (the only
-    optimizer ``build_optimizer`` makes) reads the flag from the optimizer, as a GradScaler hands it over."""
+    optimizer ``build_optimizer`` makes) reads the flag from the optimizer, as a GradScaler hands it over.
+
+    Under fp16 (``scaler``, its gradients unscaled already) the scaler sets that flag itself, from the gradients. A
+    non-finite loss can leave them finite (the cross-entropy of a -inf logit is inf, its gradient softmax - onehot),
+    so this step's flag joins the scaler's own (which also backs the loss scale off)."""
     inner = getattr(optimizer, "optimizer", optimizer)  # under accelerate's wrapper
+    if scaler is not None:
+        # GradScaler keeps the flags of unscale_ per optimizer and device (private in torch 2.13; tests/test_amp.py)
+        for flag in scaler._per_optimizer_states[id(inner)]["found_inf_per_device"].values():
+            torch.maximum(flag, found_inf.to(flag.device), out=flag)
     inner.found_inf = found_inf
     try:
         optimizer.step()
@@ -159,11 +172,12 @@ def step_unless(optimizer, found_inf: torch.Tensor) -> None:
             del inner.found_inf
 
 
-def nan_message(loss: float, step: int, lr: float, out: Path) -> str:
+def nan_message(loss: float, step: int, lr: float | None, out: Path) -> str:
     """The error of ``nan_policy=stop``: the first non-finite loss and the step it was seen at."""
     what = f"became {loss}" if not math.isfinite(loss) else "became non-finite on another process"
     return (
-        f"the training loss {what} at step {step} (learning rate {lr:.3g}); stopped without updating the model "
+        f"the training loss {what} at step {step}{'' if lr is None else f' (learning rate {lr:.3g})'}; stopped "
+        "without updating the model "
         f"with it, so {out}/best and {out}/{CHECKPOINTS} keep the last good state. Try a lower train.lr, "
         "train.mixed_precision=no (fp32), gradient clipping (train.max_grad_norm=1.0), or train.nan_policy=skip"
     )
@@ -171,11 +185,12 @@ def nan_message(loss: float, step: int, lr: float, out: Path) -> str:
 
 def stop_requested(accelerator: Accelerator, signals: StopSignals, step: int, every: int) -> bool:
     """Whether any process got SIGTERM/SIGINT, asked after each optimizer step. One process: at once. Several must
-    agree to stop together, which takes a collective and a read of its result: asked every ``every`` steps (where the
-    loss curve is read anyway), so on GPUs the host does not wait for each step to finish."""
+    agree to stop together, which takes a collective and a read of its result: on CPUs after every step (the read
+    costs nothing there, and slow steps must not outlast torchrun's 30 s from SIGTERM to SIGKILL), on GPUs every
+    ``every`` steps (where the loss curve is read anyway), so the host does not wait for each step to finish."""
     if accelerator.num_processes == 1:
         return signals.received is not None
-    if step % every:
+    if step % every and accelerator.device.type != "cpu":
         return False
     flag = torch.tensor(int(signals.received is not None), device=accelerator.device)
     return bool(accelerator.reduce(flag, "sum").item())

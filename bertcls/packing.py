@@ -89,6 +89,7 @@ def varlen_attention(
     return out.transpose(1, 2).values().unsqueeze(0), None
 
 
+@functools.cache  # once per process: it also changes warning filters and a logger
 def register() -> None:
     """Make ``ATTENTION`` known to transformers (registering again is a no-op). Its mask is none: the offsets are."""
     from transformers import AttentionInterface

@@ -139,6 +139,7 @@ class StreamLoader:
         return StreamLoader(self.batches, self.device, n)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        non_blocking = self.device.type == "cuda"
+        cuda = self.device.type == "cuda"
         for batch in itertools.islice(self.batches, self.skip, None):
-            yield {k: v.to(self.device, non_blocking=non_blocking) for k, v in batch.items()}
+            # On a GPU from pinned memory: a copy from pageable memory would make the host wait for the GPU.
+            yield {k: (v.pin_memory() if cuda else v).to(self.device, non_blocking=cuda) for k, v in batch.items()}

@@ -633,16 +633,18 @@ def optimizer_step(run: Run, group: list[dict]) -> None:
     s, t, accelerator = run.state, run.cfg.train, run.accelerator
     s.examples += sum(len(b["labels"]) for b in group)
     losses = backward_group(accelerator, run.module, group, run.forward, run.loss_fn, run.loss_weight)
-    found_inf = run.nonfinite.count(losses, s.step + 1, accelerator)
+    found_inf = run.nonfinite.count(losses, s.step + 1, run.lr, accelerator)
     for loss in losses:
         # Summed on the device: reading the loss every step would force a host sync each step.
         run.running += torch.nan_to_num(loss, nan=0.0, posinf=0.0, neginf=0.0)
     s.running_n += len(losses)
     if t.max_grad_norm > 0:
-        accelerator.clip_grad_norm_(run.module.parameters(), t.max_grad_norm)
+        accelerator.clip_grad_norm_(run.module.parameters(), t.max_grad_norm)  # (unscales fp16 gradients first)
+    elif accelerator.scaler is not None:
+        accelerator.unscale_gradients()  # step_unless joins the scaler's flags, which unscaling makes
     # A non-finite loss is read later (check_nonfinite); its step's update is skipped on the device now. The
     # schedule moves on either way, as it does over a GradScaler's skipped fp16 steps.
-    step_unless(run.optimizer, found_inf)
+    step_unless(run.optimizer, found_inf, accelerator.scaler)
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
     s.step += 1
@@ -675,13 +677,13 @@ def check_nonfinite(run: Run) -> None:
     """Read the non-finite losses counted on the device since the last read (optim.NonFiniteLosses): under
     ``nan_policy=stop`` stop the run (before anything after the bad step is logged, evaluated or saved), under
     ``skip`` count the skipped steps and keep their losses out of the curve."""
-    losses, steps, first, loss = run.nonfinite.read()
+    losses, steps, first, loss, lr = run.nonfinite.read()
     if not steps:
         return
     s = run.state
     if run.cfg.train.nan_policy == "stop":
         run.progress.close()  # so the error is the last line on the terminal
-        raise TrainingStopped(nan_message(loss, first, run.lr, run.out))
+        raise TrainingStopped(nan_message(loss, first, lr, run.out))
     s.nan_skipped_steps += steps
     s.running_n -= losses
     run.log(f"non-finite loss at step {first}: skipped {steps} optimizer step(s) ({s.nan_skipped_steps} so far)")
@@ -690,6 +692,10 @@ def check_nonfinite(run: Run) -> None:
 def log_train_loss(run: Run) -> None:
     check_nonfinite(run)
     s, accelerator = run.state, run.accelerator
+    if s.running_n <= 0:  # every loss since the last point was non-finite (nan_policy=skip): no point to draw
+        run.running.zero_()
+        s.running_n = 0
+        return
     mean_loss = accelerator.reduce(run.running, "mean").item() / s.running_n
     s.train_loss_curve.append([s.step, mean_loss])
     accelerator.log({"train/loss": mean_loss, "train/lr": run.lr}, step=s.step)
@@ -989,6 +995,7 @@ def train_lp_ft(cfg: Config, data: RunData | None = None, on_validation=None) ->
             lr=head_lr,
             warmup_ratio=0.0,
             gradual_unfreeze=False,
+            unpadded=False,  # the probe trains on cached features (train.unpadded is for phase 2's token batches)
             # Resuming an lp_ft run reruns the probe (seconds on the cache); only phase 2 resumes.
             resume_from=None,
         ),

@@ -534,6 +534,15 @@ def main() -> None:
         precisions = args.precisions.split(",")
     log = print
     runs: list[dict[str, Any]] = []
+    peak: dict[str, Any] = {}
+
+    def keep(result: dict[str, Any]) -> None:
+        """Record a finished run, and write what is known so far to --out: a bench stopped by a time limit (as
+        scripts/gpu_check.sh sets) keeps the runs it finished (MFU needs the end's flops_per_token)."""
+        runs.append(result)
+        if args.out:
+            Path(args.out).write_text(json.dumps({"peak": peak, "flops_per_token": None, "runs": runs}, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="bertcls-bench-data-") as tmp:
         tmp = Path(tmp)
         model = random_bert_base(tmp / "bert-base") if args.model == "random:bert-base" else args.model
@@ -542,7 +551,7 @@ def main() -> None:
         common = {"model": model, "device": args.device, "train": train, "validation": val, "test": test}
         common["max_length"] = args.max_length
         log(f"bench: {model} on {args.device}, precisions {precisions}, {args.seeds} seed(s), parts {sorted(parts)}")
-        peak = run_worker({**common, "kind": "peak", "precision": "fp32"}, log)
+        peak.update(run_worker({**common, "kind": "peak", "precision": "fp32"}, log))
 
         if "full" in parts:
             log("full fine-tuning: bertcls defaults against the tuned Trainer, alternating")
@@ -554,26 +563,26 @@ def main() -> None:
                     ]
                     run = {"precision": prec, "seed": seed, "epochs": args.epochs}
                     for extra in pair if (seed + i) % 2 == 0 else pair[::-1]:
-                        runs.append(run_worker({**common, **extra, **run}, log))
+                        keep(run_worker({**common, **extra, **run}, log))
         if "unpadded" in parts:
-            log("unpadded batches (train.unpadded=true) against bertcls's padded default, alternating")
-            for i, prec in enumerate(precisions):
-                pair = [{"kind": "bertcls", "variant": "unpadded"}, {"kind": "bertcls"}]
+            log("unpadded batches (train.unpadded=true) against bertcls's padded default (the full part's run)")
+            for prec in precisions:
                 run = {"precision": prec, "seed": 0, "epochs": args.epochs}
-                for extra in pair if i % 2 == 0 else pair[::-1]:
-                    runs.append(run_worker({**common, **extra, **run}, log))
+                keep(run_worker({**common, "kind": "bertcls", "variant": "unpadded", **run}, log))
+                if "full" not in parts:
+                    keep(run_worker({**common, "kind": "bertcls", **run}, log))
         if "baselines" in parts:
             log(f"baselines, {args.baseline_steps} steps: the default Trainer and the pad-to-max_length loop")
             for prec in precisions:
                 steps = {"seed": 0, "epochs": args.epochs, "max_steps": args.baseline_steps, "precision": prec}
-                runs.append(run_worker({**common, **steps, "kind": "trainer", "variant": "default"}, log))
-                runs.append(run_worker({**common, **steps, "kind": "floor"}, log))
+                keep(run_worker({**common, **steps, "kind": "trainer", "variant": "default"}, log))
+                keep(run_worker({**common, **steps, "kind": "floor"}, log))
         if "frozen" in parts:
             prec = precisions[-1]
             log(f"frozen backbone, {FROZEN_EPOCHS:g} epochs at lr {FROZEN_LR:g} ({prec}), cold feature cache")
             frozen = {"frozen": True, "lr": FROZEN_LR, "epochs": FROZEN_EPOCHS, "seed": 0, "precision": prec}
-            runs.append(run_worker({**common, **frozen, "kind": "bertcls"}, log))
-            runs.append(
+            keep(run_worker({**common, **frozen, "kind": "bertcls"}, log))
+            keep(
                 run_worker(
                     {
                         **common,
@@ -591,7 +600,7 @@ def main() -> None:
             for scale in (1, 2, 4):
                 sliced = write_train_slice(DATA / "train.csv.gz", tmp / f"train-{scale}x.csv", args.scale_base * scale)
                 job = {**common, "train": sliced, "kind": "bertcls", "precision": prec, "seed": 0, "epochs": 1.0}
-                runs.append(run_worker({**job, "scale": scale}, log))
+                keep(run_worker({**job, "scale": scale}, log))
 
         lens = [r["mean_len"] for r in runs if r.get("mean_len") and r["job"]["kind"] != "floor"]
         fpt = flops_per_token(model_folder(model), statistics.mean(lens) if lens else 25.0)

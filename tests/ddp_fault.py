@@ -11,11 +11,11 @@ mode, args = sys.argv[1], sys.argv[2:]
 if os.environ.get("RANK") == "1":
     real = recipe.stop_requested
 
-    def faulty(accelerator, signals):
+    def faulty(*args, **kwargs):
         if mode == "die":
             os._exit(7)
         time.sleep(3600)
-        return real(accelerator, signals)
+        return real(*args, **kwargs)
 
     recipe.stop_requested = faulty
 sys.exit(recipe.main(args))

@@ -82,6 +82,26 @@ def test_an_fp16_overflow_skips_the_update_and_backs_the_scale_off(tiny_bert, ti
     assert adam_steps(run) == {max(steps) + 1}
 
 
+@pytest.mark.parametrize("precision", ["no", "fp16"])
+def test_an_infinite_loss_with_finite_gradients_makes_no_update(tiny_bert, tiny_data, tmp_path, precision):
+    """A constant inf added to the loss leaves every gradient finite: only the loss says the step is bad (under fp16
+    the scaler's own flag, from the gradients, would not)."""
+    run = set_up(tiny_bert, tiny_data, tmp_path / "run", f"train.mixed_precision={precision}")
+    optimizer_step(run, one_group(run))
+    if run.accelerator.scaler is not None:
+        run.accelerator.scaler.update(new_scale=1024.0)
+    real_loss = run.loss_fn
+    run.loss_fn = lambda logits, labels: real_loss(logits, labels) + float("inf")
+    before, steps, lr_of_step = weights(run), adam_steps(run), run.lr
+    optimizer_step(run, one_group(run))
+    assert all(torch.equal(a, b) for a, b in zip(before, weights(run), strict=True))
+    assert adam_steps(run) == steps
+    assert run.nonfinite.read() == (1, 1, 2, float("inf"), lr_of_step)  # what the error and the log say
+    run.loss_fn = real_loss
+    optimizer_step(run, one_group(run))
+    assert any(not torch.equal(a, b) for a, b in zip(before, weights(run), strict=True))
+
+
 def test_the_loss_scale_is_checkpointed_and_restored(tiny_bert, tiny_data, tmp_path, monkeypatch):
     def growing_scaler(accelerator):  # doubles every good step, so a scale that was not restored shows
         accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)

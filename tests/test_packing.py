@@ -71,12 +71,21 @@ def test_unpadded_minilm_equals_padded_minilm():
         torch.testing.assert_close(model.features(**pack(batch)), model.features(**batch), rtol=1e-4, atol=1e-5)
 
 
-def test_an_unpadded_run_trains_and_refuses_what_it_cannot_unpad(tiny_bert, tiny_data, tmp_path):
-    result = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", "train.unpadded=true", "train.max_steps=6"))
+def test_an_unpadded_run_trains_and_refuses_what_it_cannot_unpad(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    import bertcls.packing as packing_module
+
+    packed = []
+    real_pack = packing_module.pack
+    monkeypatch.setattr(packing_module, "pack", lambda batch: packed.append(1) or real_pack(batch))
+    out = tmp_path / "run"
+    result = train(tiny_cfg(tiny_bert, tiny_data, out, "train.unpadded=true", "train.max_steps=6"))
+    assert len(packed) >= 6 and "unpadded batches" in (out / "train.log").read_text()
     assert all(math.isfinite(loss) for _, loss in result["train_loss_curve"])
+    # lp_ft's first phase trains on cached features: it runs padded, phase 2 unpadded
+    lp_ft = ("train.unpadded=true", "train.schedule=lp_ft", "train.lp_epochs=1", "train.max_steps=4")
+    train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "lp_ft", *lp_ft, f"train.cache_dir={tmp_path / 'cache'}"))
     with pytest.raises(BertclsError, match="feature cache"):
         train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "frozen", "train.unpadded=true", "model.freeze_backbone=true"))
     roberta = write_tiny_encoder(tmp_path / "roberta", "roberta")
     with pytest.raises(BertclsError, match="BERT backbones"):
         train(tiny_cfg(roberta, tiny_data, tmp_path / "roberta-run", "train.unpadded=true"))
-    assert not (tmp_path / "frozen" / "metrics.json").exists()
