@@ -16,6 +16,7 @@ import torch
 
 from bertcls import BertclsError, BertForTextClassification
 from bertcls.checkpoint import CHECKPOINTS, TrainingStopped, list_checkpoints, prune, resolve_resume
+from bertcls.config import load_config
 from bertcls.train import load_data, train
 
 from .conftest import assert_one_line_error, make_rows, run_cli, write_csv
@@ -112,85 +113,68 @@ def assert_same_numbers(got: dict, want: dict) -> None:
             assert x["step"] == y["step"] and x["validation"] == pytest.approx(y["validation"], rel=1e-5, abs=1e-6)
 
 
-# Runs bertcls.train with a signal sent to itself right after the checkpoint of a given step in a given folder is
-# complete: the SIGTERM and SIGKILL of the test above at a chosen step, for runs too quick to catch from outside
-# (a cached head-only step takes about a millisecond). argv: output folder, step, signal name, then the overrides.
-SIGNAL_AFTER_CHECKPOINT = """
-import os, signal, sys
-from pathlib import Path
-
-import bertcls.train as t
-
-out, at, sig = Path(sys.argv[1]).resolve(), int(sys.argv[2]), getattr(signal, sys.argv[3])
-save = t.save_checkpoint
+class Killed(Exception):
+    """What SIGKILL leaves of a run: it ends right after a checkpoint, with nothing cleaned up."""
 
 
-def save_then_signal(accelerator, where, state, *args, **kwargs):
-    path = save(accelerator, where, state, *args, **kwargs)
-    if Path(where).resolve() == out and state["step"] == at:
-        os.kill(os.getpid(), sig)
-    return path
+def kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, monkeypatch, *extra: str) -> dict:
+    """The test above for a variant of the run, in this process (each run a subprocess would cost 4 starts of torch):
+    SIGTERM sent to this process right after checkpoint 8 (handled as the command handles it), the run cut short
+    right after checkpoint 20 (all that SIGKILL leaves), resumed to the end: the numbers of the run that was never
+    interrupted (36 steps; a checkpoint every 4, an evaluation every 6 and at each epoch's end). The checkpoints come
+    too quickly to catch from outside (a cached head-only step takes about a millisecond)."""
+    import bertcls.train as recipe
 
-
-t.save_checkpoint = save_then_signal
-sys.argv = ["bertcls/train.py", *sys.argv[4:]]
-t.main(sys.argv[1:])
-"""
-
-
-def signalled_run(args: list[str], out: Path, step: int, sig: str) -> subprocess.CompletedProcess:
-    """``python -m bertcls.train *args`` (the overrides of ``cli_args``) sent ``sig`` after checkpoint ``step``."""
-    cmd = [sys.executable, "-c", SIGNAL_AFTER_CHECKPOINT, str(out), str(step), sig, *args[3:]]
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
-
-
-def kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, *extra: str) -> dict:
-    """SIGTERM after checkpoint 8, resume, SIGKILL after checkpoint 20, resume to the end: the numbers of the run
-    that was never interrupted (36 steps; a checkpoint every 4, an evaluation every 6 and at each epoch's end)."""
     extra = (*extra, f"train.cache_dir={tmp_path / 'cache'}")
-    ref = tmp_path / "ref"
-    args = cli_args(tiny_bert, tiny_data, ref, *extra)
-    done = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    ref, out = tmp_path / "ref", tmp_path / "run"
 
-    out = tmp_path / "run"
-    stopped = signalled_run(cli_args(tiny_bert, tiny_data, out, *extra), out, 8, "SIGTERM")
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
-    last = stopped.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: stopped by signal 15 at step 8") and last.endswith("train.resume_from=latest")
+    def cfg(where: Path, *more: str):
+        return load_config(None, cli_args(tiny_bert, tiny_data, where, *extra, *more)[3:])
+
+    train(cfg(ref))
+    save = recipe.save_checkpoint
+
+    def interrupting(accelerator, where, state, *args, **kwargs):
+        path = save(accelerator, where, state, *args, **kwargs)
+        if Path(where) == out and state["step"] == 8:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if Path(where) == out and state["step"] == 20:
+            raise Killed
+        return path
+
+    monkeypatch.setattr(recipe, "save_checkpoint", interrupting)
+    with pytest.raises(TrainingStopped, match=r"^stopped by signal 15 at step 8; .*train\.resume_from=latest$"):
+        train(cfg(out))
     assert [p.name for p in list_checkpoints(out)] == ["step-4", "step-8"]
     assert not (out / "metrics.json").exists()
-
-    resume = cli_args(tiny_bert, tiny_data, out, *extra, "train.resume_from=latest")
-    killed = signalled_run(resume, out, 20, "SIGKILL")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    with pytest.raises(Killed):
+        train(cfg(out, "train.resume_from=latest"))
     assert "resumed at step 8" in (out / "train.log").read_text()
     assert list_checkpoints(out)[-1].name == "step-20" and not (out / "metrics.json").exists()
-
-    done = subprocess.run(resume, env=ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    train(cfg(out, "train.resume_from=latest"))
     assert "resumed at step 20" in (out / "train.log").read_text()
     got, want = numbers(out / "metrics.json"), numbers(ref / "metrics.json")
-    for m in (got, want):  # the reference computed the features, the interrupted runs found them in the cache
-        m.get("feature_cache", {}).pop("splits_reused", None)
     assert_same_numbers(got, want)
     return got
 
 
 @pytest.mark.integration
-def test_kill_and_resume_of_a_cached_head_only_run_matches_an_uninterrupted_run(tiny_bert, tiny_data, tmp_path):
+def test_kill_and_resume_of_a_cached_head_only_run_matches_an_uninterrupted_run(
+    tiny_bert, tiny_data, tmp_path, monkeypatch
+):
     # The head trains in epochs on cached features (AdamW: an L-BFGS fit has no steps to resume); its dropout draws
     # from the restored RNG (a high rate and lr, so that other masks show), and the best head so far travels in the
     # checkpoint.
     head_only = ("model.freeze_backbone=true", "train.head_solver=adamw", "train.lr=1e-2", "model.dropout=0.5")
-    got = kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, *head_only)
+    got = kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, monkeypatch, *head_only)
     assert got["feature_cache"]["used"]
 
 
 @pytest.mark.integration
-def test_kill_and_resume_of_an_lp_ft_run_matches_an_uninterrupted_run(tiny_bert, tiny_data, tmp_path):
+def test_kill_and_resume_of_an_lp_ft_run_matches_an_uninterrupted_run(tiny_bert, tiny_data, tmp_path, monkeypatch):
     # The probe phase is rerun on resume (it writes no checkpoints); the fine-tuning phase resumes.
-    got = kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, "train.schedule=lp_ft", "train.lp_epochs=1")
+    lp_ft = ("train.schedule=lp_ft", "train.lp_epochs=1")
+    got = kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, monkeypatch, *lp_ft)
     assert got["schedule"] == "lp_ft" and got["linear_probe"]["best"]["step"] is not None
 
 

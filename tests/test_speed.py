@@ -127,6 +127,6 @@ def test_a_run_applies_the_switch_and_is_reproducible(tiny_bert, tiny_data, tmp_
 
 
 @pytest.mark.integration
-def test_kill_and_resume_without_speedups_matches_an_uninterrupted_run(tiny_bert, tiny_data, tmp_path):
+def test_kill_and_resume_without_speedups_matches_an_uninterrupted_run(tiny_bert, tiny_data, tmp_path, monkeypatch):
     # With speedups (the default) this is test_reliability's run; torch's own dropout must resume exactly too.
-    assert kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, "train.speedups=false")
+    assert kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, monkeypatch, "train.speedups=false")
