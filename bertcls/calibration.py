@@ -59,18 +59,28 @@ def _fit_one(z: np.ndarray, gold: np.ndarray, multi_label: bool) -> float:
     return float(np.exp(result.x))
 
 
+def all_right(z: np.ndarray, gold: np.ndarray, multi_label: bool) -> bool:
+    """Whether every validation decision is right (multi-label: one label's column, at logit 0). Then the NLL falls
+    forever as T shrinks (every row's loss goes to 0), so there is no temperature to fit: T stays 1."""
+    if multi_label:
+        return bool(np.all((z > 0) == (gold > 0.5)))
+    return bool(np.all(z.argmax(-1) == gold))
+
+
 def fit_temperature(probs: np.ndarray, gold: np.ndarray, multi_label: bool) -> float | list[float]:
     """The temperature(s) minimising the validation NLL: one for single-label (``gold``: label indices), one per
-    label for multi-label (``gold``: multi-hot rows; a label with only one class in ``gold`` keeps 1)."""
+    label for multi-label (``gold``: multi-hot rows). 1 where nothing can be fitted: every decision right
+    (``all_right``), or a label with one class only in ``gold``."""
     z = _logits(probs, multi_label)
     gold = np.asarray(gold)
     if not multi_label:
-        return _fit_one(z, gold.astype(np.int64), False)
+        gold = gold.astype(np.int64)
+        return 1.0 if all_right(z, gold, False) else _fit_one(z, gold, False)
     temps = []
     for j in range(z.shape[1]):
         column = gold[:, j].astype(np.float64)
         both = 0 < column.sum() < len(column)  # with one class only, the NLL falls forever as T shrinks
-        temps.append(_fit_one(z[:, j], column, True) if both else 1.0)
+        temps.append(_fit_one(z[:, j], column, True) if both and not all_right(z[:, j], column, True) else 1.0)
     return temps
 
 

@@ -546,6 +546,7 @@ def setup_training(run: Run) -> None:
 def log_plan(run: Run) -> None:
     """One line that says what this run will do."""
     cfg, model, accelerator, t = run.cfg, run.model, run.accelerator, run.cfg.train
+    cpu = accelerator.device.type == "cpu"
     if run.lbfgs:
         run.log(
             f"head fitted by L-BFGS on cached features (train.head_solver={t.head_solver}), {run.total_steps} L2 "
@@ -565,7 +566,9 @@ def log_plan(run: Run) -> None:
         f" | {run.total_steps} steps x {t.batch_size * accelerator.num_processes * t.grad_accum_steps} examples"
         f" | {accelerator.device}, {accelerator.num_processes} process(es), precision {run.precision}"
         + (", unpadded batches" if t.unpadded else "")
-        + ("" if accelerator.device.type != "cpu" else f", allocator {allocator.name()}")
+        # A CPU has no fast fp16 matmuls (no AMX-FP16 here): fp16 there is for trying the GPU's code path.
+        + (" (slow on a CPU: bf16 or no train faster)" if run.precision == "fp16" and cpu else "")
+        + (f", allocator {allocator.name()}" if cpu else "")
     )
 
 
@@ -923,6 +926,8 @@ def calibrate(run: Run, decisions: dict[str, dict[str, Any]]) -> dict[str, Any]:
     line += f"{report['loss_after']:.4f}"
     if not multi:
         line += f", ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}"
+        if temperature == 1.0:  # (fit_temperature's answer when every validation prediction is right)
+            line += " (every validation prediction is right: no temperature to fit, T stays 1)"
     run.log(line)
     run.accelerator.wait_for_everyone()
     if run.main:

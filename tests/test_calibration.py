@@ -49,6 +49,18 @@ def test_multilabel_fit_is_per_label_and_skips_one_class_labels():
     assert temps[0] == pytest.approx(0.5, rel=0.05) and temps[1] == pytest.approx(2.0, rel=0.05) and temps[2] == 1.0
 
 
+def test_a_validation_split_with_every_decision_right_keeps_t_at_1():
+    """The NLL of separable predictions falls forever as T shrinks: the fit would sit at its bound (T 0.018 made
+    every test probability 0 or 1 in a user's run) instead of saying there is nothing to fit."""
+    z = np.array([[2.0, 0.0, -1.0], [0.0, 1.5, 0.0], [-1.0, 0.0, 0.5], [3.0, 1.0, 0.0]])
+    gold = z.argmax(1)
+    assert fit_temperature(softmax(z), gold, multi_label=False) == 1.0
+    gold[0] = 1  # one decision wrong: a finite optimum again
+    assert 0.1 < fit_temperature(softmax(z), gold, multi_label=False) < 50
+    multi = (z > 0).astype(int)  # each label's sigmoid decision right in every row
+    assert fit_temperature(1 / (1 + np.exp(-z)), multi, multi_label=True) == [1.0, 1.0, 1.0]
+
+
 def test_folding_divides_the_logits_and_survives_save_and_load(tiny_bert, tmp_path):
     model = BertForTextClassification.from_pretrained(tiny_bert, labels=["a", "b", "c"], seed=0).eval()
     before = model.predict_proba(TEXTS).numpy()
