@@ -12,8 +12,15 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+
+def remove(paths: Iterable[Path]) -> None:
+    """Remove each of these files and folders (one that is not there is fine): a run's, cv's or a sweep's own
+    outputs, before they are written again."""
+    for p in paths:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from bertcls.atomic import atomic_file
+from bertcls.atomic import atomic_file, remove
 from bertcls.config import Config, load_config, resolve_split, to_yaml
 from bertcls.data import Split, split_validation, stratum
 from bertcls.errors import BertclsError, cli_errors, quiet_loading, some
@@ -91,9 +91,7 @@ def prepare_cv_dir(out: Path, overwrite: bool) -> Path:
             f"output.dir {out} already holds cross-validation results ({some(held)}); choose another output.dir or "
             "set output.overwrite=true"
         )
-    for name in CV_FILES:
-        p = out / name
-        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    remove(out / name for name in CV_FILES)
     out.mkdir(parents=True, exist_ok=True)
     return out
 

@@ -316,28 +316,25 @@ class BertForTextClassification(nn.Module):
     ) -> torch.Tensor:
         """The pooled backbone output that the head classifies: (batch, hidden). With ``cu_seqlens`` the batch is
         unpadded: its texts end to end in one row (``bertcls.packing.pack``)."""
-        if cu_seqlens is not None:
-            return self._packed_features(input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen)
-        if attention_mask is None:
+        if attention_mask is None and cu_seqlens is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None and self._takes_token_types:
             kwargs["token_type_ids"] = token_type_ids
         # A fully frozen backbone needs no autograd graph: saves its activations' memory and time.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_fully_frozen):
+            if cu_seqlens is not None:
+                return self._packed_features(kwargs, position_ids, cu_seqlens, max_seqlen)
             outputs = self.backbone(**kwargs)
             return POOLINGS[self.spec.pooling](outputs, attention_mask)
 
-    def _packed_features(self, input_ids, token_type_ids, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
+    def _packed_features(self, kwargs: dict, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
         from bertcls import packing
 
-        kwargs = {"input_ids": input_ids, "position_ids": position_ids, **packing.varlen_kwargs(cu_seqlens, max_seqlen)}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_fully_frozen):
-            with packing.varlen(self.backbone):
-                outputs = self.backbone(**kwargs)
-            return packing.pool(self.backbone, self.spec.pooling, outputs, cu_seqlens)
+        kwargs = {**kwargs, "position_ids": position_ids, **packing.varlen_kwargs(cu_seqlens, max_seqlen)}
+        with packing.varlen(self.backbone):
+            outputs = self.backbone(**kwargs)
+        return packing.pool(self.backbone, self.spec.pooling, outputs, cu_seqlens)
 
     def forward(
         self,

@@ -111,8 +111,7 @@ class NonFiniteLosses:
 
     A step with a non-finite loss makes no update all the same: ``step_unless`` hands fused AdamW the step's
     ``found_inf`` flag, and the kernel leaves the weights and its step counts alone (the way it skips a GradScaler's
-    overflow). Under fp16 the GradScaler sets that flag itself, from the gradients, which a non-finite loss makes
-    non-finite too.
+    overflow). Under fp16 the step's flag joins the GradScaler's own (``step_unless``).
     """
 
     def __init__(self, device: torch.device):

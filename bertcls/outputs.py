@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+from bertcls.atomic import remove
 from bertcls.checkpoint import CHECKPOINTS
 from bertcls.config import Config
 from bertcls.errors import BertclsError
@@ -39,8 +39,7 @@ def check_output_dir(cfg: Config) -> list[Path]:
 def prepare_output_dir(cfg: Config) -> Path:
     """Remove only bertcls's own files from an earlier run (when allowed) and check the folder is writable."""
     out = Path(cfg.output.dir)
-    for p in check_output_dir(cfg):
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    remove(check_output_dir(cfg))
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / ".write_test").touch()

@@ -27,7 +27,6 @@ from bertcls.errors import BertclsError
 
 ATTENTION = "bertcls_varlen"
 POOLINGS = ("cls", "pooler", "mean")
-PACKED_KEYS = ("position_ids", "cu_seqlens", "max_seqlen")
 
 
 def check_supported(backbone, pooling: str) -> None:

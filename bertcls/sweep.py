@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bertcls.atomic import atomic_dir
+from bertcls.atomic import atomic_dir, remove
 from bertcls.config import Config, load_config, resolve_split
 from bertcls.errors import BertclsError, cli_errors, quiet_loading
 from bertcls.metrics import LOWER_IS_BETTER
@@ -147,9 +147,7 @@ def prepare_sweep_dir(cfg: Config) -> Path:
     out = Path(cfg.output.dir)
     default_storage = cfg.sweep.storage is None
     if cfg.output.overwrite and default_storage:
-        for name in (*SWEEP_RESULTS, "study.db", "trials", "sweep.png"):
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        remove(out / name for name in (*SWEEP_RESULTS, "study.db", "trials", "sweep.png"))
     held = [n for n in SWEEP_RESULTS if (out / n).exists()]
     if held and default_storage and not (out / "study.db").exists():
         raise BertclsError(f"output.dir {out} already holds sweep results ({', '.join(held)}); choose another "

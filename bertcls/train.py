@@ -695,11 +695,14 @@ def check_nonfinite(run: Run) -> None:
 def log_train_loss(run: Run) -> None:
     check_nonfinite(run)
     s, accelerator = run.state, run.accelerator
-    if s.running_n <= 0:  # every loss since the last point was non-finite (nan_policy=skip): no point to draw
+    # The finite losses' sum and count over every process, in one collective that every process joins.
+    count = torch.full((), float(s.running_n), device=run.running.device)
+    total, n = accelerator.reduce(torch.stack([run.running, count]), "sum").tolist()
+    if n <= 0:  # every loss since the last point was non-finite (nan_policy=skip): no point to draw
         run.running.zero_()
         s.running_n = 0
         return
-    mean_loss = accelerator.reduce(run.running, "mean").item() / s.running_n
+    mean_loss = total / n
     s.train_loss_curve.append([s.step, mean_loss])
     accelerator.log({"train/loss": mean_loss, "train/lr": run.lr}, step=s.step)
     run.running.zero_()

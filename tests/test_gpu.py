@@ -68,12 +68,11 @@ def test_frozen_run_on_cuda_uses_the_cache_and_lbfgs(tiny_bert, tiny_data, tmp_p
 )
 def test_training_steps_on_cuda_never_wait_for_the_gpu(tiny_bert, tiny_data, tmp_path, extra):
     """The host queues step after step: nothing in a step (the non-finite check included) reads the GPU."""
-    from tqdm.auto import tqdm
+    from bertcls.train import optimizer_step
 
-    from bertcls.train import optimizer_step, setup
+    from .test_amp import set_up
 
-    run = setup(tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", *extra))
-    run.progress = tqdm(disable=True)
+    run = set_up(tiny_bert, tiny_data, tmp_path / "run", *extra)
     batches = iter(run.train_loader)
     optimizer_step(run, [next(batches)])  # the first step creates AdamW's state and the loss scale
     groups = [[next(batches)] for _ in range(3)]
