@@ -41,6 +41,12 @@ from bertcls.tasks import get_task
 # ---------------------------------------------------------------- model
 
 
+def backbone_fully_frozen(freeze_backbone: bool, unfreeze_top_k: int) -> bool:
+    """No backbone weight trains: what the feature cache (``bertcls.cache``) and a forward without gradients need.
+    The one definition, for a model (its property) and for a run's config before the model exists."""
+    return bool(freeze_backbone) and unfreeze_top_k == 0
+
+
 class BertForTextClassification(nn.Module):
     """A BERT-family encoder with a classification head.
 
@@ -120,13 +126,18 @@ class BertForTextClassification(nn.Module):
     def set_trainable(self, freeze_backbone: bool, unfreeze_top_k: int = 0) -> None:
         """Freeze the backbone (head-only training), optionally leaving its top ``unfreeze_top_k`` layers trainable."""
         layers = find_encoder_layers(self.backbone)
+        if unfreeze_top_k and not freeze_backbone:
+            raise BertclsError(
+                f"unfreeze_top_k={unfreeze_top_k} picks the trained layers of a frozen backbone, and this one is not "
+                "frozen (every layer trains): set freeze_backbone=true, or unfreeze_top_k=0"
+            )
         if unfreeze_top_k < 0 or (layers is not None and unfreeze_top_k > len(layers)):
             n = "?" if layers is None else len(layers)
             raise BertclsError(f"unfreeze_top_k must be between 0 and the number of layers ({n}), got {unfreeze_top_k}")
         if unfreeze_top_k and layers is None:
             raise BertclsError("unfreeze_top_k: cannot find the encoder layers of this backbone; use freeze_backbone")
         self.freeze_backbone = bool(freeze_backbone)
-        self.unfreeze_top_k = int(unfreeze_top_k) if freeze_backbone else 0
+        self.unfreeze_top_k = int(unfreeze_top_k)
         self.backbone.requires_grad_(not self.freeze_backbone)
         self._frozen: list[nn.Module] = []
         if self.freeze_backbone:
@@ -184,7 +195,7 @@ class BertForTextClassification(nn.Module):
 
     @property
     def backbone_fully_frozen(self) -> bool:
-        return self.freeze_backbone and self.unfreeze_top_k == 0
+        return backbone_fully_frozen(self.freeze_backbone, self.unfreeze_top_k)
 
     def train(self, mode: bool = True) -> BertForTextClassification:
         # Frozen parts stay in eval mode: dropout in a frozen encoder only adds noise to fixed features.
