@@ -25,6 +25,7 @@ _LAZY = {
     "POOLINGS": "bertcls.model",
     "BertForTextClassification": "bertcls.model",
     "register_pooling": "bertcls.model",
+    "load_checkpoint": "bertcls.model",
 }
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "TextClassificationDataset",
     "apply_init",
     "describe_init",
+    "load_checkpoint",
     "load_split",
     "pad_batch",
     "register_initializer",
@@ -45,7 +47,7 @@ __all__ = [
 if TYPE_CHECKING:
     from bertcls.data import LengthGroupedBatchSampler, TextClassificationDataset, load_split, pad_batch
     from bertcls.init import INITIALIZERS, apply_init, describe_init, register_initializer
-    from bertcls.model import POOLINGS, BertForTextClassification, register_pooling
+    from bertcls.model import POOLINGS, BertForTextClassification, load_checkpoint, register_pooling
 
 
 def __getattr__(name: str) -> Any:

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bertcls.report import view
 from bertcls.tasks import Task, get_task
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None
     card = ModelCard.from_template(
         metadata,
         template_path=str(TEMPLATE),
-        kind=task.kind(n),
+        kind=view(task).kind(n),
         checkpoint=info.get("checkpoint"),
         base_model=_base_model(model, info),
         labels=spec.labels,

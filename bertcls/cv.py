@@ -27,6 +27,7 @@ from bertcls.config import Config, load_config, resolve_split, to_yaml
 from bertcls.data import Split, split_validation, stratum
 from bertcls.errors import BertclsError, cli_errors, quiet_loading, some
 from bertcls.label_issues import LabelIssues, find_label_issues
+from bertcls.report import view
 from bertcls.run_data import RunData, data_seed, load_data
 from bertcls.tasks import Task, get_task
 
@@ -119,7 +120,7 @@ def fold_rows(pool: Split, folds: int, seed: int) -> list[np.ndarray]:
 def run_fold(cfg: Config, data: RunData, held: np.ndarray, fold_dir: Path, k: int) -> tuple[dict, np.ndarray, Any]:
     """Train on the pool without ``held``, validated as the config says (its validation split, or a cut of this
     fold's training rows); returns the fold's record, its held-out probabilities and its decision thresholds."""
-    from bertcls.serialization import load_checkpoint
+    from bertcls.model import load_checkpoint
     from bertcls.train import train
 
     pool = data.train
@@ -200,7 +201,7 @@ def write_outputs(cfg, out, pool, labels, task, probs, fold_of, thresholds, issu
         w = csv.writer(f)
         w.writerow(head + [f"prob_{label}" for label in labels])
         for i, text in enumerate(pool.texts):
-            given, predicted = task.csv_cells(pool.labels[i], decided[i], labels, cfg.data.label_delimiter)
+            given, predicted = view(task).csv_cells(pool.labels[i], decided[i], labels, cfg.data.label_delimiter)
             cells = [int(rows[i]), text, *([pool.text_pairs[i]] if pairs else []), given, int(fold_of[i]), predicted]
             w.writerow(cells + [repr(float(p)) for p in probs[i]])
     if issues is not None:

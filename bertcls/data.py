@@ -13,13 +13,13 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from tqdm.auto import tqdm
 
-from bertcls.errors import BertclsError, label_set, some
+from bertcls.errors import BertclsError
 from bertcls.inference import TOKEN_KEYS, pad_rows, select_tokens
 from bertcls.long_texts import TRUNCATIONS, check_truncation  # noqa: F401 (re-exported)
 from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.tables import COMPRESSIONS, FORMATS, TextColumn, column_values, read_checked, read_table  # noqa: F401 (re-exported)
 from bertcls.tables import text_column as read_texts
-from bertcls.tasks import get_task
+from bertcls.tasks import get_task, label_ids, normalize_label  # noqa: F401 (re-exported)
 from bertcls.token_store import CHUNK_ROWS, TokenStore, cached_tokens, token_key, tokenize
 
 # ---------------------------------------------------------------- reading files and hub datasets
@@ -115,13 +115,6 @@ def drop_empty_texts(split: Split, policy: str = "skip", log=print) -> Split:
     return split.subset([i for i in range(len(split)) if i not in keep])
 
 
-def normalize_label(v: Any) -> Any:
-    # 1.0 read from a float column is the label 1, not "1.0".
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
 # ---------------------------------------------------------------- labels
 
 
@@ -133,15 +126,6 @@ def build_labels(values: Sequence[Any]) -> list[str]:
     unique = set(values)
     ordered = sorted(unique, key=float) if kinds == {"number"} else sorted(unique, key=str)
     return [str(v) for v in ordered]
-
-
-def label_ids(values: Sequence[Any], labels: Sequence[str], source: str = "data") -> list[int]:
-    """Map raw label values to indices of ``labels``; unknown labels are an error naming them."""
-    index = {name: i for i, name in enumerate(labels)}
-    unknown = sorted({str(v) for v in values} - set(index))
-    if unknown:
-        raise BertclsError(f"{source} has label(s) {some(unknown)} that are not in the label set {label_set(labels)}")
-    return [index[str(v)] for v in values]
 
 
 def stratum(value: Any) -> str:

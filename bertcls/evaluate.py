@@ -29,12 +29,13 @@ from bertcls.calibration import uncalibrated
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
 from bertcls.errors import BertclsError, cli_errors, label_set, quiet_loading, some
 from bertcls.metrics import paired_bootstrap
-from bertcls.model import BertForTextClassification
+from bertcls.model import BertForTextClassification, load_checkpoint
 from bertcls.precision import PRECISIONS, check_precision, resolve
+from bertcls.report import format_comparison, format_report, view
 from bertcls.resources import is_packaged
-from bertcls.serialization import checkpoint_task, load_checkpoint
+from bertcls.serialization import checkpoint_task
 from bertcls.tables import COLUMN_OPTIONS, add_column_options
-from bertcls.tasks import Task, format_score, get_task, task_of_metrics
+from bertcls.tasks import Task, get_task
 
 UNKNOWN_LABEL_CHOICES = ("error", "skip")
 CLI_OPTIONS = COLUMN_OPTIONS  # the option a missing column's error names
@@ -215,53 +216,71 @@ def evaluate(
     if not paths:
         raise BertclsError("give at least one checkpoint")
     check_precision(precision)  # before any checkpoint or data loads: a typo costs nothing
-    tasks = {checkpoint_task(p) for p in paths}
-    if len({task for task, _ in tasks}) > 1:
-        raise BertclsError("the checkpoints mix single-label and multi-label classifiers; evaluate them separately")
-    task, saved_delimiter = next(iter(tasks))
-    if isinstance(data, Split):
-        source = data.source or "data"
-    else:
-        source = str(data)
-        data = load_split(
-            source,
-            text_column,
-            label_column,
-            text_pair_column,
-            split=split,
-            option_names=CLI_OPTIONS,
-            task=task,
-            label_delimiter=label_delimiter or saved_delimiter,
-        )
+    columns = (text_column, label_column, text_pair_column)
+    data, source = _read_data(paths, data, split, columns, label_delimiter)
     out = Path(output) if output is not None else Path(paths[0]) / f"eval-{data_name(source, split)}"
     check_report_dir(out, overwrite)
-
-    say = print if verbose else (lambda *_: None)
     folders = [out] if len(paths) == 1 else [out / name for name in unique_names([str(p) for p in paths])]
     options = (batch_size, unknown_labels, device, precision)
-    new_folders = [f for f in (*folders, out) if not f.exists()]
-    try:
-        with contextlib.ExitStack() as renames:
-            # Each predictions.csv is written as its rows are predicted, under a temporary name; all of them are
-            # renamed into place only once every checkpoint has been scored, so a failure leaves no partial report.
-            results = [_score_into(renames, p, folder, data, options, verbose) for p, folder in zip(paths, folders)]
-    except BaseException:
-        for folder in new_folders:  # the report folders this call made, now empty again
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+    results = _score_all(paths, folders, out, data, options, verbose)
     for result, folder in zip(results, folders):
         write_report(result, folder)
+    say = print if verbose else (lambda *_: None)
     if len(results) == 1:
         say(format_report(results[0].metrics))
         say(f"report written to {out}")
         return results[0].metrics
-
     summary = compare(results, [f.name for f in folders], source, len(data), n_resamples, seed)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     say(format_comparison(summary))
     say(f"reports written to {out} (one subfolder per checkpoint)")
     return summary
+
+
+def _read_data(
+    paths: Sequence[str | os.PathLike],
+    data: str | Split,
+    split: str,
+    columns: tuple[str, str, str | None],
+    label_delimiter: str | None,
+) -> tuple[Split, str]:
+    """The labelled split and its name, read as the checkpoints' task reads labels (``columns``: text, label and
+    text-pair column); checkpoints of different tasks are refused first."""
+    tasks = {checkpoint_task(p) for p in paths}
+    if len({task for task, _ in tasks}) > 1:
+        raise BertclsError("the checkpoints mix single-label and multi-label classifiers; evaluate them separately")
+    task, saved_delimiter = next(iter(tasks))
+    if isinstance(data, Split):
+        return data, data.source or "data"
+    text_column, label_column, text_pair_column = columns
+    loaded = load_split(
+        str(data),
+        text_column,
+        label_column,
+        text_pair_column,
+        split=split,
+        option_names=CLI_OPTIONS,
+        task=task,
+        label_delimiter=label_delimiter or saved_delimiter,
+    )
+    return loaded, str(data)
+
+
+def _score_all(
+    paths: Sequence[str | os.PathLike], folders: list[Path], out: Path, data: Split, options: tuple, verbose: bool
+) -> list[CheckpointResult]:
+    """Every checkpoint scored into its folder; on any failure the report folders this call made are removed."""
+    new_folders = [f for f in (*folders, out) if not f.exists()]
+    try:
+        with contextlib.ExitStack() as renames:
+            # Each predictions.csv is written as its rows are predicted, under a temporary name; all of them are
+            # renamed into place only once every checkpoint has been scored, so a failure leaves no partial report.
+            return [_score_into(renames, p, folder, data, options, verbose) for p, folder in zip(paths, folders)]
+    except BaseException:
+        for folder in new_folders:  # the report folders this call made, now empty again
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def _score_into(
@@ -351,7 +370,7 @@ class PredictionRows:
 
     def __init__(self, f, data: Split, model: BertForTextClassification):
         self.writer, self.data, self.model = csv.writer(f), data, model
-        self.task, self.delimiter = get_task(model.task), model.label_delimiter
+        self.view, self.delimiter = view(get_task(model.task)), model.label_delimiter
         columns = ["text", *(["text_pair"] if data.text_pairs is not None else []), "gold", "predicted"]
         self.writer.writerow(columns + [f"prob_{label}" for label in model.labels])
 
@@ -360,7 +379,7 @@ class PredictionRows:
         texts = data.texts[start:stop]
         pairs = data.text_pairs[start:stop] if data.text_pairs is not None else itertools.repeat(None)
         for i, (text, pair) in enumerate(zip(texts, pairs)):
-            gold, guess = self.task.csv_cells(data.labels[start + i], predicted[i], self.model.labels, self.delimiter)
+            gold, guess = self.view.csv_cells(data.labels[start + i], predicted[i], self.model.labels, self.delimiter)
             cells = [text, *([pair] if data.text_pairs is not None else []), gold, guess]
             self.writer.writerow(cells + [repr(float(p)) for p in probs[i]])
 
@@ -373,52 +392,12 @@ def write_report(result: CheckpointResult, out: Path) -> None:
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
     m = result.metrics
     title = f"{'/'.join(Path(result.checkpoint).parts[-2:])} on {m['data']}"
-    result.task.plot_confusion(m, result.labels, out / "confusion_matrix.png", title)
-    if "calibration_bins" in m:  # single-label: confidence against accuracy, before and after calibration
-        from bertcls.plots import plot_reliability
+    from bertcls.plots import plot_confusion, plot_reliability  # matplotlib: only when a report is written
 
+    plot_confusion(result.task, m, result.labels, out / "confusion_matrix.png", title)
+    if "calibration_bins" in m:  # single-label: confidence against accuracy, before and after calibration
         before = m.get("calibration", {}).get("before", {}).get("calibration_bins")
         plot_reliability(m["calibration_bins"], out / "reliability.png", before, title)
-
-
-# ---------------------------------------------------------------- printed tables
-
-
-def format_report(m: dict[str, Any]) -> str:
-    """A readable summary of one checkpoint's metrics: headline numbers, per-class table, confusion matrix (its
-    task's ``format_report``; a metrics dict without a task is single-label)."""
-    return get_task(m.get("task", "single_label")).format_report(m)
-
-
-def format_comparison(summary: dict[str, Any]) -> str:
-    """One row per checkpoint, and the accuracy (multi-label: subset accuracy) difference to the first with its
-    bootstrap interval."""
-    rows = summary["checkpoints"]
-    w = max(10, *(len(r["checkpoint"]) for r in rows)) + 2
-    lines = [f"{len(rows)} checkpoints on {summary['data']}:"]
-    task = task_of_metrics(rows[0])
-    keys, names, compared = task.summary, task.summary_names, task.compared_name
-    width = max(9, *(len(n) + 1 for n in names))
-    header = "".join(f"{n:>{width}}" for n in names)
-    lines.append(f"{'checkpoint':<{w}}{header}   {compared} vs first [95% CI]")
-    for i, r in enumerate(rows):
-        line = f"{r['checkpoint']:<{w}}" + "".join(format_score(r[k], width) for k in keys)
-        if i == 0:
-            line += "   (baseline)"
-        else:
-            c = summary["comparisons"][i - 1]
-            verdict = "likely real" if c["ci_low"] > 0 or c["ci_high"] < 0 else "within noise"
-            line += f"   {c['accuracy_difference']:+.4f} [{c['ci_low']:+.4f}, {c['ci_high']:+.4f}] {verdict}"
-        lines.append(line)
-    c0 = summary["comparisons"][0]
-    lines.append(
-        f"(paired bootstrap, {c0['n_resamples']} resamples, seed {c0['seed']}; an interval that excludes 0 suggests "
-        "a real difference)"
-    )
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- command line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

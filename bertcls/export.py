@@ -34,7 +34,7 @@ from torch import nn
 from bertcls.atomic import atomic_dir
 from bertcls.card import write_model_card
 from bertcls.errors import BertclsError, check_parent, cli_errors, label_set, quiet_loading, some
-from bertcls.model import BertForTextClassification
+from bertcls.model import BertForTextClassification, load_checkpoint
 from bertcls.onnx_predict import (
     ONNX_CONFIG_NAME,
     ONNX_FORMAT_VERSION,
@@ -42,7 +42,6 @@ from bertcls.onnx_predict import (
     TOKENIZER_FILE,
     OnnxClassifier,
 )
-from bertcls.serialization import load_checkpoint
 from bertcls.tables import add_column_options, column_args
 from bertcls.tasks import get_task
 

@@ -5,150 +5,46 @@ transformers v5, ``post_init``/``from_pretrained`` re-initialize custom modules 
 46620, 42418), which would silently replace the head initializer the user chose. Here the head is initialized by
 bertcls alone, after the backbone is loaded, and never touched by transformers.
 
-This module is the maths only: saving and loading live in ``bertcls.serialization`` (``save_pretrained`` and
-``from_pretrained`` below hand over to it), the CPU speed tricks in ``bertcls.speed`` (applied by whoever builds a
-model to train or predict with), model cards in ``bertcls.card``.
+This module is the model and its ways in and out: the head's parts (pooling registry, ``HeadSpec``, the head
+module) live in ``bertcls.heads``, the files in ``bertcls.serialization`` (``save_pretrained``, ``from_pretrained`` and
+``load_checkpoint`` here hand over to it, passing the class: serialization never imports the model), the CPU speed
+tricks in ``bertcls.speed`` (``load_checkpoint`` applies them), model cards in ``bertcls.card``.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.activations import ACT2FN
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from bertcls import serialization, speed
 from bertcls.errors import BertclsError
-from bertcls.init import InitSpec, apply_init, init_tensor, parse_init, warn_if_symmetric
-from bertcls.multilabel import DEFAULT_DELIMITER, check_task, check_thresholds
-from bertcls.registry import Registry
+from bertcls.heads import (  # noqa: F401 (POOLINGS, register_pooling, HeadSpec... re-exported: their old home)
+    FIRST_TOKEN_POOLINGS,
+    POOLINGS,
+    ClassificationHead,
+    HeadSpec,
+    find_encoder_layers,
+    register_pooling,
+)
+from bertcls.init import apply_init
+from bertcls.multilabel import DEFAULT_DELIMITER, check_thresholds
 from bertcls.tasks import get_task
-
-# ---------------------------------------------------------------- pooling registry
-
-PoolFn = Callable[[Any, torch.Tensor], torch.Tensor]
-POOLINGS: Registry[PoolFn] = Registry("pooling")
-
-
-def register_pooling(name: str) -> Callable[[PoolFn], PoolFn]:
-    """Decorator: ``fn(backbone_outputs, attention_mask) -> (batch, hidden)`` becomes pooling ``name``."""
-    return POOLINGS.register(name)
-
-
-@register_pooling("cls")
-def pool_cls(outputs, attention_mask: torch.Tensor) -> torch.Tensor:
-    return outputs.last_hidden_state[:, 0]
-
-
-@register_pooling("pooler")
-def pool_pooler(outputs, attention_mask: torch.Tensor) -> torch.Tensor:
-    # BERT's pooler (dense + tanh over [CLS]), what transformers' BertForSequenceClassification classifies.
-    pooled = getattr(outputs, "pooler_output", None)
-    if pooled is None:
-        raise BertclsError("pooling 'pooler' needs a backbone with a pooler layer (BERT); use 'cls' or 'mean'")
-    return pooled
-
-
-# Poolings that read the top layer at position 0 only (bertcls.speed.toplayer then computes only that position).
-FIRST_TOKEN_POOLINGS = ("cls", "pooler")
-
-
-@register_pooling("mean")
-def pool_mean(outputs, attention_mask: torch.Tensor) -> torch.Tensor:
-    mask = attention_mask.unsqueeze(-1).to(outputs.last_hidden_state.dtype)
-    return (outputs.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
-def check_choice(kind: str, value: str, valid: Sequence[str]) -> None:
-    if value not in valid:
-        raise BertclsError(f"unknown {kind} '{value}'; valid: {', '.join(sorted(valid))}")
-
-
-# ---------------------------------------------------------------- head
-
-
-@dataclass
-class HeadSpec:
-    """Everything that defines the head; saved in the checkpoint's JSON so the model can be rebuilt."""
-
-    labels: list[str]
-    pooling: str = "cls"
-    dropout: float = 0.1
-    hidden_sizes: list[int] = field(default_factory=list)
-    activation: str = "gelu"
-    head_init: InitSpec = "xavier_uniform"
-    bias_init: InitSpec = "zeros"
-    # single_label: softmax over the labels, one label per text; multi_label: a sigmoid per label, a set per text.
-    task: str = "single_label"
-
-    def __post_init__(self) -> None:
-        check_task(self.task)
-        if len(self.labels) < 2:
-            raise BertclsError(f"a classifier needs at least 2 labels, got {self.labels!r}")
-        if len(set(self.labels)) != len(self.labels):
-            raise BertclsError(f"labels must be unique, got {self.labels!r}")
-        check_choice("pooling", self.pooling, list(POOLINGS))
-        check_choice("activation", self.activation, list(ACT2FN))
-        if not 0.0 <= self.dropout < 1.0:
-            raise BertclsError(f"dropout must be in [0, 1), got {self.dropout}")
-        # The initializers are not checked here: a saved head is loaded, never re-initialized, so a checkpoint made
-        # with a user's own initializer loads where that initializer is not registered (check_inits: new heads).
-        self.labels = [str(label) for label in self.labels]
-        self.hidden_sizes = [int(h) for h in self.hidden_sizes]
-        if isinstance(self.head_init, dict) or hasattr(self.head_init, "items"):
-            self.head_init = dict(self.head_init)
-
-    def check_inits(self) -> None:
-        """Raise BertclsError if head_init or bias_init is not a registered initializer with valid parameters."""
-        parse_init(self.head_init)
-        parse_init(self.bias_init)
-
-
-class ClassificationHead(nn.Module):
-    """dropout -> [Linear -> activation -> dropout] * len(hidden_sizes) -> Linear(num_labels)."""
-
-    def __init__(self, in_features: int, spec: HeadSpec):
-        super().__init__()
-        layers: list[nn.Module] = [nn.Dropout(spec.dropout)]
-        width = in_features
-        for h in spec.hidden_sizes:
-            layers += [nn.Linear(width, h), ACT2FN[spec.activation], nn.Dropout(spec.dropout)]
-            width = h
-        layers.append(nn.Linear(width, len(spec.labels)))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.layers(pooled)
-
-    def reset_parameters(self, spec: HeadSpec, initializer_range: float, generator: torch.Generator | None) -> None:
-        spec.check_inits()
-        linears = [m for m in self.layers if isinstance(m, nn.Linear)]
-        if len(linears) > 1:
-            warn_if_symmetric(spec.head_init, "head_init on a head with hidden layers")
-        for lin in linears:
-            # 'bert' and other std-taking initializers default to the backbone's initializer_range.
-            init_tensor(lin.weight, spec.head_init, generator, std=initializer_range)
-            init_tensor(lin.bias, spec.bias_init, generator, std=initializer_range)
-
 
 # ---------------------------------------------------------------- model
 
 
-def find_encoder_layers(backbone: nn.Module) -> nn.ModuleList | None:
-    for path in ("encoder.layer", "transformer.layer", "encoder.layers", "layers"):
-        obj: Any = backbone
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-        if isinstance(obj, nn.ModuleList):
-            return obj
-    return None
+def backbone_fully_frozen(freeze_backbone: bool, unfreeze_top_k: int) -> bool:
+    """No backbone weight trains: what the feature cache (``bertcls.cache``) and a forward without gradients need.
+    The one definition, for a model (its property) and for a run's config before the model exists."""
+    return bool(freeze_backbone) and unfreeze_top_k == 0
 
 
 class BertForTextClassification(nn.Module):
@@ -230,13 +126,18 @@ class BertForTextClassification(nn.Module):
     def set_trainable(self, freeze_backbone: bool, unfreeze_top_k: int = 0) -> None:
         """Freeze the backbone (head-only training), optionally leaving its top ``unfreeze_top_k`` layers trainable."""
         layers = find_encoder_layers(self.backbone)
+        if unfreeze_top_k and not freeze_backbone:
+            raise BertclsError(
+                f"unfreeze_top_k={unfreeze_top_k} picks the trained layers of a frozen backbone, and this one is not "
+                "frozen (every layer trains): set freeze_backbone=true, or unfreeze_top_k=0"
+            )
         if unfreeze_top_k < 0 or (layers is not None and unfreeze_top_k > len(layers)):
             n = "?" if layers is None else len(layers)
             raise BertclsError(f"unfreeze_top_k must be between 0 and the number of layers ({n}), got {unfreeze_top_k}")
         if unfreeze_top_k and layers is None:
             raise BertclsError("unfreeze_top_k: cannot find the encoder layers of this backbone; use freeze_backbone")
         self.freeze_backbone = bool(freeze_backbone)
-        self.unfreeze_top_k = int(unfreeze_top_k) if freeze_backbone else 0
+        self.unfreeze_top_k = int(unfreeze_top_k)
         self.backbone.requires_grad_(not self.freeze_backbone)
         self._frozen: list[nn.Module] = []
         if self.freeze_backbone:
@@ -294,7 +195,7 @@ class BertForTextClassification(nn.Module):
 
     @property
     def backbone_fully_frozen(self) -> bool:
-        return self.freeze_backbone and self.unfreeze_top_k == 0
+        return backbone_fully_frozen(self.freeze_backbone, self.unfreeze_top_k)
 
     def train(self, mode: bool = True) -> BertForTextClassification:
         # Frozen parts stay in eval mode: dropout in a frozen encoder only adds noise to fixed features.
@@ -411,9 +312,7 @@ class BertForTextClassification(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike, card_info: dict[str, Any] | None = None) -> Path:
         """Write a checkpoint folder: see ``bertcls.serialization.save_pretrained``."""
-        from bertcls.serialization import save_pretrained
-
-        return save_pretrained(self, directory, card_info)
+        return serialization.save_pretrained(self, directory, card_info)
 
     @classmethod
     def from_pretrained(
@@ -426,13 +325,18 @@ class BertForTextClassification(nn.Module):
         Raises:
             BertclsError: missing folder, pickle-only weights, corrupt checkpoint, missing labels, bad options.
         """
-        from bertcls.serialization import from_pretrained
-
-        return from_pretrained(name_or_path, labels, **options)
+        return serialization.from_pretrained(name_or_path, labels, model_class=cls, **options)
 
 
-def load_checkpoint(path: str | os.PathLike) -> BertForTextClassification:
-    """A saved bertcls checkpoint, ready for prediction: see ``bertcls.serialization.load_checkpoint``."""
-    from bertcls.serialization import load_checkpoint
+def load_checkpoint(path: str | os.PathLike, speedups: bool = True) -> BertForTextClassification:
+    """A saved bertcls checkpoint, for the tools that only use one (evaluate, predict, export): a plain backbone
+    folder is an error here rather than a request for a new head. ``speedups``: apply ``bertcls.speed`` (same
+    predictions, faster on CPU).
 
-    return load_checkpoint(path)
+    Raises:
+        BertclsError: the folder is missing, is not a bertcls checkpoint, or is corrupt.
+    """
+    model = BertForTextClassification.from_pretrained(serialization.checkpoint_folder(path))
+    if speedups:
+        speed.apply(model)
+    return model

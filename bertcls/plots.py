@@ -14,7 +14,26 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from bertcls.tasks import task_of_metrics
+from bertcls.tasks import Task, task_of_metrics
+
+# What a learning-curve plot's score panel shows per task: its title, and (metric, line style, colour, legend) each.
+CURVES: dict[str, tuple[str, list[tuple[str, str, str, str]]]] = {
+    "single_label": (
+        "accuracy and macro F1",
+        [
+            ("accuracy", "o-", "tab:green", "validation accuracy"),
+            ("macro_f1", "s--", "tab:purple", "validation macro F1"),
+        ],
+    ),
+    "multi_label": (
+        "micro / macro F1 and subset accuracy",
+        [
+            ("micro_f1", "o-", "tab:green", "validation micro F1"),
+            ("subset_accuracy", "^:", "tab:olive", "validation subset accuracy"),
+            ("macro_f1", "s--", "tab:purple", "validation macro F1"),
+        ],
+    ),
+}
 
 
 def plot_confusion_matrix(
@@ -88,6 +107,13 @@ def plot_multilabel_confusion(
     return _save(fig, path)
 
 
+def plot_confusion(task: Task, m: dict[str, Any], labels: Sequence[str], path: str | os.PathLike, title: str) -> Path:
+    """The confusion matrix of an evaluation's metrics: one matrix, or for a per-label task one 2x2 per label."""
+    if task.per_label:
+        return plot_multilabel_confusion(m["confusion_matrices"], path, title=title)
+    return plot_confusion_matrix(m["confusion_matrix"], labels, path, title=title)
+
+
 def plot_curves(metrics: dict[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
     """Draw learning curves from a run's ``metrics.json`` content and save them as ``path``.
 
@@ -102,13 +128,13 @@ def plot_curves(metrics: dict[str, Any], path: str | os.PathLike, title: str | N
     records = [h for h in metrics.get("history") or [] if h.get("validation")]
     steps = [h["step"] for h in records]
     val = lambda key: [h["validation"].get(key, np.nan) for h in records]  # noqa: E731
-    task = task_of_metrics(records[0]["validation"] if records else {})
+    curve_title, curves = CURVES[task_of_metrics(records[0]["validation"] if records else {}).name]
 
     if len(train_curve):
         ax_loss.plot(train_curve[:, 0], train_curve[:, 1], color="tab:blue", label="training loss")
     if records:
         ax_loss.plot(steps, val("loss"), "o-", color="tab:orange", label="validation loss")
-        for key, style, colour, legend in task.curve_scores():
+        for key, style, colour, legend in curves:
             ax_score.plot(steps, val(key), style, color=colour, label=legend)
     else:
         ax_score.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=ax_score.transAxes)
@@ -118,7 +144,7 @@ def plot_curves(metrics: dict[str, Any], path: str | os.PathLike, title: str | N
         for ax in (ax_loss, ax_score):
             ax.axvline(best, color="grey", linestyle=":", label=f"best checkpoint (step {best})")
     ax_loss.set(xlabel="optimizer step", ylabel="cross-entropy loss", title="loss")
-    ax_score.set(xlabel="optimizer step", ylabel="score", title=f"validation {task.curve_title}")
+    ax_score.set(xlabel="optimizer step", ylabel="score", title=f"validation {curve_title}")
     for ax in (ax_loss, ax_score):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -21,6 +21,7 @@ from bertcls.errors import BertclsError, check_parent, cli_errors, quiet_loading
 from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.onnx_predict import OnnxClassifier, is_onnx_export
 from bertcls.precision import PRECISIONS, check_precision
+from bertcls.report import view
 from bertcls.tables import texts_of
 from bertcls.tasks import Task, get_task
 
@@ -125,12 +126,12 @@ def write_predictions(
             )
             if csv_out:
                 writer = writer or _csv_writer(
-                    f, table.column_names, model.labels, task.output_fields(preds[0], delimiter)
+                    f, table.column_names, model.labels, view(task).output_fields(preds[0], delimiter)
                 )
                 _write_csv_rows(writer, rows, preds, model.labels, task, delimiter)
             else:
                 for row, p in zip(rows, preds):
-                    record = {**row, **task.output_fields(p), "probabilities": _cut(p, top_k)["probabilities"]}
+                    record = {**row, **view(task).output_fields(p), "probabilities": _cut(p, top_k)["probabilities"]}
                     f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
             if on_chunk is not None:
                 on_chunk([_cut(p, top_k) for p in preds])
@@ -148,7 +149,7 @@ def load_predictor(path: str | os.PathLike) -> Classifier:
     """
     if is_onnx_export(path):
         return OnnxClassifier.from_folder(path)
-    from bertcls.serialization import load_checkpoint
+    from bertcls.model import load_checkpoint
 
     quiet_loading()
     return load_checkpoint(path)
@@ -178,7 +179,7 @@ def _write_csv_rows(
 ) -> None:
     for row, p in zip(rows, preds):
         probs = {f"prob_{label}": p["probabilities"][label] for label in labels}
-        writer.writerow({**row, **task.output_fields(p, delimiter), **probs})
+        writer.writerow({**row, **view(task).output_fields(p, delimiter), **probs})
 
 
 def check_sizes(batch_size: int, top_k: int | None) -> None:

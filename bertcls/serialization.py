@@ -3,6 +3,7 @@
 A checkpoint folder holds ``model.safetensors`` (every weight, backbone and head), ``bertcls_config.json`` (the
 head's spec, the backbone's config and how texts are read), the tokenizer's files and a ``README.md`` model card.
 Weights are read from safetensors only: bertcls never unpickles a file, because unpickling can run code.
+``bertcls.model`` calls these with its class (``model_class``): this module builds models without importing them.
 """
 
 from __future__ import annotations
@@ -12,18 +13,21 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from bertcls.atomic import atomic_dir
 from bertcls.errors import BertclsError, first_line
+from bertcls.heads import POOLINGS, HeadSpec
 from bertcls.init import InitSpec
-from bertcls.model import POOLINGS, BertForTextClassification, HeadSpec
 from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.resources import is_packaged, packaged_model_dir
 from bertcls.tasks import get_task
+
+if TYPE_CHECKING:  # the model imports this module, never the other way round
+    from bertcls.model import BertForTextClassification
 
 CONFIG_NAME = "bertcls_config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -89,10 +93,12 @@ def from_pretrained(
     seed: int | None = None,
     attn_implementation: str | None = "sdpa",
     task: str | None = None,
+    model_class: type[BertForTextClassification],
 ) -> BertForTextClassification:
     """Load a saved bertcls checkpoint, or a pretrained backbone (folder, hub name or ``packaged:...``) with a new
     head for ``labels``; ``task`` is ``single_label`` (the default for a new head) or ``multi_label`` (for a
-    checkpoint: checked against the one it was trained for). ``BertForTextClassification.from_pretrained`` is this.
+    checkpoint: checked against the one it was trained for). ``BertForTextClassification.from_pretrained`` calls this
+    with its class as ``model_class``.
 
     Raises:
         BertclsError: missing folder, pickle-only weights, corrupt checkpoint, missing labels, bad options.
@@ -102,7 +108,7 @@ def from_pretrained(
         name = str(packaged_model_dir(name))
     path = Path(name).expanduser()
     if (path / CONFIG_NAME).is_file():
-        model = _load_checkpoint(path)
+        model = _load_checkpoint(path, model_class)
         if labels is not None and list(map(str, labels)) != model.labels:
             raise BertclsError(
                 f"checkpoint {path} was trained for labels {model.labels}, not {list(labels)}; "
@@ -129,16 +135,15 @@ def from_pretrained(
     )
     spec.check_inits()  # before the backbone loads: a typo costs nothing
     backbone, tokenizer = load_backbone(name, attn_implementation)
-    return BertForTextClassification(backbone, tokenizer, spec, bool(freeze_backbone), unfreeze_top_k, max_length, seed)
+    return model_class(backbone, tokenizer, spec, bool(freeze_backbone), unfreeze_top_k, max_length, seed)
 
 
-def load_checkpoint(path: str | os.PathLike, speedups: bool = True) -> BertForTextClassification:
-    """A saved bertcls checkpoint, for the tools that only use one (evaluate, predict, export): a plain backbone
-    folder is an error here rather than a request for a new head. ``speedups``: apply ``bertcls.speed`` (same
-    predictions, faster on CPU).
+def checkpoint_folder(path: str | os.PathLike) -> Path:
+    """``path`` as a checkpoint folder, for the tools that only use one (``bertcls.model.load_checkpoint``): a plain
+    backbone folder is an error here rather than a request for a new head.
 
     Raises:
-        BertclsError: the folder is missing, is not a bertcls checkpoint, or is corrupt.
+        BertclsError: the folder is missing or is not a bertcls checkpoint.
     """
     folder = Path(path).expanduser()
     if folder.is_file():
@@ -150,12 +155,7 @@ def load_checkpoint(path: str | os.PathLike, speedups: bool = True) -> BertForTe
             f"{folder} is not a bertcls checkpoint (no {CONFIG_NAME}); give a folder written by bertcls.train "
             "(e.g. runs/default/best) or by model.save_pretrained"
         )
-    model = from_pretrained(folder)
-    if speedups:
-        from bertcls import speed
-
-        speed.apply(model)
-    return model
+    return folder
 
 
 def checkpoint_task(path: str | os.PathLike) -> tuple[str, str]:
@@ -268,9 +268,9 @@ def _saved_temperature(value: Any, num_labels: int, path: Path) -> float | list[
     return value if value is None or isinstance(value, list) else float(value)
 
 
-def _load_checkpoint(path: Path) -> BertForTextClassification:
+def _load_checkpoint(path: Path, model_class: type[BertForTextClassification]) -> BertForTextClassification:
     config, spec, state, tokenizer = _read_checkpoint(path)
-    model = BertForTextClassification(
+    model = model_class(
         _backbone_from_config(path, config["backbone_config"]),
         tokenizer,
         spec,

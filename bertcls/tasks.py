@@ -11,10 +11,29 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bertcls.errors import BertclsError, label_set, some
+
+# What a label value is, read from a file (bertcls.data reads the files and calls these through the task).
+
+
+def normalize_label(v: Any) -> Any:
+    # 1.0 read from a float column is the label 1, not "1.0".
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def label_ids(values: Sequence[Any], labels: Sequence[str], source: str = "data") -> list[int]:
+    """Map raw label values to indices of ``labels``; unknown labels are an error naming them."""
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = sorted({str(v) for v in values} - set(index))
+    if unknown:
+        raise BertclsError(f"{source} has label(s) {some(unknown)} that are not in the label set {label_set(labels)}")
+    return [index[str(v)] for v in values]
 
 
 class Task:
@@ -25,11 +44,8 @@ class Task:
     headline: tuple[str, ...]  # the numbers a log line shows
     summary: tuple[str, ...]  # the columns of `bertcls.evaluate`'s comparison table
     compared: str  # the score checkpoints are compared on, row by row (paired bootstrap)
-    summary_names: tuple[str, ...]  # the titles of `summary` in the printed comparison
-    compared_name: str  # `compared` in words
     per_label: bool  # a decision per label (a sigmoid and a threshold each) rather than one label per text
     hf_problem_type: str  # transformers' `config.problem_type` of an exported BertForSequenceClassification
-    curve_title: str
 
     @property
     def default_metric(self) -> str:
@@ -71,18 +87,6 @@ class Task:
         """The labels a prediction dict (``prediction_dicts``) predicts."""
         return [prediction["label"]]
 
-    def output_fields(self, prediction: Mapping[str, Any], delimiter: str | None = None) -> dict[str, Any]:
-        """A prediction's fields in an output file: ``predicted`` and its score(s); with ``delimiter`` (a CSV cell)
-        a label set is one string."""
-        return {"predicted": prediction["label"], "score": prediction["score"]}
-
-    def curve_scores(self) -> list[tuple[str, str, str, str]]:
-        """The validation scores a learning-curve plot draws: (metric, line style, colour, legend) each."""
-        return [
-            ("accuracy", "o-", "tab:green", "validation accuracy"),
-            ("macro_f1", "s--", "tab:purple", "validation macro F1"),
-        ]
-
     def tally(self, model):
         """Empty metric counts for ``model`` (``tally_of`` its labels and thresholds): evaluation adds chunks of rows
         to them."""
@@ -101,46 +105,18 @@ class Task:
         return self.same(predicted, gold) & self.known(gold)
 
 
-def _precision_note(m: Mapping[str, Any]) -> str:
-    precision = m.get("precision")
-    return "" if precision is None else f", precision {'full (fp32)' if precision == 'no' else precision}"
-
-
-def _report_title(m: Mapping[str, Any], tag: str = "") -> str:
-    """The first line of a printed report: checkpoint, data, examples, precision and the rows left out."""
-    line = f"{m['checkpoint']} on {m['data']}: {m['num_examples']} examples{tag}{_precision_note(m)}"
-    if m["unknown_labels"]["count"]:
-        skipped = ", ".join(f"'{k}' x{n}" for k, n in m["unknown_labels"]["labels"].items())
-        line += f" ({m['unknown_labels']['count']} rows skipped, labels unknown to the checkpoint: {skipped})"
-    return line
-
-
-def format_score(value: float | None, width: int = 9) -> str:
-    """A score right-aligned in ``width`` characters with four decimals; ``n/a`` for None or NaN."""
-    if value is None or math.isnan(value):
-        return f"{'n/a':>{width}}"
-    return f"{value:>{width}.4f}"
-
-
 class SingleLabel(Task):
     name = "single_label"
     metrics = ("accuracy", "macro_f1", "loss")
     headline = ("loss", "accuracy", "macro_f1")
     summary = ("accuracy", "macro_f1", "loss", "ece")
     compared = "accuracy"
-    summary_names = ("accuracy", "macro F1", "loss", "ECE")
-    compared_name = "accuracy"
     per_label = False
-    curve_title = "accuracy and macro F1"  # what a learning-curve plot's score panel shows
     hf_problem_type = "single_label_classification"
 
     def uniform_loss(self, num_labels: int) -> float:
         """The loss of predicting every label equally likely: ln(num_labels) for softmax over the labels."""
         return math.log(num_labels)
-
-    def kind(self, num_labels: int) -> str:
-        """What the model is, for its card."""
-        return f"{num_labels}-class text classifier"
 
     def check_config(self, cfg) -> None:
         """Refuse the options that only mean something for a multi-label task (never silently ignored)."""
@@ -155,7 +131,6 @@ class SingleLabel(Task):
 
     def read_labels(self, values: Sequence[Any], source: str, delimiter: str) -> list[Any]:
         """A label column as read from a file: a missing label is an error naming its file lines."""
-        from bertcls.data import normalize_label
         from bertcls.errors import BertclsError
 
         missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
@@ -167,8 +142,6 @@ class SingleLabel(Task):
         return [normalize_label(v) for v in values]
 
     def targets(self, values: Sequence[Any], labels: Sequence[str], source: str = "data") -> list[int]:
-        from bertcls.data import label_ids
-
         return label_ids(values, labels, source)
 
     def gold_rows(self, values: Sequence[Any], labels: Sequence[str], delimiter: str) -> tuple[np.ndarray, Counter]:
@@ -233,48 +206,6 @@ class SingleLabel(Task):
         """Every metric ``bertcls.evaluate`` reports (``bertcls.metrics.classification_report``), from a tally."""
         return tally.report(model.labels)
 
-    def csv_cells(self, value: Any, predicted, labels: Sequence[str], delimiter: str) -> tuple[Any, str]:
-        """The ``gold`` and ``predicted`` cells of a predictions row: the gold as read, the predicted label's name."""
-        return value, labels[predicted]
-
-    def plot_confusion(self, m: Mapping[str, Any], labels: Sequence[str], path: Path, title: str) -> None:
-        from bertcls.plots import plot_confusion_matrix
-
-        plot_confusion_matrix(m["confusion_matrix"], labels, path, title=title)
-
-    def format_report(self, m: Mapping[str, Any]) -> str:
-        """Headline numbers, per-class table, confusion matrix."""
-        labels = list(m["labels"])
-        lines = [_report_title(m)]
-        head = (
-            f"accuracy {m['accuracy']:.4f}   macro F1 {m['macro_f1']:.4f}   loss {m['loss']:.4f}   ECE {m['ece']:.4f}"
-        )
-        if "roc_auc" in m:
-            auc, ap = format_score(m["roc_auc"], 0).strip(), format_score(m["average_precision"], 0).strip()
-            head += f"   ROC-AUC {auc}   AP {ap} (positive: {m['positive_label']})"
-        lines.append(head)
-        if "calibration" in m:
-            c = m["calibration"]
-            lines.append(
-                f"calibrated (temperature {c['temperature']:.3f}); before calibration: loss {c['before']['loss']:.4f}"
-                f"   ECE {c['before']['ece']:.4f}"
-            )
-        lines.append("")
-        w = max(12, *(len(label) for label in labels)) + 2
-        lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}")
-        for label in labels:
-            c = m["per_class"][label]
-            lines.append(f"{label:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}")
-        for avg in ("macro", "micro", "weighted"):
-            a = m[avg]
-            lines.append(f"{avg + ' avg':<{w}}{a['precision']:>10.4f}{a['recall']:>10.4f}{a['f1']:>10.4f}")
-        lines += ["", "confusion matrix (rows = gold, columns = predicted):"]
-        cw = max(8, *(len(label) + 1 for label in labels))
-        lines.append(f"{'':<{w}}" + "".join(f"{label:>{cw}}" for label in labels))
-        for label, row in zip(labels, m["confusion_matrix"]):
-            lines.append(f"{label:<{w}}" + "".join(f"{n:>{cw}}" for n in row))
-        return "\n".join(lines)
-
 
 class MultiLabel(Task):
     name = "multi_label"
@@ -282,10 +213,7 @@ class MultiLabel(Task):
     headline = ("loss", "micro_f1", "macro_f1", "subset_accuracy", "hamming_loss")
     summary = ("subset_accuracy", "micro_f1", "macro_f1", "hamming_loss", "loss")
     compared = "subset_accuracy"
-    summary_names = ("subset acc", "micro F1", "macro F1", "Hamming", "loss")
-    compared_name = "subset accuracy"
     per_label = True
-    curve_title = "micro / macro F1 and subset accuracy"
     hf_problem_type = "multi_label_classification"
 
     def uniform_loss(self, num_labels: int) -> float:
@@ -294,10 +222,6 @@ class MultiLabel(Task):
 
     def label_values(self, values: Sequence[Any]) -> list[Any]:
         return [v for s in values for v in s]
-
-    def kind(self, num_labels: int) -> str:
-        """What the model is, for its card."""
-        return f"multi-label text classifier over {num_labels} labels"
 
     def check_config(self, cfg) -> None:
         """Refuse the options that only mean something for a single-label task (never silently ignored)."""
@@ -399,46 +323,6 @@ class MultiLabel(Task):
         delimiter its label sets are written with."""
         return {**tally.report(model.labels), "label_delimiter": model.label_delimiter}
 
-    def csv_cells(self, value: Any, predicted, labels: Sequence[str], delimiter: str) -> tuple[str, str]:
-        """The ``gold`` and ``predicted`` cells of a predictions row: label sets joined by ``delimiter``."""
-        from bertcls.multilabel import join_labels, parse_label_set
-
-        gold = join_labels(parse_label_set(value, delimiter), delimiter)
-        return gold, join_labels([labels[j] for j in np.flatnonzero(predicted)], delimiter)
-
-    def plot_confusion(self, m: Mapping[str, Any], labels: Sequence[str], path: Path, title: str) -> None:
-        """One 2x2 confusion matrix per label."""
-        from bertcls.plots import plot_multilabel_confusion
-
-        plot_multilabel_confusion(m["confusion_matrices"], path, title=title)
-
-    def format_report(self, m: Mapping[str, Any]) -> str:
-        """Headline numbers, per-label precision / recall / F1 / support / threshold, and per-label decision counts."""
-        labels = list(m["labels"])
-        lines = [_report_title(m, " (multi-label)")]
-        lines.append(
-            f"micro F1 {m['micro_f1']:.4f}   macro F1 {m['macro_f1']:.4f}   subset accuracy {m['subset_accuracy']:.4f}"
-            f"   Hamming loss {m['hamming_loss']:.4f}   loss {m['loss']:.4f}"
-        )
-        lines.append("")
-        w = max(12, *(len(label) for label in labels)) + 2
-        lines.append(f"{'':<{w}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}{'threshold':>11}")
-        for label in labels:
-            c = m["per_class"][label]
-            lines.append(
-                f"{label:<{w}}{c['precision']:>10.4f}{c['recall']:>10.4f}{c['f1']:>10.4f}{c['support']:>10}"
-                f"{c['threshold']:>11.4f}"
-            )
-        for avg in ("micro", "macro", "weighted", "samples"):
-            a = m[avg]
-            lines.append(f"{avg + ' avg':<{w}}{a['precision']:>10.4f}{a['recall']:>10.4f}{a['f1']:>10.4f}")
-        lines += ["", "per label (tp = predicted and gold, fp = predicted only, fn = gold only, tn = neither):"]
-        lines.append(f"{'':<{w}}{'tp':>8}{'fp':>8}{'fn':>8}{'tn':>8}")
-        for label in labels:
-            (tn, fp), (fn, tp) = m["confusion_matrices"][label]
-            lines.append(f"{label:<{w}}{tp:>8}{fp:>8}{fn:>8}{tn:>8}")
-        return "\n".join(lines)
-
     def decision_state(self, model) -> dict[str, Any]:
         return {"thresholds": dict(zip(model.labels, model.thresholds, strict=True))}
 
@@ -466,20 +350,6 @@ class MultiLabel(Task):
 
     def chosen_labels(self, prediction: Mapping[str, Any]) -> list[str]:
         return list(prediction["labels"])
-
-    def output_fields(self, prediction: Mapping[str, Any], delimiter: str | None = None) -> dict[str, Any]:
-        from bertcls.multilabel import join_labels
-
-        if delimiter is not None:  # the label set in one cell, as data.label_delimiter reads it back
-            return {"predicted": join_labels(prediction["labels"], delimiter)}
-        return {"predicted": prediction["labels"], "scores": prediction["scores"]}
-
-    def curve_scores(self) -> list[tuple[str, str, str, str]]:
-        return [
-            ("micro_f1", "o-", "tab:green", "validation micro F1"),
-            ("subset_accuracy", "^:", "tab:olive", "validation subset accuracy"),
-            ("macro_f1", "s--", "tab:purple", "validation macro F1"),
-        ]
 
     def configure(self, model, tune: bool, threshold: Any, delimiter: str) -> None:
         from bertcls.multilabel import DEFAULT_THRESHOLD

@@ -49,7 +49,7 @@ from bertcls.data import (
 from bertcls.errors import BertclsError, cli_errors, quiet_loading
 from bertcls.inference import forward_features, forward_tokens, make_eval_loader, split_metrics, split_predictions
 from bertcls.metrics import is_better
-from bertcls.model import BertForTextClassification
+from bertcls.model import BertForTextClassification, backbone_fully_frozen
 from bertcls.multilabel import tune_thresholds
 from bertcls.optim import (
     NonFiniteLosses,
@@ -176,7 +176,7 @@ def uses_cache(cfg: Config) -> bool:
     """Whether the head trains on stored backbone features: the backbone is wholly frozen and the cache is on (and
     the training split is not streamed: a stream is never whole to store)."""
     m = cfg.model
-    return cfg.train.cache and m.freeze_backbone and m.unfreeze_top_k == 0 and not cfg.data.streaming
+    return cfg.train.cache and backbone_fully_frozen(m.freeze_backbone, m.unfreeze_top_k) and not cfg.data.streaming
 
 
 def lbfgs_grid(has_validation: bool) -> tuple[float, ...]:

@@ -138,6 +138,28 @@ def test_unfreeze_top_k_trains_only_the_top_layers(tiny_bert):
         model.set_trainable(True, 5)
 
 
+def test_unfreeze_top_k_without_a_frozen_backbone_is_refused(tiny_bert):
+    # It used to be set to 0 without a word: the user asked for something that did not happen.
+    with pytest.raises(BertclsError, match="unfreeze_top_k=1 .*set freeze_backbone=true, or unfreeze_top_k=0"):
+        BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, unfreeze_top_k=1)
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
+    with pytest.raises(BertclsError, match="unfreeze_top_k=1"):
+        model.set_trainable(False, 1)
+
+
+@pytest.mark.parametrize(("freeze", "top_k"), [(False, 0), (True, 0), (True, 1)])
+def test_the_run_and_the_model_agree_on_a_fully_frozen_backbone(tiny_bert, freeze, top_k):
+    from bertcls.config import Config
+    from bertcls.train import uses_cache
+
+    cfg = Config()
+    cfg.model.freeze_backbone, cfg.model.unfreeze_top_k = freeze, top_k
+    model = BertForTextClassification.from_pretrained(
+        tiny_bert, labels=LABELS, freeze_backbone=freeze, unfreeze_top_k=top_k
+    )
+    assert uses_cache(cfg) == model.backbone_fully_frozen == (freeze and not top_k)
+
+
 def test_unused_pooler_gets_no_gradients(tiny_model):
     # Under DDP a parameter that wants a gradient but gets none is an error.
     assert not any(p.requires_grad for p in tiny_model.backbone.pooler.parameters())

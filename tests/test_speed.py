@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bertcls import BertForTextClassification, speed
-from bertcls.serialization import load_checkpoint
+from bertcls.model import load_checkpoint
 from bertcls.speed import toplayer
 from bertcls.speed.dropout import ATTENTION, FastDropout
 from bertcls.train import train

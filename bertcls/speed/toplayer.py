@@ -23,12 +23,16 @@ import contextlib
 import sys
 import types
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from bertcls.model import FIRST_TOKEN_POOLINGS, BertForTextClassification, find_encoder_layers
+from bertcls.heads import FIRST_TOKEN_POOLINGS, find_encoder_layers
+
+if TYPE_CHECKING:  # the model imports bertcls.speed, never the other way round
+    from bertcls.model import BertForTextClassification
 
 FLAG = "_bertcls_first_token_only"
 
