@@ -96,22 +96,22 @@ class HeadChanged(BertclsError):
 
 
 def _shown(value: Any) -> str:
+    """An option's value as it is written on the command line."""
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
-    return f"[{', '.join(map(str, value))}]" if isinstance(value, list) else str(value)
+    return f"[{', '.join(map(str, value))}]" if isinstance(value, (list, tuple)) else str(value)
+
+
+def _init_key(spec: Any) -> tuple[Any, dict[str, Any]]:
+    """An initializer as (name, params): `xavier_uniform` and `{name: xavier_uniform}` are one initializer."""
+    if isinstance(spec, str):
+        return spec, {}
+    return spec.get("name"), {k: v for k, v in spec.items() if k != "name"}
 
 
 def _same(key: str, saved: Any, asked: Any) -> bool:
-    if key in ("head_init", "bias_init"):  # `xavier_uniform` and `{name: xavier_uniform}` are one initializer
-
-        def norm(spec):
-            return (
-                (spec, {})
-                if isinstance(spec, str)
-                else (spec.get("name"), {k: v for k, v in spec.items() if k != "name"})
-            )
-
-        return norm(saved) == norm(dict(asked) if hasattr(asked, "items") else asked)
+    if key in ("head_init", "bias_init"):
+        return _init_key(saved) == _init_key(asked)
     if key == "hidden_sizes":
         return list(map(int, saved)) == list(map(int, asked))
     return saved == asked
