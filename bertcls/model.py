@@ -13,6 +13,7 @@ tricks in ``bertcls.speed`` (``load_checkpoint`` applies them), model cards in `
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 from collections.abc import Sequence
@@ -31,12 +32,23 @@ from bertcls.heads import (  # noqa: F401 (POOLINGS, register_pooling, HeadSpec.
     POOLINGS,
     ClassificationHead,
     HeadSpec,
+    check_choice,
     find_encoder_layers,
     register_pooling,
 )
 from bertcls.init import apply_init
+from bertcls.long_texts import TRUNCATIONS
 from bertcls.multilabel import DEFAULT_DELIMITER, check_thresholds
 from bertcls.tasks import get_task
+
+
+def max_positions(config) -> int | None:
+    """Tokens a backbone reads at most: its position embeddings (RoBERTa-style models reserve the first two)."""
+    n = getattr(config, "max_position_embeddings", None)
+    if n is None:
+        return None
+    return n - 2 if config.model_type in ("roberta", "xlm-roberta", "camembert") else n
+
 
 # ---------------------------------------------------------------- model
 
@@ -80,10 +92,10 @@ class BertForTextClassification(nn.Module):
             self.head.reset_parameters(spec, getattr(backbone.config, "initializer_range", 0.02), generator)
         self._takes_token_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
         model_max = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
-        self.max_length = int(max_length or model_max)
-        # How texts longer than max_length are read; saved with the model so predict reads them as training did.
-        self.truncation = truncation
-        self.window_stride = int(window_stride)
+        # How texts are read (max_length, truncation, window_stride): the model owns it, saves it with its weights
+        # and a training run's datasets take it from here (set_reading), so predict reads texts as training did.
+        self.max_length, self.truncation, self.window_stride = model_max, "head", 0
+        self.set_reading(max_length or model_max, truncation, window_stride)
         # Multi-label only: how a label set is written in one text cell (read by evaluate, written by predict).
         self.label_delimiter = DEFAULT_DELIMITER
         self._thresholds = get_task(spec.task).initial_thresholds(len(spec.labels))
@@ -91,6 +103,42 @@ class BertForTextClassification(nn.Module):
         # can show the probabilities from before it: None (never calibrated), a float, or one per label.
         self.temperature: float | list[float] | None = None
         self.set_trainable(freeze_backbone, unfreeze_top_k)
+
+    # -- how texts are read, dropout
+
+    def set_reading(
+        self, max_length: int | None = None, truncation: str | None = None, window_stride: int | None = None
+    ) -> None:
+        """Set how texts are read (None keeps the current value). ``max_length`` is capped here, and only here, to
+        what the backbone reads (its position embeddings): a longer text would fail deep in the first forward.
+
+        Raises:
+            BertclsError: a ``max_length`` or ``window_stride`` out of range, or an unknown ``truncation``.
+        """
+        if max_length is not None:
+            if isinstance(max_length, bool) or int(max_length) < 1:
+                raise BertclsError(f"max_length must be a positive number of tokens, got {max_length!r}")
+            positions = max_positions(self.backbone.config)
+            self.max_length = min(int(max_length), positions) if positions else int(max_length)
+        if truncation is not None:
+            check_choice("truncation", truncation, TRUNCATIONS)
+            self.truncation = truncation
+        if window_stride is not None:
+            if int(window_stride) < 0:
+                raise BertclsError(f"window_stride must be >= 0 (0: off), got {window_stride}")
+            self.window_stride = int(window_stride)
+
+    @property
+    def reading(self) -> dict[str, Any]:
+        """How texts are read: ``max_length``, ``truncation``, ``window_stride`` (as ``set_reading`` takes them)."""
+        return {"max_length": self.max_length, "truncation": self.truncation, "window_stride": self.window_stride}
+
+    def set_dropout(self, p: float) -> None:
+        """The head's dropout, in its spec and its layers (what a continued run may change about a trained head)."""
+        self.spec = dataclasses.replace(self.spec, dropout=p)  # checked by HeadSpec
+        for m in self.head.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = self.spec.dropout
 
     # -- labels and trainability
 

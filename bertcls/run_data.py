@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
@@ -21,6 +21,7 @@ from bertcls.data import (
     split_validation,
 )
 from bertcls.errors import BertclsError
+from bertcls.resources import is_packaged
 from bertcls.streaming import check_stream
 from bertcls.tasks import get_task
 
@@ -31,6 +32,8 @@ class RunData:
     train: Split | None  # None: streamed (data.streaming), read as training goes
     validation: Split | None
     test: Split | None
+    # split name -> where it came from, said by the run's plan line (train.log_plan); empty: given by the caller
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def load_data(cfg: Config, log=print) -> RunData:
@@ -52,13 +55,8 @@ def load_data(cfg: Config, log=print) -> RunData:
     validation_source, test_source = resolve_split(d, "validation"), resolve_split(d, "test")
     validation = read(validation_source) if validation_source else None
     test = read(test_source) if test_source else None
-    if train is None and validation is None:
-        log("validation: none (a streamed training split is not cut; set data.validation)")
-    elif validation is None and d.validation_fraction > 0:
+    if train is not None and validation is None and d.validation_fraction > 0:
         train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
-        log(f"validation: {len(validation.texts)} rows ({d.validation_fraction:g}) held out of {d.train}")
-    if test is None:
-        log("test: none (set data.test to evaluate the best checkpoint on a test split)")
     labels = list(d.labels) if d.labels else build_labels(task.label_values(train.labels))
     if train is not None:
         task.check_label_count(labels, train.labels, d.train)
@@ -67,7 +65,34 @@ def load_data(cfg: Config, log=print) -> RunData:
     for name, split in (("train", train), ("validation", validation), ("test", test)):
         if split is not None:
             check_labels(task, split, labels, f"{name} data {split.source or d.train}")
-    return RunData(labels, train, validation, test)
+    return RunData(labels, train, validation, test, split_sources(cfg))
+
+
+def split_sources(cfg: Config) -> dict[str, str]:
+    """Where each split of a run on ``cfg.data`` comes from, in words for the plan line: a file or split given by
+    name (and that it was given, when shipped data sits beside the user's own training file), ``auto``'s choice, a
+    cut of train, or none and how to get one."""
+    d = cfg.data
+    own_train = not is_packaged(d.train)
+    sources = {"train": f"{d.train} (streamed)" if d.streaming else d.train}
+    for name in ("validation", "test"):
+        value, resolved = getattr(d, name), resolve_split(d, name)
+        if value == "auto" and resolved:
+            sources[name] = f"{resolved} (data.{name}=auto: the packaged train's own {name} split)"
+        elif resolved:
+            shipped = ", shipped data beside your own train" if own_train and is_packaged(resolved) else ""
+            sources[name] = f"{resolved} (data.{name} as set{shipped})"
+    if "validation" not in sources:
+        if d.streaming:
+            sources["validation"] = "none (a streamed train is not cut; set data.validation)"
+        elif d.validation_fraction > 0:
+            sources["validation"] = f"{d.validation_fraction * 100:g}% cut from train (seed {data_seed(cfg)})"
+        else:
+            sources["validation"] = "none (data.validation_fraction=0)"
+    if "test" not in sources:
+        why = "data.test=null" if d.test is None else "data.test=auto and train is not a packaged split"
+        sources["test"] = f"none ({why}; set data.test=FILE to test the best checkpoint)"
+    return sources
 
 
 def check_labels(task, split: Split, labels: list[str], source: str) -> None:

@@ -77,65 +77,145 @@ def checkpoint_config(model: BertForTextClassification) -> dict[str, Any]:
 # ---------------------------------------------------------------- loading
 
 
+# What defines a trained head and so cannot change under it; a new head (new_head) takes any of them.
+HEAD_FIXED = ("pooling", "hidden_sizes", "activation", "head_init", "bias_init")
+
+
+class HeadChanged(BertclsError):
+    """A continued checkpoint was asked for a head other than the one it trained (``HEAD_FIXED``)."""
+
+    def __init__(self, path: Path, changes: dict[str, tuple[Any, Any]]):
+        self.path, self.changes = path, changes
+        super().__init__(self.describe())
+
+    def describe(self, prefix: str = "", new_head: str = "new_head=True") -> str:
+        """The one-line error, naming the options as the caller knows them (``model.`` in a config)."""
+        saved = ", ".join(f"{prefix}{k}={_shown(old)}" for k, (old, _) in self.changes.items())
+        asked = ", ".join(f"{prefix}{k}={_shown(new)}" for k, (_, new) in self.changes.items())
+        return (
+            f"checkpoint {self.path} has a trained head with {saved}, not {asked}: a trained head keeps its "
+            f"pooling, hidden sizes, activation and initializers; set {saved} to continue it, or {new_head} to "
+            "train a new head on its backbone"
+        )
+
+
+def _shown(value: Any) -> str:
+    """An option's value as it is written on the command line."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+    return f"[{', '.join(map(str, value))}]" if isinstance(value, (list, tuple)) else str(value)
+
+
+def _init_key(spec: Any) -> tuple[Any, dict[str, Any]]:
+    """An initializer as (name, params): `xavier_uniform` and `{name: xavier_uniform}` are one initializer."""
+    if isinstance(spec, str):
+        return spec, {}
+    return spec.get("name"), {k: v for k, v in spec.items() if k != "name"}
+
+
+def _same(key: str, saved: Any, asked: Any) -> bool:
+    if key in ("head_init", "bias_init"):
+        return _init_key(saved) == _init_key(asked)
+    if key == "hidden_sizes":
+        return list(map(int, saved)) == list(map(int, asked))
+    return saved == asked
+
+
 def from_pretrained(
     name_or_path: str | os.PathLike,
     labels: Sequence[str] | None = None,
     *,
-    head_init: InitSpec = "xavier_uniform",
-    bias_init: InitSpec = "zeros",
-    pooling: str = "cls",
-    dropout: float = 0.1,
-    hidden_sizes: Sequence[int] = (),
-    activation: str = "gelu",
+    head_init: InitSpec | None = None,
+    bias_init: InitSpec | None = None,
+    pooling: str | None = None,
+    dropout: float | None = None,
+    hidden_sizes: Sequence[int] | None = None,
+    activation: str | None = None,
     freeze_backbone: bool | None = None,
     unfreeze_top_k: int = 0,
     max_length: int | None = None,
+    truncation: str | None = None,
+    window_stride: int | None = None,
     seed: int | None = None,
     attn_implementation: str | None = "sdpa",
     task: str | None = None,
     model_class: type[BertForTextClassification],
+    new_head: bool = False,
 ) -> BertForTextClassification:
     """Load a saved bertcls checkpoint, or a pretrained backbone (folder, hub name or ``packaged:...``) with a new
     head for ``labels``; ``task`` is ``single_label`` (the default for a new head) or ``multi_label`` (for a
     checkpoint: checked against the one it was trained for). ``BertForTextClassification.from_pretrained`` calls this
     with its class as ``model_class``.
 
+    Options left ``None`` take the head's defaults (``HeadSpec``) for a new head and the saved values for a
+    checkpoint. A checkpoint takes new reading options (``max_length``, ``truncation``, ``window_stride``),
+    ``dropout`` and trainability; its head's ``HEAD_FIXED`` options must match, unless ``new_head=True``, which keeps
+    its (fine-tuned) backbone and builds a new head (labels and task default to the checkpoint's).
+
     Raises:
-        BertclsError: missing folder, pickle-only weights, corrupt checkpoint, missing labels, bad options.
+        BertclsError: missing folder, pickle-only weights, corrupt checkpoint, missing labels, bad options;
+        HeadChanged (a BertclsError): a checkpoint's head asked to change what it cannot.
     """
     name = str(name_or_path)
     if is_packaged(name):
         name = str(packaged_model_dir(name))
     path = Path(name).expanduser()
+    given = {"pooling": pooling, "hidden_sizes": hidden_sizes, "activation": activation}
+    given |= {"head_init": head_init, "bias_init": bias_init, "dropout": dropout}
+    given = {k: v for k, v in given.items() if v is not None}
+    reading = {"max_length": max_length, "truncation": truncation, "window_stride": window_stride}
     if (path / CONFIG_NAME).is_file():
         model = _load_checkpoint(path, model_class)
-        if labels is not None and list(map(str, labels)) != model.labels:
-            raise BertclsError(
-                f"checkpoint {path} was trained for labels {model.labels}, not {list(labels)}; "
-                "load it without labels, or start from its backbone"
-            )
-        if task is not None and task != model.task:
-            raise BertclsError(
-                f"checkpoint {path} is a {model.task} classifier, not {task}; start from its backbone instead"
-            )
+        if new_head:
+            spec = _new_spec(labels or model.labels, task or model.task, given)
+            model = model_class(
+                model.backbone, model.tokenizer, spec, model.freeze_backbone, model.unfreeze_top_k,
+                model.max_length, seed, model.truncation, model.window_stride,
+            )  # fmt: skip
+        else:
+            _check_continued(path, model, labels, task, given)
+        model.set_reading(**reading)
         if freeze_backbone is not None:
             model.set_trainable(freeze_backbone, unfreeze_top_k)
         return model
     if labels is None:
         raise BertclsError(f"'{name}' is a backbone, not a bertcls checkpoint: pass labels=[...] for the new head")
-    spec = HeadSpec(
-        labels=list(labels),
-        pooling=pooling,
-        dropout=dropout,
-        hidden_sizes=list(hidden_sizes),
-        activation=activation,
-        head_init=head_init,
-        bias_init=bias_init,
-        task=task or "single_label",
-    )
-    spec.check_inits()  # before the backbone loads: a typo costs nothing
+    spec = _new_spec(labels, task or "single_label", given)
     backbone, tokenizer = load_backbone(name, attn_implementation)
-    return model_class(backbone, tokenizer, spec, bool(freeze_backbone), unfreeze_top_k, max_length, seed)
+    return model_class(
+        backbone, tokenizer, spec, bool(freeze_backbone), unfreeze_top_k, max_length, seed,
+        truncation or "head", window_stride or 0,
+    )  # fmt: skip
+
+
+def _new_spec(labels: Sequence[str], task: str, given: dict[str, Any]) -> HeadSpec:
+    """A new head's spec, its initializers checked before any weights load (a typo costs nothing)."""
+    spec = HeadSpec(labels=list(labels), task=task, **given)
+    spec.check_inits()
+    return spec
+
+
+def _check_continued(
+    path: Path, model: BertForTextClassification, labels: Sequence[str] | None, task: str | None, given: dict
+) -> None:
+    """A checkpoint's head continues as it was trained: same labels, task and ``HEAD_FIXED`` options; the dropout it
+    may change (applied here)."""
+    if labels is not None and list(map(str, labels)) != model.labels:
+        raise BertclsError(
+            f"checkpoint {path} was trained for labels {model.labels}, not {list(labels)}; load it without labels, "
+            "or train a new head on its backbone (new_head=True; model.new_head=true in a config)"
+        )
+    if task is not None and task != model.task:
+        raise BertclsError(
+            f"checkpoint {path} is a {model.task} classifier, not {task}; train a new head on its backbone "
+            "(new_head=True; model.new_head=true in a config)"
+        )
+    saved = asdict(model.spec)
+    changes = {k: (saved[k], v) for k, v in given.items() if k in HEAD_FIXED and not _same(k, saved[k], v)}
+    if changes:
+        raise HeadChanged(path, changes)
+    if "dropout" in given:
+        model.set_dropout(given["dropout"])
 
 
 def checkpoint_folder(path: str | os.PathLike) -> Path:

@@ -66,6 +66,7 @@ from bertcls.precision import resolve as resolve_mixed_precision  # scripts/ imp
 from bertcls.probe import C_GRID, fit_linear
 from bertcls.run_data import RunData, data_seed, load_data, make_train_loader
 from bertcls.run_state import RunLog, RunState, StopRun, Timer
+from bertcls.serialization import HeadChanged
 from bertcls.speed import allocator
 from bertcls.streaming import StreamedBatches, StreamLoader, row_reader
 from bertcls.tasks import Task, get_task
@@ -97,7 +98,7 @@ __all__ = [
 class Run:
     """What ``setup`` builds, in the order it builds it; the loop reads it and moves ``state`` on."""
 
-    cfg: Config  # the resolved config (data.max_length capped to what the backbone reads): never the caller's
+    cfg: Config  # the resolved config (how texts are read: the model's, setup_model): never the caller's
     accelerator: Accelerator
     precision: str
     task: Task
@@ -142,17 +143,10 @@ class Run:
         return self.scheduler.get_last_lr()[0]
 
 
+SPLITS = ("train", "validation", "test")
 LOG_EVERY = 10  # steps between points of the loss curve: where the loop reads the device (loss, non-finite counts)
 
 # ---------------------------------------------------------------- setup helpers
-
-
-def max_positions(config) -> int | None:
-    """Tokens a backbone reads at most: its position embeddings (RoBERTa-style models reserve the first two)."""
-    n = getattr(config, "max_position_embeddings", None)
-    if n is None:
-        return None
-    return n - 2 if config.model_type in ("roberta", "xlm-roberta", "camembert") else n
 
 
 def has_accelerator() -> bool:
@@ -380,17 +374,26 @@ def check_streaming(cfg: Config) -> None:
 def setup_model(
     cfg: Config, labels: list[str], task: Task, accelerator: Accelerator
 ) -> tuple[BertForTextClassification, Config]:
-    """The model, and the run's config: a copy with data.max_length capped to what the backbone reads."""
-    m = cfg.model
+    """The model, and the run's config: a copy that says what the model does. The model owns how texts are read
+    (``data.max_length``, capped to what its backbone reads; ``truncation``, ``window_stride``): the datasets take
+    those from it, and they are written back here, so config.yaml, best/ and its card agree. A checkpoint given as
+    ``model.name_or_path`` takes this run's reading options, dropout and trainability, keeps its head as trained
+    (anything else there is a one-line error) unless ``model.new_head``."""
+    m, d = cfg.model, cfg.data
     head = ("head_init", "bias_init", "pooling", "dropout", "hidden_sizes", "activation", "freeze_backbone")
-    model = BertForTextClassification.from_pretrained(
-        m.name_or_path,
-        labels=labels,
-        **{key: getattr(m, key) for key in (*head, "unfreeze_top_k")},
-        max_length=cfg.data.max_length,
-        seed=cfg.train.seed,
-        task=cfg.data.task,
-    )
+    try:
+        model = BertForTextClassification.from_pretrained(
+            m.name_or_path,
+            labels=labels,
+            **{key: getattr(m, key) for key in (*head, "unfreeze_top_k", "new_head")},
+            max_length=d.max_length,
+            truncation=d.truncation,
+            window_stride=d.window_stride,
+            seed=cfg.train.seed,
+            task=d.task,
+        )
+    except HeadChanged as e:
+        raise BertclsError(e.describe("model.", "model.new_head=true")) from None
     task.configure(model, cfg.eval.threshold == "tune", cfg.eval.threshold, cfg.data.label_delimiter)
     if m.reinit_top_k:
         model.reinit_top_layers(m.reinit_top_k, torch.Generator().manual_seed(cfg.train.seed))
@@ -398,18 +401,10 @@ def setup_model(
         packing.check_supported(model.backbone, model.spec.pooling)
     if cfg.train.speedups:
         speed.apply(model)
-    # Set after loading, so a checkpoint given as name_or_path (lp_ft's second phase) reads texts as configured too.
-    model.truncation, model.window_stride = cfg.data.truncation, cfg.data.window_stride
-    positions = max_positions(model.backbone.config)
-    if positions is not None and cfg.data.max_length > positions:
-        # Texts longer than the position embeddings would fail deep in the first forward pass; read at most what
-        # the backbone can (the run's config.yaml records the value used).
-        if accelerator.is_main_process:
-            print(f"data.max_length={cfg.data.max_length} is more than {m.name_or_path} reads; using {positions}")
-        # A copy: the caller's config (a notebook's, a sweep's) is never changed by a run.
-        cfg = replace(cfg, data=replace(cfg.data, max_length=positions))
-        model.max_length = positions
-    return model, cfg
+    if model.max_length < d.max_length and accelerator.is_main_process:
+        print(f"data.max_length={d.max_length} is more than {m.name_or_path} reads; using {model.max_length}")
+    # A copy: the caller's config (a notebook's, a sweep's) is never changed by a run.
+    return model, replace(cfg, data=replace(d, **model.reading))
 
 
 def setup_output(
@@ -467,7 +462,7 @@ def feature_dataset(run: Run, split: Split, _with_index: bool) -> FeatureDataset
     cfg, whole = run.cfg, split.base if split.base is not None else split
     if id(whole) not in run.features:
         feats, hit = load_or_compute(
-            run.model, whole, cfg.data.max_length, run.precision, run.accelerator, cache_dir(cfg), run.log,
+            run.model, whole, run.model.max_length, run.precision, run.accelerator, cache_dir(cfg), run.log,
             cfg.eval.batch_size,
         )  # fmt: skip
         run.cache_hits.append(hit)
@@ -476,20 +471,20 @@ def feature_dataset(run: Run, split: Split, _with_index: bool) -> FeatureDataset
 
 
 def token_dataset(run: Run, split: Split, with_index: bool) -> TextClassificationDataset:
-    d, accelerator = run.cfg.data, run.accelerator
+    d, accelerator, model = run.cfg.data, run.accelerator, run.model  # how texts are read: the model's
     # The main process tokenizes and writes the cache entry first; the others then read it instead of tokenizing.
     with accelerator.main_process_first():
         ds = TextClassificationDataset(
             split.texts,
             split.labels,
-            run.model.tokenizer,
-            d.max_length,
+            model.tokenizer,
+            model.max_length,
             split.text_pairs,
             run.data.labels,
             with_index=with_index,
-            truncation=d.truncation,
+            truncation=model.truncation,
             # evaluation always reads whole texts as windows when they are on; training only if asked
-            window_stride=d.window_stride if (with_index or d.train_windows) else 0,
+            window_stride=model.window_stride if (with_index or d.train_windows) else 0,
             task=d.task,
             cache_dir=token_cache_dir(run.cfg),
             log=run.log,
@@ -503,7 +498,8 @@ def streamed_batches(run: Run) -> StreamedBatches:
     cfg, accelerator = run.cfg, run.accelerator
     d = cfg.data
     return StreamedBatches(
-        d.train, row_reader(d, run.data.labels, run.task), run.model.tokenizer, d.max_length, d.truncation,
+        d.train, row_reader(d, run.data.labels, run.task), run.model.tokenizer, run.model.max_length,
+        run.model.truncation,
         cfg.train.batch_size, data_seed(cfg), accelerator.process_index, accelerator.num_processes,
     )  # fmt: skip
 
@@ -559,6 +555,8 @@ def log_plan(run: Run) -> None:
     else:
         mode = f"head + top {model.unfreeze_top_k} layers" if model.freeze_backbone else "full fine-tuning"
     sizes = (len(ds) if ds else 0 for ds in (run.val_ds, run.test_ds))
+    sources = run.data.sources
+    run.log("data: " + " | ".join(f"{name} {sources.get(name, 'given by the caller')}" for name in SPLITS))
     n_rows = "streamed" if isinstance(run.train_ds, StreamedBatches) else len(run.train_ds)
     run.log(
         f"bertcls: {cfg.model.name_or_path} | {len(run.data.labels)} labels {run.data.labels} | {mode}, "
@@ -1014,7 +1012,12 @@ def train_lp_ft(cfg: Config, data: RunData | None = None, on_validation=None) ->
         cfg,
         # reinit_top_k already happened in the probe phase, whose features the head was fitted on.
         model=replace(
-            cfg.model, name_or_path=str(probe_dir / "best"), freeze_backbone=False, unfreeze_top_k=0, reinit_top_k=0
+            cfg.model,
+            name_or_path=str(probe_dir / "best"),
+            new_head=False,  # phase 2 continues the probe's head (which new_head, if set, made new)
+            freeze_backbone=False,
+            unfreeze_top_k=0,
+            reinit_top_k=0,
         ),
         train=replace(t, schedule="standard"),
     )

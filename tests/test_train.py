@@ -406,7 +406,9 @@ def test_own_files_with_other_labels_on_the_default_config(tiny_bert, tmp_path):
         f"output.dir={out}",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"validation: 4 rows (0.1) held out of {train_csv}" in proc.stdout
+    plan = f"data: train {train_csv} | validation 10% cut from train (seed 42) | test {test_csv} (data.test as set)"
+    assert plan in proc.stdout and plan in (out / "train.log").read_text()
+    assert "validation 4, test 20" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["labels"] == ["ham", "spam"]
     assert metrics["test"]["num_examples"] == 20
