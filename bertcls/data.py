@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,24 +116,34 @@ def drop_empty_texts(split: Split, policy: str = "skip", log=print) -> Split:
     return split.subset([i for i in range(len(split)) if i not in keep])
 
 
-def normalize_label(v: Any) -> Any:
-    # 1.0 read from a float column is the label 1, not "1.0".
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
 # ---------------------------------------------------------------- labels
 
 
 def build_labels(values: Sequence[Any]) -> list[str]:
-    """The label set in a stable order: numeric order for integer labels, alphabetical for strings."""
+    """The label set in a stable order: numeric order for integer labels, alphabetical for strings.
+
+    Raises:
+        BertclsError: labels of mixed types, or labels that differ only by case (``ACTING`` beside ``acting`` is
+            almost always one class typed two ways; two classes would split its rows and leave one nearly empty).
+    """
     kinds = {"number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__ for v in values}
     if len(kinds) > 1:
         raise BertclsError(f"labels mix types ({', '.join(sorted(kinds))}); use one type for every label")
     unique = set(values)
     ordered = sorted(unique, key=float) if kinds == {"number"} else sorted(unique, key=str)
-    return [str(v) for v in ordered]
+    names = [str(v) for v in ordered]
+    by_case: dict[str, list[str]] = {}
+    for name in names:
+        by_case.setdefault(name.casefold(), []).append(name)
+    clashes = [group for group in by_case.values() if len(group) > 1]
+    if clashes:
+        counts = Counter(map(str, values))
+        shown = "; ".join(" and ".join(f"'{n}' ({counts[n]} rows)" for n in group) for group in clashes[:3])
+        raise BertclsError(
+            f"labels differ only by case: {shown}; write each class one way in the data (or list every label in "
+            "data.labels to keep them apart)"
+        )
+    return names
 
 
 def label_ids(values: Sequence[Any], labels: Sequence[str], source: str = "data") -> list[int]:

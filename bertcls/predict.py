@@ -266,7 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto: bf16 where the hardware has it, as training's default; no: full precision (an ONNX export "
         "always runs in full precision)",
     )
-    return parser.parse_args(argv)
+    # Intermixed: texts may stand before and after options.
+    return parser.parse_intermixed_args(argv)
 
 
 @cli_errors

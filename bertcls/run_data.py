@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,7 @@ from bertcls.data import (
     load_split,
     split_validation,
 )
-from bertcls.errors import BertclsError
+from bertcls.errors import BertclsError, some
 from bertcls.streaming import check_stream
 from bertcls.tasks import get_task
 
@@ -33,8 +34,12 @@ class RunData:
     test: Split | None
 
 
-def load_data(cfg: Config, log=print) -> RunData:
-    """Read the splits, fix the label set, cut a validation split if none is given, and check labels agree."""
+NO_TEST = "test: none (set data.test to evaluate the best checkpoint on a test split)"
+
+
+def load_data(cfg: Config, log=print, no_test: str = NO_TEST) -> RunData:
+    """Read the splits, fix the label set, cut a validation split if none is given, and check labels agree.
+    ``no_test``: the line that says there is no test split (cross-validation tests on each fold's held-out rows)."""
     d, task = cfg.data, get_task(cfg.data.task)
 
     def read(src: str) -> Split:
@@ -54,12 +59,16 @@ def load_data(cfg: Config, log=print) -> RunData:
     test = read(test_source) if test_source else None
     if train is None and validation is None:
         log("validation: none (a streamed training split is not cut; set data.validation)")
-    elif validation is None and d.validation_fraction > 0:
+    # The label set of the whole training file, before a validation split is cut from it: a label typed two ways, or
+    # a class too small to be on both sides of the cut, is then named as such.
+    labels = list(d.labels) if d.labels else build_labels(task.label_values(train.labels))
+    if train is not None and validation is None and d.validation_fraction > 0:
+        warn_small_classes(task, train, d.train, log)
         train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
         log(f"validation: {len(validation.texts)} rows ({d.validation_fraction:g}) held out of {d.train}")
+        check_trained_labels(task, train, validation, d.train)
     if test is None:
-        log("test: none (set data.test to evaluate the best checkpoint on a test split)")
-    labels = list(d.labels) if d.labels else build_labels(task.label_values(train.labels))
+        log(no_test)
     if train is not None:
         task.check_label_count(labels, train.labels, d.train)
     else:
@@ -68,6 +77,35 @@ def load_data(cfg: Config, log=print) -> RunData:
         if split is not None:
             check_labels(task, split, labels, f"{name} data {split.source or d.train}")
     return RunData(labels, train, validation, test)
+
+
+def warn_small_classes(task, train: Split, source: str, log) -> None:
+    """A stratified validation cut needs two rows of each label (one on each side): name the labels with fewer, whose
+    cut is then random."""
+    counts = Counter(map(str, task.label_values(train.labels)))
+    small = sorted(label for label, n in counts.items() if n < 2)
+    if small:
+        log(
+            f"warning: {source}: label(s) {some(small)} have a single row, too few for both the training and the "
+            "validation side (the validation split is cut at random, not stratified); add rows, fix the label, or "
+            "give data.validation"
+        )
+
+
+def check_trained_labels(task, train: Split, validation: Split, source: str) -> None:
+    """Every label of the validation cut has a training row: a label the model never trains on cannot be learned.
+
+    Raises:
+        BertclsError: the cut took every row of a label.
+    """
+    missing = sorted(
+        set(map(str, task.label_values(validation.labels))) - set(map(str, task.label_values(train.labels)))
+    )
+    if missing:
+        raise BertclsError(
+            f"{source}: every row of label(s) {some(missing)} went into the validation split, so no training row has "
+            "them; add rows, fix the label, or give data.validation"
+        )
 
 
 def check_labels(task, split: Split, labels: list[str], source: str) -> None:

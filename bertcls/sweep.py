@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="YAML file with config values and a sweep: section")
     parser.add_argument("--trials", type=int, default=None, help="trials in the study (default: sweep.trials)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value pairs; they win over the config file")
-    args = parser.parse_args(argv)
+    # Intermixed: overrides may stand before and after options (train.max_steps=1 --config F output.dir=x).
+    args = parser.parse_intermixed_args(argv)
     if args.trials is not None and args.trials < 1:
         raise BertclsError(f"--trials must be at least 1, got {args.trials}")
     quiet_loading()
