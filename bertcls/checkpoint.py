@@ -23,6 +23,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from bertcls import jsonio
 from bertcls.atomic import replace_dir
 from bertcls.errors import BertclsError, first_line, label_set
 
@@ -108,7 +109,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         if extra_tensors:
             save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / BEST_HEAD_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps(state))
+        (tmp / STATE_FILE).write_text(jsonio.dumps(state))
         # Not atomic_dir: every process writes into this folder, so its name is one they all know.
         replace_dir(tmp, final)
         prune(root.parent, keep_last, protect_step=(state.get("best") or {}).get("step"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import shutil
 import sys
 from collections import Counter
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bertcls import jsonio
 from bertcls.atomic import atomic_file, remove
 from bertcls.config import Config, load_config, resolve_split, to_yaml
 from bertcls.data import Split, split_validation, stratum
@@ -255,7 +255,7 @@ def write_outputs(cfg, out, pool, labels, task, probs, fold_of, thresholds, issu
     (out / "config.yaml").write_text(to_yaml(cfg))
     (out / "cv.log").write_text(format_summary(summary, issues, pool, labels, out) + "\n")
     plot_folds(summary, out / "folds.png", title=f"{len(summary['folds'])}-fold cross-validation of {cfg.data.train}")
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))  # last: its presence means cv finished
+    (out / "metrics.json").write_text(jsonio.dumps(summary, indent=2))  # last: its presence means cv finished
 
 
 def format_summary(summary: dict[str, Any], issues: LabelIssues | None, pool: Split, labels, out: Path) -> str:

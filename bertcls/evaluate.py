@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bertcls import jsonio
 from bertcls.atomic import atomic_file
 from bertcls.calibration import uncalibrated
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
@@ -278,7 +279,7 @@ def evaluate(
         return results[0].metrics
 
     summary = compare(results, [f.name for f in folders], source, len(data), n_resamples, seed)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "metrics.json").write_text(jsonio.dumps(summary, indent=2))
     say(format_comparison(summary))
     say(f"reports written to {out} (one subfolder per checkpoint)")
     return summary
@@ -392,7 +393,7 @@ def write_report(result: CheckpointResult, out: Path) -> None:
     ``reliability.png`` (before and after calibration when the checkpoint has a temperature) beside the
     ``predictions.csv`` that scoring wrote."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+    (out / "metrics.json").write_text(jsonio.dumps(result.metrics, indent=2))
     m = result.metrics
     title = f"{'/'.join(Path(result.checkpoint).parts[-2:])} on {m['data']}"
     result.task.plot_confusion(m, result.labels, out / "confusion_matrix.png", title)

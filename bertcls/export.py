@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import logging
 import os
 import shutil
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertcls import jsonio
 from bertcls.atomic import atomic_dir
 from bertcls.card import write_model_card
 from bertcls.errors import BertclsError, check_parent, cli_errors, label_set, quiet_loading, some
@@ -146,7 +146,7 @@ def export_onnx(
         if not (tmp / TOKENIZER_FILE).is_file():
             raise BertclsError("the checkpoint's tokenizer wrote no tokenizer.json; ONNX export needs a fast tokenizer")
         config = _onnx_config(model, list(batch), quantize, checkpoint)
-        (tmp / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        (tmp / ONNX_CONFIG_NAME).write_text(jsonio.dumps(config, indent=2))
         with torch.inference_mode():
             expected = model(**batch).logits.numpy()
         got = OnnxClassifier.from_folder(tmp, model_file=fp32.name).session.run(
@@ -159,9 +159,9 @@ def export_onnx(
             _quantize_int8(fp32, tmp / ONNX_MODEL_NAME)
             if data is not None:
                 report = _compare_accuracy(tmp, fp32.name, data, split)
-                (tmp / "quantization.json").write_text(json.dumps(report, indent=2))
+                (tmp / "quantization.json").write_text(jsonio.dumps(report, indent=2))
                 config["quantization_report"] = report
-                (tmp / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2))
+                (tmp / ONNX_CONFIG_NAME).write_text(jsonio.dumps(config, indent=2))
             fp32.unlink()
         _write_card(checkpoint, model, tmp)
     say(f"ONNX model written to {out} (max logit difference from PyTorch {diff:.1e})")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import sys
@@ -29,7 +28,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, se
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from bertcls import packing, speed
+from bertcls import jsonio, packing, speed
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
 from bertcls.checkpoint import (
     CHECKPOINTS,
@@ -785,8 +784,11 @@ def check_collapse(run: Run, probs, gold) -> None:
 
 def keep_best(run: Run, v: dict[str, float]) -> None:
     s, select = run.state, run.state.best["metric"]
-    # A model that has gone non-finite never becomes best/, whatever its accuracy looks like.
-    if not (math.isfinite(v["loss"]) and is_better(select, v[select], s.best["value"])):
+    # A model that has gone non-finite never becomes best/, whatever its accuracy looks like; said, never silent.
+    if not math.isfinite(v.get("loss", math.nan)):
+        run.log(f"warning: validation loss is not finite at step {s.step}; best/ is not updated from this evaluation")
+        return
+    if not is_better(select, v[select], s.best["value"]):
         return
     s.best.update(value=v[select], step=s.step, **run.task.decision_state(run.model))
     if run.cached:
@@ -957,7 +959,7 @@ def write_results(run: Run, result: dict[str, Any], decisions: dict[str, dict[st
         # each folder's own decision state (thresholds as a list), whichever model is in memory now
         info |= {k: list(v.values()) for k, v in decisions[name].items()}
         write_model_card(out / name, run.model, info)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    (out / "metrics.json").write_text(jsonio.dumps(result, indent=2))
     plot_curves(result, out / "curves.png", title=f"learning curves: {out}")
     where = f"checkpoints in {out}/best and {out}/last, metrics in {out}/metrics.json"
     run.log(f"done in {result['total_time_s']:.0f}s; {where}")
@@ -1029,7 +1031,7 @@ def train_lp_ft(cfg: Config, data: RunData | None = None, on_validation=None) ->
     result["schedule"] = "lp_ft"
     result["linear_probe"] = {k: probe_result.get(k) for k in ("best", "history", "test", "train_time_s")}
     if PartialState().is_main_process:
-        (Path(cfg.output.dir) / "metrics.json").write_text(json.dumps(result, indent=2))
+        (Path(cfg.output.dir) / "metrics.json").write_text(jsonio.dumps(result, indent=2))
     return result
 
 
