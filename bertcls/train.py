@@ -582,7 +582,7 @@ def resume(run: Run, path: Path) -> None:
     s.load_state_dict(saved)
     run.running.fill_(s.running_loss)
     run.best_head.update(saved_head or {})
-    run.log(f"resumed from {path} at step {s.step} (epoch {s.epoch}, batch {s.batch_in_epoch})")
+    run.log(f"resumed at step {s.step} (epoch {s.epoch}, batch {s.batch_in_epoch}) from {path}")
 
 
 # -- the loop
