@@ -23,8 +23,9 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from bertcls import jsonio
 from bertcls.atomic import replace_dir
-from bertcls.errors import BertclsError, first_line
+from bertcls.errors import BertclsError, first_line, label_set
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"  # written last: a folder without it is not a complete checkpoint
@@ -67,6 +68,21 @@ def resolve_resume(resume_from: str | None, out: Path) -> Path | None:
     return path
 
 
+def check_resume_labels(path: Path, labels: list[str]) -> None:
+    """A checkpoint is resumed only with the labels it was trained on (its ``state.json`` records them; older
+    checkpoints, without the record, fail at loading with the weights' shapes named).
+
+    Raises:
+        BertclsError: the run's labels are not the checkpoint's.
+    """
+    saved = json.loads((Path(path) / STATE_FILE).read_text()).get("labels")
+    if saved is not None and list(saved) != list(labels):
+        raise BertclsError(
+            f"cannot resume from {path}: it was trained on labels {label_set(saved)}, this run's data has "
+            f"{label_set(labels)}; resume with the data it was trained on, or drop train.resume_from to start afresh"
+        )
+
+
 def save_checkpoint(
     accelerator: Accelerator,
     out: Path,
@@ -93,7 +109,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         if extra_tensors:
             save_file({k: v.contiguous() for k, v in extra_tensors.items()}, str(tmp / BEST_HEAD_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps(state))
+        (tmp / STATE_FILE).write_text(jsonio.dumps(state))
         # Not atomic_dir: every process writes into this folder, so its name is one they all know.
         replace_dir(tmp, final)
         prune(root.parent, keep_last, protect_step=(state.get("best") or {}).get("step"))
@@ -125,10 +141,18 @@ def load_checkpoint(accelerator: Accelerator, path: Path) -> tuple[dict[str, Any
         accelerator.load_state(str(path), load_kwargs={"weights_only": True})
         head = load_file(str(path / BEST_HEAD_FILE)) if (path / BEST_HEAD_FILE).is_file() else None
     except Exception as e:  # unpickling refusals, corrupt safetensors, shape mismatches: all mean a bad checkpoint
-        first = first_line(e)
-        raise BertclsError(f"cannot resume from {path}: {type(e).__name__}: {first[:300]}") from e
+        raise BertclsError(f"cannot resume from {path}: {type(e).__name__}: {load_error(e)[:300]}") from e
     check_rng_restored(path, accelerator.process_index, rng)
     return state, head
+
+
+def load_error(e: BaseException) -> str:
+    """An exception's first line, and for torch's "Error(s) in loading state_dict for X:" (whose first line says
+    nothing) its first detail too, e.g. "size mismatch for out.weight ... [3, 32] ... [2, 32]"."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return f"{lines[0]} {lines[1]}"
+    return first_line(e)
 
 
 RNG_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")  # what every process saves, on any device

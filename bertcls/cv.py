@@ -11,8 +11,8 @@ its checkpoints with ``cv.save_models=true``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import json
 import shutil
 import sys
 from collections import Counter
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bertcls import jsonio
 from bertcls.atomic import atomic_file, remove
 from bertcls.config import Config, load_config, resolve_split, to_yaml
 from bertcls.data import Split, split_validation, stratum
@@ -35,7 +36,7 @@ CV_HELP = (
     "K-fold cross-validation of data.train: out-of-fold predictions and an audit of likely wrong labels "
     "(see docs/cv.md)."
 )
-CV_FILES = ("oof_predictions.csv", "label_issues.csv", "metrics.json", "folds.png", "config.yaml", "folds")
+CV_FILES = ("oof_predictions.csv", "label_issues.csv", "metrics.json", "folds.png", "config.yaml", "cv.log", "folds")
 CV_RESULTS = ("oof_predictions.csv", "label_issues.csv", "metrics.json", "folds")  # worth keeping: never replaced
 # unless output.overwrite=true
 
@@ -47,21 +48,29 @@ def cross_validate(cfg: Config) -> dict[str, Any]:
         BertclsError: bad data or options, or an ``output.dir`` that holds results and no ``output.overwrite``.
     """
     check_cv_options(cfg)
-    out = prepare_cv_dir(Path(cfg.output.dir), cfg.output.overwrite)
+    check_cv_dir(Path(cfg.output.dir), cfg.output.overwrite)
     task = get_task(cfg.data.task)
     # The pool is data.train as read; data.test is not used (each fold's held-out rows are its test).
-    data = load_data(replace(cfg, data=replace(cfg.data, test=None, validation_fraction=0.0)))
+    pool_cfg = replace(cfg, data=replace(cfg.data, test=None, validation_fraction=0.0))
+    data = load_data(pool_cfg)
     pool, labels = data.train, data.labels
     folds = fold_rows(pool, cfg.cv.folds, data_seed(cfg))
     probs = np.zeros((len(pool), len(labels)))
     fold_of = np.zeros(len(pool), dtype=np.int64)
     records, thresholds = [], []
-    for k, held in enumerate(folds, 1):
-        print(f"fold {k} of {len(folds)}: training on {len(pool) - len(held)} rows, holding out {len(held)}")
-        record, fold_probs, fold_thresholds = run_fold(cfg, data, held, out / "folds" / f"fold-{k}", k)
-        probs[held], fold_of[held] = fold_probs, k
-        records.append(record)
-        thresholds.append(fold_thresholds)
+    made = not Path(cfg.output.dir).exists()
+    out = prepare_cv_dir(Path(cfg.output.dir), cfg.output.overwrite)
+    try:
+        for k, held in enumerate(folds, 1):
+            print(f"fold {k} of {len(folds)}: training on {len(pool) - len(held)} rows, holding out {len(held)}")
+            record, fold_probs, fold_thresholds = run_fold(cfg, data, held, out / "folds" / f"fold-{k}", k)
+            probs[held], fold_of[held] = fold_probs, k
+            records.append(record)
+            thresholds.append(fold_thresholds)
+    except BertclsError:
+        # A fold refused its options or data before writing anything (train checks first): leave no empty folders.
+        remove_empty([out / "folds" / f"fold-{k}", out / "folds", *([out] if made else [])])
+        raise
     gold = np.asarray(task.targets(pool.labels, labels))
     summary = summarize(task, records, gold, probs, fold_of, thresholds, labels)
     issues = audit(task, gold, probs, summary)
@@ -82,8 +91,15 @@ def check_cv_options(cfg: Config) -> None:
                            "accelerate launch or torchrun")  # fmt: skip
 
 
-def prepare_cv_dir(out: Path, overwrite: bool) -> Path:
-    """The output folder, checked (earlier results kept unless ``overwrite``) and cleared of cv's own files."""
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` that is empty, in order (a folder with anything in it stays)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def check_cv_dir(out: Path, overwrite: bool) -> None:
+    """Earlier results in ``out`` are kept unless ``overwrite``: an error, before anything is read or written."""
     if out.exists() and not out.is_dir():
         raise BertclsError(f"output.dir {out} is a file, not a folder")
     held = sorted(p.name for p in out.iterdir() if p.name in CV_RESULTS) if out.is_dir() else []
@@ -92,6 +108,11 @@ def prepare_cv_dir(out: Path, overwrite: bool) -> Path:
             f"output.dir {out} already holds cross-validation results ({some(held)}); choose another output.dir or "
             "set output.overwrite=true"
         )
+
+
+def prepare_cv_dir(out: Path, overwrite: bool) -> Path:
+    """The output folder, checked (``check_cv_dir``) and cleared of cv's own files."""
+    check_cv_dir(out, overwrite)
     remove(out / name for name in CV_FILES)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -183,13 +204,34 @@ def audit(task: Task, gold: np.ndarray, probs: np.ndarray, summary: dict[str, An
         summary["label_issues"] = None  # confident learning here is for one label per row
         return None
     issues = find_label_issues(gold, probs)
+    accuracy = float(summary["out_of_fold"]["accuracy"])
+    majority = float(np.bincount(gold, minlength=probs.shape[1]).max() / len(gold))
     summary["label_issues"] = {
         "estimated": issues.estimated,
         "listed": len(issues.rows),
         "method": "confident learning, prune by noise rate (Northcutt et al. 2021)",
         "per_class_thresholds": [float(t) for t in issues.thresholds],
+        "out_of_fold_accuracy": accuracy,
+        "majority_rate": majority,
+        "warning": audit_warning(accuracy, majority),
     }
     return issues
+
+
+# Models whose out-of-fold accuracy is less than this far above always answering the commonest label are near chance.
+NEAR_CHANCE_MARGIN = 0.1
+
+
+def audit_warning(accuracy: float, majority: float) -> str | None:
+    """The audit flags rows the models disagree with: from models near chance that is mostly the models' own errors,
+    not wrong labels. A warning when the out-of-fold accuracy is within ``NEAR_CHANCE_MARGIN`` of the majority rate."""
+    if accuracy >= majority + NEAR_CHANCE_MARGIN:
+        return None
+    return (
+        f"warning: the label audit is only as good as the models, and these are near chance (out-of-fold accuracy "
+        f"{accuracy:.3f}, majority rate {majority:.3f}): most rows it lists are likely the models' errors, not wrong "
+        "labels; train stronger models (more steps, another backbone) before trusting it"
+    )
 
 
 def write_outputs(cfg, out, pool, labels, task, probs, fold_of, thresholds, issues, summary) -> None:
@@ -216,8 +258,9 @@ def write_outputs(cfg, out, pool, labels, task, probs, fold_of, thresholds, issu
                 pair = [pool.text_pairs[i]] if pairs else []
                 w.writerow([int(rows[i]), pool.texts[i], *pair, pool.labels[i], labels[suggested], f"{score:.6f}"])
     (out / "config.yaml").write_text(to_yaml(cfg))
+    (out / "cv.log").write_text(format_summary(summary, issues, pool, labels, out) + "\n")
     plot_folds(summary, out / "folds.png", title=f"{len(summary['folds'])}-fold cross-validation of {cfg.data.train}")
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))  # last: its presence means cv finished
+    (out / "metrics.json").write_text(jsonio.dumps(summary, indent=2))  # last: its presence means cv finished
 
 
 def format_summary(summary: dict[str, Any], issues: LabelIssues | None, pool: Split, labels, out: Path) -> str:
@@ -232,6 +275,8 @@ def format_summary(summary: dict[str, Any], issues: LabelIssues | None, pool: Sp
     lines.append(f"{'out-of-fold':<14}" + "".join(f"{oof[k]:>{w}.4f}" if k in oof else f"{'':>{w}}" for k in keys))
     if issues is not None:
         li = summary["label_issues"]
+        if li.get("warning"):
+            lines.append(li["warning"])
         lines.append(f"label issues: about {li['estimated']} rows look mislabelled; {li['listed']} listed in "
                      f"{out / 'label_issues.csv'}, most suspicious first:")  # fmt: skip
         rows = pool.rows if pool.rows is not None else np.arange(len(pool))
@@ -239,7 +284,7 @@ def format_summary(summary: dict[str, Any], issues: LabelIssues | None, pool: Sp
             text = pool.texts[i]
             text = text if len(text) <= 70 else text[:67] + "..."
             lines.append(f"  row {int(rows[i])}: {pool.labels[i]} -> {labels[suggested]} ({score:.2f}) {text!r}")
-    lines.append(f"results in {out}: oof_predictions.csv, metrics.json, folds.png, folds/")
+    lines.append(f"results in {out}: oof_predictions.csv, metrics.json, cv.log, folds.png, folds/")
     return "\n".join(lines)
 
 

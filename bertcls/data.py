@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from bertcls.long_texts import TRUNCATIONS, check_truncation  # noqa: F401 (re-e
 from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.tables import COMPRESSIONS, FORMATS, TextColumn, column_values, read_checked, read_table  # noqa: F401 (re-exported)
 from bertcls.tables import text_column as read_texts
-from bertcls.tasks import get_task, label_ids, normalize_label  # noqa: F401 (re-exported)
+from bertcls.tasks import get_task, label_ids  # noqa: F401 (re-exported)
 from bertcls.token_store import CHUNK_ROWS, TokenStore, cached_tokens, token_key, tokenize
 
 # ---------------------------------------------------------------- reading files and hub datasets
@@ -119,13 +120,30 @@ def drop_empty_texts(split: Split, policy: str = "skip", log=print) -> Split:
 
 
 def build_labels(values: Sequence[Any]) -> list[str]:
-    """The label set in a stable order: numeric order for integer labels, alphabetical for strings."""
+    """The label set in a stable order: numeric order for integer labels, alphabetical for strings.
+
+    Raises:
+        BertclsError: labels of mixed types, or labels that differ only by case (``ACTING`` beside ``acting`` is
+            almost always one class typed two ways; two classes would split its rows and leave one nearly empty).
+    """
     kinds = {"number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__ for v in values}
     if len(kinds) > 1:
         raise BertclsError(f"labels mix types ({', '.join(sorted(kinds))}); use one type for every label")
     unique = set(values)
     ordered = sorted(unique, key=float) if kinds == {"number"} else sorted(unique, key=str)
-    return [str(v) for v in ordered]
+    names = [str(v) for v in ordered]
+    by_case: dict[str, list[str]] = {}
+    for name in names:
+        by_case.setdefault(name.casefold(), []).append(name)
+    clashes = [group for group in by_case.values() if len(group) > 1]
+    if clashes:
+        counts = Counter(map(str, values))
+        shown = "; ".join(" and ".join(f"'{n}' ({counts[n]} rows)" for n in group) for group in clashes[:3])
+        raise BertclsError(
+            f"labels differ only by case: {shown}; write each class one way in the data (or list every label in "
+            "data.labels to keep them apart)"
+        )
+    return names
 
 
 def stratum(value: Any) -> str:

@@ -24,12 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from bertcls import jsonio
 from bertcls.atomic import atomic_file
 from bertcls.calibration import uncalibrated
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
 from bertcls.errors import BertclsError, cli_errors, label_set, quiet_loading, some
 from bertcls.metrics import paired_bootstrap
 from bertcls.model import BertForTextClassification, load_checkpoint
+from bertcls.onnx_predict import ONNX_CONFIG_NAME, is_onnx_export
 from bertcls.precision import PRECISIONS, check_precision, resolve
 from bertcls.report import format_comparison, format_report, view
 from bertcls.resources import is_packaged
@@ -84,6 +86,7 @@ def evaluate_checkpoint(
     on_chunk: ChunkCallback | None = None,
     chunk_rows: int | None = None,
     progress: bool = False,
+    name: str | None = None,
 ) -> CheckpointResult:
     """Predict every row of ``data`` with a checkpoint (a folder or a loaded model) and compute the metrics.
 
@@ -96,7 +99,8 @@ def evaluate_checkpoint(
 
     Rows go ``chunk_rows`` (default ``CHUNK_ROWS``) at a time: each chunk is predicted, added to the metric counts
     (``Task.tally``) and handed to ``on_chunk``, and only its probabilities are kept (``keep_probs``), so memory
-    need not grow with the data. ``progress`` shows a bar with rows/s.
+    need not grow with the data. ``progress`` shows a bar with rows/s. ``name``: what errors call a loaded model
+    (its folder, when the caller loaded it from one).
 
     Raises:
         BertclsError: unreadable checkpoint, unknown labels, no labelled rows, bad options.
@@ -107,9 +111,9 @@ def evaluate_checkpoint(
     if data.labels is None:
         raise BertclsError(f"{data.source}: evaluation needs gold labels, and this data has none")
     if isinstance(checkpoint, BertForTextClassification):
-        model, name = checkpoint, "model"
+        model, name = checkpoint, f"checkpoint {name}" if name else "the model"
     else:
-        model, name = load_checkpoint(checkpoint), str(checkpoint)
+        model, name = load_checkpoint(checkpoint), f"checkpoint {checkpoint}"
     task = get_task(model.task)
     gold, unknown = task.gold_rows(data.labels, model.labels, model.label_delimiter)
     known = task.known(gold)
@@ -157,6 +161,21 @@ def calibration_report(temperature, before: dict[str, Any]) -> dict[str, Any]:
     return {"temperature": temperature, "before": {k: before[k] for k in kept if k in before}}
 
 
+def check_not_onnx(path: str | os.PathLike) -> None:
+    """An ONNX export is refused with what to do instead: evaluate scores the PyTorch checkpoint it came from (its
+    metrics are those of the export up to the export's checked tolerance; an int8 export's change is measured by
+    ``bertcls.export --data``)."""
+    if not is_onnx_export(path):
+        return
+    source = json.loads((Path(path).expanduser() / ONNX_CONFIG_NAME).read_text()).get("exported_from")
+    origin = f"the checkpoint it was exported from ({source})" if source else "the checkpoint it was exported from"
+    raise BertclsError(
+        f"{path} is an ONNX export: evaluate {origin}; an int8 export's accuracy change is measured by "
+        "bertcls.export --quantize int8 --data FILE, and bertcls.predict --checkpoint EXPORT --input FILE --output "
+        "preds.csv writes its predictions"
+    )
+
+
 def _check_options(unknown_labels: str, batch_size: int, precision: str) -> None:
     if unknown_labels not in UNKNOWN_LABEL_CHOICES:
         raise BertclsError(f"unknown_labels must be one of {', '.join(UNKNOWN_LABEL_CHOICES)}, got '{unknown_labels}'")
@@ -172,11 +191,11 @@ def _check_gold(
     if unknown and policy == "error":
         rows = sum(unknown.values())
         raise BertclsError(
-            f"{source} has {rows} row(s) with label(s) {some(sorted(unknown))} that checkpoint {name} does not "
+            f"{source} has {rows} row(s) with label(s) {some(sorted(unknown))} that {name} does not "
             f"know (its labels: {label_set(labels)}); pass --unknown-labels skip to leave those rows out"
         )
     if not known.any():
-        raise BertclsError(f"{source}: no row has a label that checkpoint {name} knows ({label_set(labels)})")
+        raise BertclsError(f"{source}: no row has a label that {name} knows ({label_set(labels)})")
 
 
 def evaluate(
@@ -216,6 +235,8 @@ def evaluate(
     if not paths:
         raise BertclsError("give at least one checkpoint")
     check_precision(precision)  # before any checkpoint or data loads: a typo costs nothing
+    for p in paths:
+        check_not_onnx(p)
     columns = (text_column, label_column, text_pair_column)
     data, source = _read_data(paths, data, split, columns, label_delimiter)
     out = Path(output) if output is not None else Path(paths[0]) / f"eval-{data_name(source, split)}"
@@ -231,7 +252,7 @@ def evaluate(
         say(f"report written to {out}")
         return results[0].metrics
     summary = compare(results, [f.name for f in folders], source, len(data), n_resamples, seed)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "metrics.json").write_text(jsonio.dumps(summary, indent=2))
     say(format_comparison(summary))
     say(f"reports written to {out} (one subfolder per checkpoint)")
     return summary
@@ -292,7 +313,9 @@ def _score_into(
     tmp = renames.enter_context(atomic_file(folder / "predictions.csv"))
     with tmp.open("w", newline="") as f:
         rows = PredictionRows(f, data, model)
-        result = evaluate_checkpoint(model, data, *options, keep_probs=False, on_chunk=rows, progress=progress)
+        result = evaluate_checkpoint(
+            model, data, *options, keep_probs=False, on_chunk=rows, progress=progress, name=str(path)
+        )
     result.checkpoint = result.metrics["checkpoint"] = str(path)
     return result
 
@@ -389,7 +412,7 @@ def write_report(result: CheckpointResult, out: Path) -> None:
     ``reliability.png`` (before and after calibration when the checkpoint has a temperature) beside the
     ``predictions.csv`` that scoring wrote."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2))
+    (out / "metrics.json").write_text(jsonio.dumps(result.metrics, indent=2))
     m = result.metrics
     title = f"{'/'.join(Path(result.checkpoint).parts[-2:])} on {m['data']}"
     from bertcls.plots import plot_confusion, plot_reliability  # matplotlib: only when a report is written

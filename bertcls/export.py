@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import logging
 import os
 import shutil
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bertcls import jsonio
 from bertcls.atomic import atomic_dir
 from bertcls.card import write_model_card
 from bertcls.errors import BertclsError, check_parent, cli_errors, label_set, quiet_loading, some
@@ -42,7 +42,7 @@ from bertcls.onnx_predict import (
     TOKENIZER_FILE,
     OnnxClassifier,
 )
-from bertcls.tables import add_column_options, column_args
+from bertcls.tables import COLUMN_OPTIONS, add_column_options, column_args
 from bertcls.tasks import get_task
 
 FORMATS = ("onnx", "hf")
@@ -134,6 +134,8 @@ def export_onnx(
     model = _load(checkpoint)
     if not getattr(model.tokenizer, "is_fast", False):
         raise BertclsError("ONNX export needs a fast tokenizer (tokenizer.json) so that predicting needs no PyTorch")
+    # The labelled split is read and checked before the (long) export: a wrong column or label costs nothing.
+    split = _quantization_data(model, data, text_column, text_pair_column, label_column) if data else None
     with_token_types = model._takes_token_types
     batch = _example_batch(model, with_token_types)
     with atomic_dir(out) as tmp:
@@ -143,7 +145,7 @@ def export_onnx(
         if not (tmp / TOKENIZER_FILE).is_file():
             raise BertclsError("the checkpoint's tokenizer wrote no tokenizer.json; ONNX export needs a fast tokenizer")
         config = _onnx_config(model, list(batch), quantize, checkpoint)
-        (tmp / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        (tmp / ONNX_CONFIG_NAME).write_text(jsonio.dumps(config, indent=2))
         with torch.inference_mode():
             expected = model(**batch).logits.numpy()
         got = OnnxClassifier.from_folder(tmp, model_file=fp32.name).session.run(
@@ -155,10 +157,10 @@ def export_onnx(
         if quantize:
             _quantize_int8(fp32, tmp / ONNX_MODEL_NAME)
             if data is not None:
-                report = _compare_accuracy(tmp, fp32.name, data, text_column, text_pair_column, label_column)
-                (tmp / "quantization.json").write_text(json.dumps(report, indent=2))
+                report = _compare_accuracy(tmp, fp32.name, data, split)
+                (tmp / "quantization.json").write_text(jsonio.dumps(report, indent=2))
                 config["quantization_report"] = report
-                (tmp / ONNX_CONFIG_NAME).write_text(json.dumps(config, indent=2))
+                (tmp / ONNX_CONFIG_NAME).write_text(jsonio.dumps(config, indent=2))
             fp32.unlink()
         _write_card(checkpoint, model, tmp)
     say(f"ONNX model written to {out} (max logit difference from PyTorch {diff:.1e})")
@@ -245,23 +247,38 @@ def _quiet(logger: str) -> Iterator[None]:
         log.setLevel(level)
 
 
-def _compare_accuracy(
-    folder: Path, fp32_file: str, data: str, text_column: str, text_pair_column: str | None, label_column: str
-) -> dict[str, Any]:
-    """fp32 against int8 on a labelled split: "accuracy" is the task's compared score (multi-label: subset accuracy,
-    the whole label set right, at the exported thresholds) and "agreement" the share of texts decided the same."""
+def _quantization_data(
+    model: BertForTextClassification, data: str, text_column: str, text_pair_column: str | None, label_column: str
+):
+    """``--data`` read as the checkpoint reads labels, its columns named by the command line's options (a missing
+    one says ``--text-column``, not ``data.text_column``); a label the checkpoint does not know is an error."""
     from bertcls.data import load_split
 
-    fp32 = OnnxClassifier.from_folder(folder, model_file=fp32_file)
-    int8 = OnnxClassifier.from_folder(folder)
-    task, labels, delimiter = get_task(fp32.task), fp32.labels, fp32.label_delimiter
+    task, labels, delimiter = get_task(model.task), model.labels, model.label_delimiter
     split = load_split(
-        data, text_column, label_column, text_pair_column, split="test", task=task.name, label_delimiter=delimiter
+        data,
+        text_column,
+        label_column,
+        text_pair_column,
+        split="test",
+        option_names=COLUMN_OPTIONS,
+        task=task.name,
+        label_delimiter=delimiter,
     )
-    gold, unknown = task.gold_rows(split.labels, labels, delimiter)
+    _, unknown = task.gold_rows(split.labels, labels, delimiter)
     if unknown:
         unknown_labels = some(sorted(unknown))
         raise BertclsError(f"{data}: label(s) {unknown_labels} are not the checkpoint's labels {label_set(labels)}")
+    return split
+
+
+def _compare_accuracy(folder: Path, fp32_file: str, data: str, split) -> dict[str, Any]:
+    """fp32 against int8 on a labelled split: "accuracy" is the task's compared score (multi-label: subset accuracy,
+    the whole label set right, at the exported thresholds) and "agreement" the share of texts decided the same."""
+    fp32 = OnnxClassifier.from_folder(folder, model_file=fp32_file)
+    int8 = OnnxClassifier.from_folder(folder)
+    task, labels, delimiter = get_task(fp32.task), fp32.labels, fp32.label_delimiter
+    gold, _ = task.gold_rows(split.labels, labels, delimiter)
     p32 = fp32.predict_proba(split.texts, split.text_pairs)
     p8 = int8.predict_proba(split.texts, split.text_pairs)
     d32, d8 = task.decide(p32, fp32.thresholds), task.decide(p8, fp32.thresholds)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bertcls.errors import BertclsError
+from bertcls.errors import BertclsError, first_line
 from bertcls.registry import Registry
 from bertcls.tasks import get_task
 
@@ -25,6 +25,16 @@ InitFn = Callable[..., torch.Tensor]
 InitSpec = str | Mapping[str, Any]
 
 INITIALIZERS: Registry[InitFn] = Registry("initializer")
+
+# Parameters with a fixed set of values, checked by parse_init before a model is built (torch would only raise a
+# ValueError deep inside the first init). The nonlinearities are those ``torch.nn.init.calculate_gain`` knows.
+PARAM_CHOICES: dict[str, tuple[str, ...]] = {
+    "mode": ("fan_in", "fan_out"),
+    "nonlinearity": (
+        "linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+        "sigmoid", "tanh", "relu", "leaky_relu", "selu",
+    ),
+}  # fmt: skip
 
 
 def register_initializer(name: str) -> Callable[[InitFn], InitFn]:
@@ -131,6 +141,9 @@ def parse_init(spec: InitSpec) -> tuple[str, dict[str, Any]]:
         raise BertclsError(
             f"initializer '{name}' has no parameter {', '.join(unknown)}; valid: {', '.join(allowed) or '(none)'}"
         )
+    for key, value in params.items():
+        if key in PARAM_CHOICES and value not in PARAM_CHOICES[key]:
+            raise BertclsError(f"initializer '{name}': {key} {value!r} is not one of {', '.join(PARAM_CHOICES[key])}")
     return name, params
 
 
@@ -140,8 +153,11 @@ def init_tensor(t: torch.Tensor, spec: InitSpec, generator: torch.Generator | No
     fn = INITIALIZERS[name]
     accepted = inspect.signature(fn).parameters
     merged = {k: v for k, v in defaults.items() if k in accepted} | params
-    with torch.no_grad():
-        fn(t, generator=generator, **merged)
+    try:
+        with torch.no_grad():
+            fn(t, generator=generator, **merged)
+    except (ValueError, TypeError) as e:  # a value of the right name but the wrong kind (gain: "big")
+        raise BertclsError(f"initializer '{name}' with {params}: {first_line(e)}") from e
 
 
 def is_symmetric_init(spec: InitSpec) -> bool:

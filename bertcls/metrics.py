@@ -14,7 +14,7 @@ import numpy as np
 
 def log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Mean cross-entropy of the true class; probabilities clipped so one confident mistake stays finite."""
-    p = np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, 1.0)
+    p = np.clip(np.asarray(probs, dtype=np.float64)[np.arange(len(y_true)), y_true], 1e-12, 1.0)
     return float(-np.log(p).mean())
 
 
@@ -45,10 +45,13 @@ def decision_counts(true: np.ndarray, pred: np.ndarray, axis: int | None = 0) ->
 
 def binary_log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Mean binary cross-entropy over examples and labels (the multi-label training loss without pos_weight);
-    probabilities clipped so one confident mistake stays finite."""
-    p = np.clip(probs, 1e-12, 1 - 1e-12)
+    probabilities clipped to [1e-12, 1 - 1e-12] so one confident mistake stays finite.
+
+    In float64: evaluation's probabilities are float32, where 1 - 1e-12 is 1.0, so a confident right answer would
+    give 0 * log(0) = nan and a confident wrong one inf."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
     y = np.asarray(y_true, dtype=np.float64)
-    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    return float(-(y * np.log(p) + (1 - y) * np.log1p(-p)).mean())
 
 
 def multilabel_metrics(y_true: np.ndarray, probs: np.ndarray, thresholds: Sequence[float]) -> dict[str, float]:

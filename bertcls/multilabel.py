@@ -29,6 +29,17 @@ def check_task(task: str) -> str:
 # ---------------------------------------------------------------- label sets
 
 
+def clean_label(value: Any) -> Any:
+    """One label as read from a file, cleaned the one way every reader cleans it (single labels, label sets,
+    evaluation's gold labels): surrounding whitespace stripped (``" acting"`` is ``acting``; a cell of spaces is
+    blank), and 1.0 read from a float column is the label 1, not "1.0"."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def parse_label_set(value: Any, delimiter: str = DEFAULT_DELIMITER) -> list[Any]:
     """One example's labels as a list without repeats, in the order given.
 
@@ -56,8 +67,7 @@ def parse_label_set(value: Any, delimiter: str = DEFAULT_DELIMITER) -> list[Any]
         value = [value]
     out: list[Any] = []
     for v in value:
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)  # 1.0 read from a float column is the label 1
+        v = clean_label(v)
         if not isinstance(v, (str, int, float)) or isinstance(v, bool):
             raise BertclsError(f"label set {value!r}: labels must be strings or numbers, got {v!r}")
         if (isinstance(v, str) and not v) or v in out:

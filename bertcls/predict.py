@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Union
 from bertcls.atomic import atomic_file
 from bertcls.ensemble import Ensemble
 from bertcls.errors import BertclsError, check_parent, cli_errors, quiet_loading
-from bertcls.multilabel import DEFAULT_DELIMITER
+from bertcls.multilabel import DEFAULT_DELIMITER, join_labels
 from bertcls.onnx_predict import OnnxClassifier, is_onnx_export
 from bertcls.precision import PRECISIONS, check_precision
 from bertcls.report import view
@@ -64,6 +64,24 @@ def predict_texts(
     return [_cut(p, top_k) for p in out]
 
 
+def predict_nonempty(
+    model: Classifier, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int, precision: str
+) -> list[dict[str, Any] | None]:
+    """``predict_texts`` for the texts that are not empty or whitespace only; None in the place of each that is.
+
+    The command lines treat an empty text as training does (``data.empty_texts=skip``): it gets no prediction, and
+    they say so, instead of answering for a text that holds nothing to classify."""
+    keep = [i for i, t in enumerate(texts) if t.strip()]
+    kept_pairs = [pairs[i] for i in keep] if pairs is not None else None
+    preds = predict_texts(model, [texts[i] for i in keep], kept_pairs, batch_size, precision=precision) if keep else []
+    out: list[dict[str, Any] | None] = [None] * len(texts)
+    for i, p in zip(keep, preds):
+        out[i] = p
+    return out
+
+
+EMPTY_NOTE = "empty text: no prediction (training skips empty texts too)"
+
 # Rows read, predicted and written at a time by predict_file: memory stays flat in the input's size.
 CHUNK_ROWS = 4096
 
@@ -80,7 +98,9 @@ def predict_file(
     ``prob_<label>`` column for every label (a CSV needs the same columns in every row, so ``top_k`` does not cut
     them), a JSONL file adds a ``probabilities`` object with the ``top_k`` most probable labels. For a multi-label
     model ``predicted`` is the label set (in a CSV joined by the model's ``label_delimiter``, in JSONL a list, with
-    their probabilities in ``scores``).
+    their probabilities in ``scores``). An input cell that holds a list (a JSONL label set) is written to a CSV
+    joined by that delimiter too. A row whose text is empty gets no prediction, as training skips it: empty cells in
+    a CSV, ``"predicted": null`` and ``"skipped": "empty text"`` in JSONL (the returned list holds None for it).
 
     Raises:
         BertclsError: missing input file or column, unknown output type, an existing output without ``overwrite``.
@@ -116,28 +136,43 @@ def write_predictions(
     task, delimiter = get_task(model.task), getattr(model, "label_delimiter", DEFAULT_DELIMITER)
     csv_out = out.suffix.lower() == ".csv"
     # Written beside the target and renamed into place: an interrupted run leaves no half-written output.
+    fields = view(task).output_fields(_EXAMPLE[task.name], delimiter)  # the columns a prediction adds
+    empty = 0
     with atomic_file(out) as tmp, tmp.open("w", newline="") as f:
         bar = tqdm(total=len(table), desc="predict", unit="row", disable=None)
-        writer = None
+        writer = _csv_writer(f, table.column_names, model.labels, fields) if csv_out else None
         for batch in table.iter(batch_size=chunk_rows):
             rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-            preds = predict_texts(
-                model, *texts_of(rows, text_column, text_pair_column), batch_size, precision=precision
-            )
-            if csv_out:
-                writer = writer or _csv_writer(
-                    f, table.column_names, model.labels, view(task).output_fields(preds[0], delimiter)
-                )
+            texts, pairs = texts_of(rows, text_column, text_pair_column)
+            preds = predict_nonempty(model, texts, pairs, batch_size, precision)
+            empty += preds.count(None)
+            if writer is not None:
                 _write_csv_rows(writer, rows, preds, model.labels, task, delimiter)
             else:
                 for row, p in zip(rows, preds):
-                    record = {**row, **view(task).output_fields(p), "probabilities": _cut(p, top_k)["probabilities"]}
+                    if p is None:
+                        record = {**row, "predicted": None, "skipped": "empty text"}
+                    else:
+                        record = {
+                            **row,
+                            **view(task).output_fields(p),
+                            "probabilities": _cut(p, top_k)["probabilities"],
+                        }
                     f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
             if on_chunk is not None:
-                on_chunk([_cut(p, top_k) for p in preds])
+                on_chunk([_cut(p, top_k) if p is not None else None for p in preds])
             bar.update(len(rows))
         bar.close()
+    if empty:
+        print(f"{input_path}: {empty} of {len(table)} row(s) have an empty text; they get no prediction (empty cells)")
     return len(table)
+
+
+# A prediction of each task's shape: what decides the columns of a CSV output before any row is predicted.
+_EXAMPLE = {
+    "single_label": {"label": "", "score": 0.0, "probabilities": {}},
+    "multi_label": {"labels": [], "scores": [], "probabilities": {}},
+}
 
 
 def load_predictor(path: str | os.PathLike) -> Classifier:
@@ -178,8 +213,14 @@ def _write_csv_rows(
     writer: csv.DictWriter, rows: list[dict[str, Any]], preds: list[dict[str, Any]], labels: list[str], task, delimiter
 ) -> None:
     for row, p in zip(rows, preds):
+        # A list cell of the input (a JSONL label set) as one CSV cell the way data.label_delimiter reads it back,
+        # not Python's "['acting']".
+        cells = {k: join_labels(v, delimiter) if isinstance(v, list) else v for k, v in row.items()}
+        if p is None:  # an empty text: no prediction, empty cells
+            writer.writerow(cells)
+            continue
         probs = {f"prob_{label}": p["probabilities"][label] for label in labels}
-        writer.writerow({**row, **view(task).output_fields(p, delimiter), **probs})
+        writer.writerow({**cells, **view(task).output_fields(p, delimiter), **probs})
 
 
 def check_sizes(batch_size: int, top_k: int | None) -> None:
@@ -267,7 +308,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto: bf16 where the hardware has it, as training's default; no: full precision (an ONNX export "
         "always runs in full precision)",
     )
-    return parser.parse_args(argv)
+    # Intermixed: texts may stand before and after options.
+    return parser.parse_intermixed_args(argv)
 
 
 @cli_errors
@@ -287,16 +329,23 @@ def main(argv: list[str] | None = None) -> None:
         columns = (args.text_column, args.text_pair_column)
         options = (args.batch_size, args.top_k, args.overwrite, args.precision)
         n = write_predictions(model, args.input, args.output, *columns, *options)
-        print(f"{n} predictions written to {args.output}")
+        print(f"{n} rows written to {args.output}")
         return
     if args.input:
         _, texts, pairs = read_input(args.input, args.text_column, args.text_pair_column)
     else:
         texts, pairs = args.texts, None
-    preds = predict_texts(model, texts, pairs, args.batch_size, args.top_k, args.precision)
+    check_sizes(args.batch_size, args.top_k)
+    preds = [
+        _cut(p, args.top_k) if p is not None else None
+        for p in predict_nonempty(model, texts, pairs, args.batch_size, args.precision)
+    ]
     thresholds = dict(zip(model.labels, model.thresholds)) if model.thresholds is not None else None
     for i, (text, p) in enumerate(zip(texts, preds)):
-        if args.json:
+        if p is None:
+            skipped = json.dumps({"text": text, "skipped": "empty text"})
+            print(skipped if args.json else f"[{i + 1}] {text!r}: {EMPTY_NOTE}")
+        elif args.json:
             print(json.dumps({"text": text, **p}, ensure_ascii=False))
         else:
             print(format_prediction(text, p, i + 1, get_task(model.task), thresholds))

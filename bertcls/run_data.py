@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -20,7 +21,7 @@ from bertcls.data import (
     load_split,
     split_validation,
 )
-from bertcls.errors import BertclsError
+from bertcls.errors import BertclsError, some
 from bertcls.resources import is_packaged
 from bertcls.streaming import check_stream
 from bertcls.tasks import get_task
@@ -37,7 +38,8 @@ class RunData:
 
 
 def load_data(cfg: Config, log=print) -> RunData:
-    """Read the splits, fix the label set, cut a validation split if none is given, and check labels agree."""
+    """Read the splits, fix the label set, cut a validation split if none is given, and check labels agree (where
+    each split comes from is said by the run's plan line, ``RunData.sources``)."""
     d, task = cfg.data, get_task(cfg.data.task)
 
     def read(src: str) -> Split:
@@ -55,9 +57,13 @@ def load_data(cfg: Config, log=print) -> RunData:
     validation_source, test_source = resolve_split(d, "validation"), resolve_split(d, "test")
     validation = read(validation_source) if validation_source else None
     test = read(test_source) if test_source else None
-    if train is not None and validation is None and d.validation_fraction > 0:
-        train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
+    # The label set of the whole training file, before a validation split is cut from it: a label typed two ways, or
+    # a class too small to be on both sides of the cut, is then named as such.
     labels = list(d.labels) if d.labels else build_labels(task.label_values(train.labels))
+    if train is not None and validation is None and d.validation_fraction > 0:
+        warn_small_classes(task, train, d.train, log)
+        train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
+        check_trained_labels(task, train, validation, d.train)
     if train is not None:
         task.check_label_count(labels, train.labels, d.train)
     else:
@@ -93,6 +99,35 @@ def split_sources(cfg: Config) -> dict[str, str]:
         why = "data.test=null" if d.test is None else "data.test=auto and train is not a packaged split"
         sources["test"] = f"none ({why}; set data.test=FILE to test the best checkpoint)"
     return sources
+
+
+def warn_small_classes(task, train: Split, source: str, log) -> None:
+    """A stratified validation cut needs two rows of each label (one on each side): name the labels with fewer, whose
+    cut is then random."""
+    counts = Counter(map(str, task.label_values(train.labels)))
+    small = sorted(label for label, n in counts.items() if n < 2)
+    if small:
+        log(
+            f"warning: {source}: label(s) {some(small)} have a single row, too few for both the training and the "
+            "validation side (the validation split is cut at random, not stratified); add rows, fix the label, or "
+            "give data.validation"
+        )
+
+
+def check_trained_labels(task, train: Split, validation: Split, source: str) -> None:
+    """Every label of the validation cut has a training row: a label the model never trains on cannot be learned.
+
+    Raises:
+        BertclsError: the cut took every row of a label.
+    """
+    missing = sorted(
+        set(map(str, task.label_values(validation.labels))) - set(map(str, task.label_values(train.labels)))
+    )
+    if missing:
+        raise BertclsError(
+            f"{source}: every row of label(s) {some(missing)} went into the validation split, so no training row has "
+            "them; add rows, fix the label, or give data.validation"
+        )
 
 
 def check_labels(task, split: Split, labels: list[str], source: str) -> None:

@@ -67,15 +67,30 @@ class Timer:
 
 
 class RunLog:
-    """Prints (above the progress bar) and appends to train.log, on the main process only."""
+    """Prints (above the progress bar) and appends to train.log, on the main process only.
+
+    Made without a path, it holds its lines until ``open`` names train.log: a run checks its data and options
+    (and says what it found) before anything is written, and train.log still gets every line the console showed.
+    """
 
     def __init__(self, path: Path | None, enabled: bool):
         self.path, self.enabled = path, enabled
+        self.held: list[str] = []
 
     def __call__(self, msg: str) -> None:
         if not self.enabled:
             return
         tqdm.write(msg)
-        if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(msg + "\n")
+        if self.path is None:
+            self.held.append(msg)
+            return
+        with self.path.open("a") as f:
+            f.write(msg + "\n")
+
+    def open(self, path: Path) -> None:
+        """From now on append to ``path``, starting with the lines held so far."""
+        self.path = path
+        if self.enabled and self.held:
+            with path.open("a") as f:
+                f.write("".join(m + "\n" for m in self.held))
+        self.held = []

@@ -8,13 +8,13 @@ each seed's test accuracy against the first's says whether two seeds differ beyo
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bertcls import jsonio
 from bertcls.config import Config, resolve_split
 from bertcls.errors import BertclsError
 
@@ -57,7 +57,7 @@ def train_seeds(cfg: Config, data=None) -> dict[str, Any]:
         summary["test_std"] = {k: float(np.std([t[k] for t in tests], ddof=1)) if len(tests) > 1 else 0.0 for k in keys}
     if tests and len(runs) > 1:
         summary["comparison"] = compare_seeds(cfg, out, [r["seed"] for r in runs])
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2))
+    (out / SUMMARY).write_text(jsonio.dumps(summary, indent=2))
     print(format_seeds(summary))
     return summary
 

@@ -14,7 +14,6 @@ resumes where it stopped, and another process or machine given the same URL join
 from __future__ import annotations
 
 import csv
-import json
 import math
 import shutil
 import sys
@@ -22,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bertcls import jsonio
 from bertcls.atomic import atomic_dir, remove
 from bertcls.config import Config, load_config, resolve_split
-from bertcls.errors import BertclsError, cli_errors, quiet_loading
+from bertcls.errors import BertclsError, cli_errors, first_line, quiet_loading
 from bertcls.metrics import LOWER_IS_BETTER
 from bertcls.run_state import StopRun
 
@@ -106,9 +106,7 @@ def run_sweep(config: str | None, overrides: list[str], trials: int | None = Non
     cfg = load_config(config, overrides)
     space = flat_space(cfg.sweep.space)
     check_space(space)
-    for key, spec in space.items():  # each key and value must be one the config accepts
-        example = spec[0] if isinstance(spec, list) else spec["low"]
-        load_config(config, [*overrides, override(key, example)])
+    check_values(config, overrides, space)
     if resolve_split(cfg.data, "validation") is None and cfg.data.validation_fraction <= 0:
         raise BertclsError("a sweep scores trials on a validation split: set data.validation or validation_fraction")
     total = trials or cfg.sweep.trials
@@ -126,19 +124,75 @@ def run_sweep(config: str | None, overrides: list[str], trials: int | None = Non
         else optuna.pruners.NopPruner(),
     )  # fmt: skip
     ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    study.set_user_attr("space", space)  # stop_when_all_tried reads it
     done = len(study.get_trials(states=ended))
     print(f"sweep: study '{cfg.sweep.study_name}' in {storage}: {done} of {total} trials done; optimising {metric}")
     start = time.perf_counter()
     if done < total:
         study.optimize(
             lambda trial: objective(trial, config, overrides, space, out, metric),
-            catch=(BertclsError, ValueError, RuntimeError, FloatingPointError),
-            callbacks=[optuna.study.MaxTrialsCallback(total, states=ended), keep_best_checkpoints],
+            catch=TRIAL_ERRORS,  # raised outside a trial's training (objective catches those itself)
+            callbacks=[optuna.study.MaxTrialsCallback(total, states=ended), keep_best_checkpoints, stop_when_all_tried],
         )
     summary = summarize(study, metric, time.perf_counter() - start, out)
     write_outputs(study, summary, space, out)
     print(format_summary(summary, out))
+    failed = summary["trials"].get("fail", 0)
+    if failed:
+        raise BertclsError(
+            f"{failed} of {sum(summary['trials'].values())} trials failed (their errors are in {out / 'trials.csv'} "
+            "and each trial's train.log); the results of the others are written"
+        )
     return summary
+
+
+# What a trial that fails on its data, its values or a non-finite loss raises; anything else is a bug and stops.
+TRIAL_ERRORS = (BertclsError, ValueError, RuntimeError, FloatingPointError)
+
+
+def check_values(config: str | None, overrides: list[str], space: dict[str, Any]) -> None:
+    """Every value a trial can take (each choice; a range's ends) is one the config and the model accept, before
+    the first trial: a refused choice is one line now, not a failed trial later.
+
+    Raises:
+        BertclsError: naming the key and the value.
+    """
+    from bertcls.model import HeadSpec
+
+    for key, spec in space.items():
+        for value in spec if isinstance(spec, list) else (spec["low"], spec["high"]):
+            try:
+                m = load_config(config, [*overrides, override(key, value)]).model
+                HeadSpec(["a", "b"], m.pooling, m.dropout, m.hidden_sizes, m.activation, m.head_init, m.bias_init)
+                HeadSpec(["a", "b"], head_init=m.head_init, bias_init=m.bias_init).check_inits()
+            except BertclsError as e:
+                raise BertclsError(f"sweep.space.{key}: the value {value!r} is refused: {e}") from e
+
+
+def all_combinations(space: dict[str, Any]) -> int | None:
+    """How many value sets a space of choices only has (None: a range, endless)."""
+    if any(not isinstance(spec, list) for spec in space.values()):
+        return None
+    return math.prod(len(spec) for spec in space.values())
+
+
+def same_values(study, trial, params: dict[str, Any]):
+    """An earlier finished trial with exactly these values (a sampler may draw a value set again), or None."""
+    import optuna
+
+    ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return next((t for t in study.get_trials(states=ended) if t.number != trial.number and t.params == params), None)
+
+
+def stop_when_all_tried(study, trial) -> None:
+    """Stop once every value set of a space of choices has been tried (a further trial would only repeat one)."""
+    space = study.user_attrs.get("space")
+    n = all_combinations(space) if space else None
+    if n is None:
+        return
+    tried = {tuple(sorted(t.params.items())) for t in study.trials if t.state.is_finished()}
+    if len(tried) >= n:
+        study.stop()
 
 
 def prepare_sweep_dir(cfg: Config) -> Path:
@@ -160,6 +214,15 @@ def objective(trial, config: str | None, overrides: list[str], space: dict[str, 
     from bertcls.train import train
 
     params = {key: suggest(trial, key, spec) for key, spec in space.items()}
+    earlier = same_values(trial.study, trial, params)
+    if earlier is not None:
+        # A value set already tried is never trained twice: its result stands for this draw too.
+        import optuna
+
+        print(f"trial {trial.number}: the values of trial {earlier.number} again; not run twice")
+        if earlier.state == optuna.trial.TrialState.COMPLETE:
+            return float(earlier.value)
+        raise optuna.TrialPruned()
     trial_dir = out / "trials" / f"trial-{trial.number}"
     trial.set_user_attr("output_dir", str(trial_dir))
     print(f"trial {trial.number}: " + ", ".join(f"{k}={v}" for k, v in params.items()))
@@ -173,13 +236,18 @@ def objective(trial, config: str | None, overrides: list[str], space: dict[str, 
 
     try:
         result = train(cfg, on_validation=report)
+        value = result["best"]["value"]
+        if value is None or not math.isfinite(value):
+            raise FloatingPointError(f"validation {metric} is {value}")
     except Pruned:
         import optuna
 
         raise optuna.TrialPruned() from None
-    value = result["best"]["value"]
-    if value is None or not math.isfinite(value):
-        raise FloatingPointError(f"trial {trial.number}: validation {metric} is {value}")
+    except TRIAL_ERRORS as e:
+        # One line, and the sweep goes on: a failed trial is counted, and the sweep exits non-zero at its end.
+        print(f"trial {trial.number} failed: {type(e).__name__}: {first_line(e)}")
+        trial.set_user_attr("error", f"{type(e).__name__}: {first_line(e)}")
+        return math.nan  # Optuna records a nan objective as a failed trial
     return float(value)
 
 
@@ -227,13 +295,13 @@ def write_outputs(study, summary: dict[str, Any], space: dict[str, Any], out: Pa
     for t in study.trials:
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
         rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value, "duration_s": duration,
-                     **{k: t.params.get(k) for k in space}})  # fmt: skip
+                     **{k: t.params.get(k) for k in space}, "error": t.user_attrs.get("error", "")})  # fmt: skip
     with (out / "trials.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["trial", "state", "value", "duration_s", *space])
+        w = csv.DictWriter(f, fieldnames=["trial", "state", "value", "duration_s", *space, "error"])
         w.writeheader()
         w.writerows(rows)
     plot_sweep(rows, list(space), summary["metric"], out / "sweep.png")
-    (out / "sweep.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out / "sweep.json").write_text(jsonio.dumps(summary, indent=2, default=str))
 
 
 def format_summary(summary: dict[str, Any], out: Path) -> str:
@@ -257,7 +325,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="YAML file with config values and a sweep: section")
     parser.add_argument("--trials", type=int, default=None, help="trials in the study (default: sweep.trials)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value pairs; they win over the config file")
-    args = parser.parse_args(argv)
+    # Intermixed: overrides may stand before and after options (train.max_steps=1 --config F output.dir=x).
+    args = parser.parse_intermixed_args(argv)
     if args.trials is not None and args.trials < 1:
         raise BertclsError(f"--trials must be at least 1, got {args.trials}")
     quiet_loading()

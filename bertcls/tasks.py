@@ -20,13 +20,6 @@ from bertcls.errors import BertclsError, label_set, some
 # What a label value is, read from a file (bertcls.data reads the files and calls these through the task).
 
 
-def normalize_label(v: Any) -> Any:
-    # 1.0 read from a float column is the label 1, not "1.0".
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
 def label_ids(values: Sequence[Any], labels: Sequence[str], source: str = "data") -> list[int]:
     """Map raw label values to indices of ``labels``; unknown labels are an error naming them."""
     index = {name: i for i, name in enumerate(labels)}
@@ -130,16 +123,30 @@ class SingleLabel(Task):
             )
 
     def read_labels(self, values: Sequence[Any], source: str, delimiter: str) -> list[Any]:
-        """A label column as read from a file: a missing label is an error naming its file lines."""
-        from bertcls.errors import BertclsError
+        """A label column as read from a file, each label cleaned (``multilabel.clean_label``: whitespace stripped).
 
-        missing = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and math.isnan(v))]
+        Raises:
+            BertclsError: a cell holds a list (multi-label data read as single-label), or a label is missing or
+                blank (a cell of spaces is no more a class than an empty one), naming its file lines.
+        """
+        from bertcls.errors import BertclsError
+        from bertcls.multilabel import clean_label
+
+        lists = next((i for i, v in enumerate(values) if isinstance(v, (list, tuple))), None)
+        if lists is not None:
+            raise BertclsError(
+                f"{source}: labels are lists (file line {lists + 2}: {list(values[lists])!r}); for several labels per "
+                "text set data.task=multi_label"
+            )
+        cleaned = [clean_label(v) for v in values]
+        missing = [i for i, v in enumerate(cleaned) if v is None or v == "" or (isinstance(v, float) and math.isnan(v))]
         if missing:
             rows = ", ".join(str(i + 2) for i in missing[:5])  # +2: 1-based, after the header line
             raise BertclsError(
-                f"{source}: {len(missing)} row(s) have no label (file lines {rows}...); fill or drop them"
+                f"{source}: {len(missing)} row(s) have no label or a blank one (file lines {rows}...); "
+                "fill or drop them"
             )
-        return [normalize_label(v) for v in values]
+        return cleaned
 
     def targets(self, values: Sequence[Any], labels: Sequence[str], source: str = "data") -> list[int]:
         return label_ids(values, labels, source)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import sys
@@ -29,12 +28,13 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, se
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from bertcls import packing, speed
+from bertcls import jsonio, packing, speed
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
 from bertcls.checkpoint import (
     CHECKPOINTS,
     StopSignals,
     TrainingStopped,
+    check_resume_labels,
     load_checkpoint,
     resolve_resume,
     resume_command,
@@ -274,25 +274,28 @@ def setup(cfg: Config, data: RunData | None = None) -> Run:
     precision = resolve_mixed_precision(cfg.train.mixed_precision)
     cached = uses_cache(cfg)
     accelerator, trackers = setup_accelerator(cfg, precision, cached)
-    # Output folder, data, options and model are checked before anything is written, so a typo costs nothing there.
+    # Output folder, data, options, model, loss and the checkpoint to resume from are all checked before anything is
+    # written, so a typo costs nothing there (and an earlier run's files are never removed for a run that fails).
+    # The log holds its lines until train.log exists (setup_output), which then starts with them.
     check_output_dir(cfg)
     resume_dir = resolve_resume(cfg.train.resume_from, Path(cfg.output.dir))
+    log = RunLog(None, accelerator.is_main_process)
     if data is None:
-        data = load_data(cfg, RunLog(None, accelerator.is_main_process))  # printed; train.log does not exist yet
+        data = load_data(cfg, log)
     check_run_options(cfg, data, accelerator, cached)
     task = get_task(cfg.data.task)
-    model, cfg = setup_model(cfg, data.labels, task, accelerator)
-    out, log = setup_output(cfg, accelerator, resume_dir, trackers)
-    run = Run(cfg, accelerator, precision, task, data, model, out, log, cached, use_lbfgs(cfg, cached))
+    model, cfg = setup_model(cfg, data.labels, task, accelerator, log)
+    run = Run(cfg, accelerator, precision, task, data, model, Path(cfg.output.dir), log, cached, use_lbfgs(cfg, cached))
     setup_datasets(run)
     setup_training(run)
-    log_plan(run)
     select = "loss" if run.lbfgs else cfg.eval.metric  # an L-BFGS head's L2 strength: smoother than accuracy
     run.state = RunState.start(select, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta)
     run.running = torch.zeros((), device=accelerator.device)
     run.nonfinite = NonFiniteLosses(accelerator.device)
     if resume_dir is not None:
         resume(run, resume_dir)
+    run.out = setup_output(cfg, accelerator, resume_dir, trackers, log)
+    log_plan(run)
     return run
 
 
@@ -372,7 +375,7 @@ def check_streaming(cfg: Config) -> None:
 
 
 def setup_model(
-    cfg: Config, labels: list[str], task: Task, accelerator: Accelerator
+    cfg: Config, labels: list[str], task: Task, accelerator: Accelerator, log=print
 ) -> tuple[BertForTextClassification, Config]:
     """The model, and the run's config: a copy that says what the model does. The model owns how texts are read
     (``data.max_length``, capped to what its backbone reads; ``truncation``, ``window_stride``): the datasets take
@@ -402,25 +405,25 @@ def setup_model(
     if cfg.train.speedups:
         speed.apply(model)
     if model.max_length < d.max_length and accelerator.is_main_process:
-        print(f"data.max_length={d.max_length} is more than {m.name_or_path} reads; using {model.max_length}")
+        log(f"data.max_length={d.max_length} is more than {m.name_or_path} reads; using {model.max_length}")
     # A copy: the caller's config (a notebook's, a sweep's) is never changed by a run.
     return model, replace(cfg, data=replace(d, **model.reading))
 
 
 def setup_output(
-    cfg: Config, accelerator: Accelerator, resume_dir: Path | None, trackers: list[str]
-) -> tuple[Path, RunLog]:
+    cfg: Config, accelerator: Accelerator, resume_dir: Path | None, trackers: list[str], log: RunLog
+) -> Path:
+    """The output folder, written only now that everything is checked: config.yaml, and train.log with the lines
+    the log held so far."""
     main = accelerator.is_main_process
     out = prepare_output_dir(cfg) if main else Path(cfg.output.dir)
     accelerator.wait_for_everyone()
-    log = RunLog(out / "train.log", main)
+    log.open(out / "train.log")
     if main:
         (out / "config.yaml").write_text(to_yaml(cfg))
-        if resume_dir is not None:
-            log(f"resuming from {resume_dir}")
     if trackers:
         accelerator.init_trackers("tracking", config=flat_config(cfg))
-    return out, log
+    return out
 
 
 def setup_datasets(run: Run) -> None:
@@ -571,12 +574,13 @@ def log_plan(run: Run) -> None:
 
 
 def resume(run: Run, path: Path) -> None:
+    check_resume_labels(path, run.data.labels)
     saved, saved_head = load_checkpoint(run.accelerator, path)
     s = run.state
     s.load_state_dict(saved)
     run.running.fill_(s.running_loss)
     run.best_head.update(saved_head or {})
-    run.log(f"resumed at step {s.step} (epoch {s.epoch}, batch {s.batch_in_epoch})")
+    run.log(f"resumed at step {s.step} (epoch {s.epoch}, batch {s.batch_in_epoch}) from {path}")
 
 
 # -- the loop
@@ -778,8 +782,11 @@ def check_collapse(run: Run, probs, gold) -> None:
 
 def keep_best(run: Run, v: dict[str, float]) -> None:
     s, select = run.state, run.state.best["metric"]
-    # A model that has gone non-finite never becomes best/, whatever its accuracy looks like.
-    if not (math.isfinite(v["loss"]) and is_better(select, v[select], s.best["value"])):
+    # A model that has gone non-finite never becomes best/, whatever its accuracy looks like; said, never silent.
+    if not math.isfinite(v.get("loss", math.nan)):
+        run.log(f"warning: validation loss is not finite at step {s.step}; best/ is not updated from this evaluation")
+        return
+    if not is_better(select, v[select], s.best["value"]):
         return
     s.best.update(value=v[select], step=s.step, **run.task.decision_state(run.model))
     if run.cached:
@@ -810,7 +817,9 @@ def save_state(run: Run) -> Path:
     s = run.state
     s.running_loss = run.accelerator.reduce(run.running.clone(), "mean").item()
     head = run.best_head if run.cached and run.best_head else None
-    path = save_checkpoint(run.accelerator, run.out, s.state_dict(), run.cfg.checkpoint.keep_last, head)
+    # The labels travel with the checkpoint: a resume with other data is refused by name (check_resume_labels).
+    state = {**s.state_dict(), "labels": run.data.labels}
+    path = save_checkpoint(run.accelerator, run.out, state, run.cfg.checkpoint.keep_last, head)
     run.log(f"checkpoint {path}")
     return path
 
@@ -948,7 +957,7 @@ def write_results(run: Run, result: dict[str, Any], decisions: dict[str, dict[st
         # each folder's own decision state (thresholds as a list), whichever model is in memory now
         info |= {k: list(v.values()) for k, v in decisions[name].items()}
         write_model_card(out / name, run.model, info)
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    (out / "metrics.json").write_text(jsonio.dumps(result, indent=2))
     plot_curves(result, out / "curves.png", title=f"learning curves: {out}")
     where = f"checkpoints in {out}/best and {out}/last, metrics in {out}/metrics.json"
     run.log(f"done in {result['total_time_s']:.0f}s; {where}")
@@ -1025,7 +1034,7 @@ def train_lp_ft(cfg: Config, data: RunData | None = None, on_validation=None) ->
     result["schedule"] = "lp_ft"
     result["linear_probe"] = {k: probe_result.get(k) for k in ("best", "history", "test", "train_time_s")}
     if PartialState().is_main_process:
-        (Path(cfg.output.dir) / "metrics.json").write_text(json.dumps(result, indent=2))
+        (Path(cfg.output.dir) / "metrics.json").write_text(jsonio.dumps(result, indent=2))
     return result
 
 
@@ -1047,7 +1056,8 @@ def parse_args(
     )
     parser.add_argument("--config", help="YAML file with config values (see configs/)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value pairs; they win over the config file")
-    args = parser.parse_args(argv)
+    # Intermixed: overrides may stand before and after options (train.max_steps=1 --config F output.dir=x).
+    args = parser.parse_intermixed_args(argv)
     return args.config, args.overrides
 
 

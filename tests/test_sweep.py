@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+from unittest import mock
 
 import pytest
 
 pytest.importorskip("optuna")
 
 from bertcls import BertclsError, BertForTextClassification  # noqa: E402
-from bertcls.sweep import flat_space, run_sweep  # noqa: E402
+from bertcls.sweep import flat_space, main, run_sweep  # noqa: E402
 
 from .conftest import assert_one_line_error, run_cli  # noqa: E402
 from .test_train import tiny_overrides  # noqa: E402
@@ -32,7 +33,8 @@ def test_sweep_writes_trials_and_the_winners_own_checkpoint(swept):
     out, summary = swept
     with (out / "trials.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 5 and list(rows[0]) == ["trial", "state", "value", "duration_s", "train.lr", "model.head_init"]
+    head = ["trial", "state", "value", "duration_s", "train.lr", "model.head_init", "error"]
+    assert len(rows) == 5 and list(rows[0]) == head
     finished = [r for r in rows if r["state"] == "complete"]
     best = max(finished, key=lambda r: float(r["value"]))
     assert summary["best"]["trial"] == int(best["trial"])
@@ -58,14 +60,52 @@ def test_a_second_call_resumes_the_study(swept, tiny_bert, tiny_data):
     assert sum(summary["trials"].values()) == 6
 
 
-def test_bad_values_fail_the_trial_not_the_sweep(tiny_bert, tiny_data, tmp_path):
-    # A dropout of 1.5 is refused by the config for that trial; the sweep records it as failed and goes on.
+def test_a_refused_value_is_one_line_before_any_trial(tiny_bert, tiny_data, tmp_path, capsys):
+    # pooling max does not exist: said before the first trial, which never runs (no output folder).
     out = tmp_path / "run"
-    extra = ["sweep.space.model.dropout=[1.5]", "sweep.pruner=none"]
-    summary = run_sweep(None, sweep_overrides(tiny_bert, tiny_data, out, *extra), trials=2)
-    assert summary["trials"] == {"fail": 2} and summary["best"] is None
+    args = sweep_overrides(tiny_bert, tiny_data, out, "sweep.space.model.pooling=[cls,max]")
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "sweep.space.model.pooling: the value 'max' is refused: unknown pooling 'max'" in err
+    assert not out.exists()
+
+
+def test_failed_trials_are_one_line_each_and_the_sweep_exits_non_zero(tiny_bert, tiny_data, tmp_path, capsys):
+    def fail(cfg, on_validation=None):
+        raise BertclsError("the trial's data was bad")
+
+    out = tmp_path / "run"
+    args = sweep_overrides(tiny_bert, tiny_data, out, "sweep.pruner=none", "--trials", "2")
+    with mock.patch("bertcls.train.train", fail), pytest.raises(SystemExit) as stop:
+        main(args)
+    printed = capsys.readouterr()
+    assert stop.value.code == 2 and "Traceback" not in printed.out + printed.err
+    assert printed.out.count("failed: BertclsError: the trial's data was bad") == 2
+    assert printed.err.strip() == (
+        f"error: 2 of 2 trials failed (their errors are in {out / 'trials.csv'} and each trial's train.log); the "
+        "results of the others are written"
+    )
     with (out / "trials.csv").open(newline="") as f:
-        assert [r["state"] for r in csv.DictReader(f)] == ["fail", "fail"]
+        assert [(r["state"], r["error"]) for r in csv.DictReader(f)] == [
+            ("fail", "BertclsError: the trial's data was bad")
+        ] * 2
+
+
+def test_a_value_set_is_never_trained_twice(tiny_bert, tiny_data, tmp_path, capsys):
+    trained = []
+
+    def fake(cfg, on_validation=None):
+        trained.append(cfg.model.head_init)
+        return {"best": {"value": 0.5}}
+
+    out = tmp_path / "run"
+    space = ["sweep.space.model.head_init=[zeros,normal]", "sweep.pruner=none"]
+    with mock.patch("bertcls.train.train", fake):
+        summary = run_sweep(None, tiny_overrides(tiny_bert, tiny_data, out, *space), trials=6)
+    # Two value sets: both trained once, and the study stops there instead of drawing them again.
+    assert sorted(trained) == ["normal", "zeros"] and sum(summary["trials"].values()) == 2
 
 
 def test_space_errors_are_one_line(tiny_bert, tiny_data, tmp_path):
