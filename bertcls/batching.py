@@ -46,10 +46,23 @@ class Batcher:
         # One worker: passes run one after another, and the model's own threads (capped by --threads) do the maths.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertcls-predict")
         self._task: asyncio.Task | None = None
-        self.batch_sizes: list[int] = []  # texts per pass, for tests and logs
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False  # shutting down: run what is queued at once, waiting for no one
+        self.batch_sizes: deque[int] = deque(maxlen=1024)  # texts per recent pass (bounded: memory stays flat)
+        self.in_flight = 0  # requests taken and not yet answered (waiting or running)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run())
+
+    def drain_soon(self) -> None:
+        """From any thread or a signal handler: stop waiting for passes to fill (the server is shutting down)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self._draining = True
+        self._arrived.set()
 
     async def close(self) -> None:
         """Stop gathering (requests still queued are answered with an error) and wait for the worker."""
@@ -68,7 +81,11 @@ class Batcher:
         request = _Request(list(texts), None if text_pairs is None else list(text_pairs), future)
         self._pending.append(request)
         self._arrived.set()
-        return await request.future
+        self.in_flight += 1
+        try:
+            return await request.future
+        finally:
+            self.in_flight -= 1
 
     async def _run(self) -> None:
         while True:
@@ -92,7 +109,7 @@ class Batcher:
             await self._wait_arrival(None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
-        while self._queued_texts() < self.max_batch:
+        while self._queued_texts() < self.max_batch and not self._draining:
             remaining = deadline - loop.time()
             if remaining <= 0 or not await self._wait_arrival(remaining):
                 break

@@ -201,7 +201,7 @@ def build_app(predict: PredictFn, info: dict[str, Any], options: ServeOptions):
         return JSONResponse({"predictions": rows})
 
     async def health(request):
-        return JSONResponse({"status": "ok"})
+        return JSONResponse({"status": "ok", "in_flight": batcher.in_flight})
 
     async def info_endpoint(request):
         return JSONResponse({**info, "serve": asdict(options)})
@@ -232,10 +232,15 @@ def run_server(app, host: str, port: int) -> None:
     """Serve ``app`` until SIGTERM or Ctrl-C; SIGTERM finishes the requests in flight and returns (exit 0)."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            super().handle_exit(sig, frame)
+            app.state.batcher.drain_soon()  # queued requests run now rather than wait for company that won't come
+
     # uvicorn re-raises a caught SIGTERM once it has shut down: a no-op handler makes that a normal return.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="info", lifespan="on")
-    server = uvicorn.Server(config)
+    server = Server(config)
     server.run()
     if not server.started:
         raise BertclsError(f"could not serve on {host}:{port} (see the log above)")
