@@ -110,6 +110,33 @@ def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on():
     assert in_flight == 0
 
 
+def test_drain_runs_queued_requests_without_waiting_for_the_pass_to_fill():
+    async def scenario():
+        batcher = Batcher(echo([]), max_batch=64, max_wait_ms=3_600_000)  # an hour: only drain can start the pass
+        batcher.start()
+        try:
+            asked = asyncio.ensure_future(batcher.predict(["a"]))
+            while batcher.in_flight < 1:
+                await asyncio.sleep(0)
+            batcher.drain_soon()
+            return await asyncio.wait_for(asked, 60)  # a guard against hanging, not a timing
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(scenario()) == [{"text": "a", "pair": None}]
+
+
+def test_an_onnx_folder_is_served_with_onnx_runtime_under_the_thread_cap(tmp_path, monkeypatch):
+    from bertcls import serve
+    from bertcls.onnx_predict import ONNX_CONFIG_NAME
+
+    (tmp_path / ONNX_CONFIG_NAME).write_text("{}")
+    seen = {}
+    monkeypatch.setattr(serve.OnnxClassifier, "from_folder", lambda path, threads=None: seen.update(threads=threads))
+    serve.load_model(tmp_path, threads=3)
+    assert seen == {"threads": 3}
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "words"),
     [
