@@ -162,6 +162,27 @@ def test_parse_request_keeps_empty_strings_and_pairs():
     assert parse_request({"texts": ["a"], "text_pairs": None}, 3) == (["a"], None)
 
 
+def test_a_multi_label_model_answers_label_sets_as_bertcls_predict(tiny_bert):
+    from starlette.testclient import TestClient
+
+    from bertcls import BertForTextClassification
+    from bertcls.predict import predict_texts
+    from bertcls.serve import ServeOptions, build_app, model_info, predictor
+
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=["x", "y", "z"], task="multi_label", seed=0)
+    model.thresholds = [0.3, 0.5, 0.7]
+    options = ServeOptions(precision="no")
+    with TestClient(build_app(predictor(model, options), model_info(model, tiny_bert), options)) as client:
+        got = client.post("/predict", json={"texts": TEXTS}).json()["predictions"]
+        info = client.get("/info").json()
+    want = predict_texts(model, TEXTS, precision="no")
+    assert [(p["labels"], list(p["probabilities"])) for p in got] == [
+        (p["labels"], list(p["probabilities"])) for p in want
+    ]
+    assert got[0]["scores"] == pytest.approx(want[0]["scores"], abs=1e-6)
+    assert info["task"] == "multi_label" and info["thresholds"] == pytest.approx([0.3, 0.5, 0.7])
+
+
 # ---------------------------------------------------------------- a real server process
 
 
