@@ -53,8 +53,11 @@ class OnnxClassifier:
         self.input_names = [i.name for i in session.get_inputs()]
 
     @classmethod
-    def from_folder(cls, path: str | os.PathLike, model_file: str | None = None) -> OnnxClassifier:
-        """Load an ONNX export folder (``model_file`` picks another ``.onnx`` file in it).
+    def from_folder(
+        cls, path: str | os.PathLike, model_file: str | None = None, threads: int | None = None
+    ) -> OnnxClassifier:
+        """Load an ONNX export folder (``model_file`` picks another ``.onnx`` file in it; ``threads`` caps ONNX
+        Runtime's threads, default: its own choice, one per core).
 
         Raises:
             BertclsError: not an export folder, a corrupt config, missing model or tokenizer, no onnxruntime.
@@ -101,6 +104,9 @@ class OnnxClassifier:
         tokenizer.no_padding()
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are noise to a user
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
         try:
             session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for a damaged file
