@@ -98,12 +98,14 @@ def model_info(model, folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def predictor(model, options: ServeOptions) -> PredictFn:
-    """``(texts, pairs) -> prediction dicts`` through ``bertcls.predict.predict_texts``, in passes of
-    ``max_batch`` texts."""
-    from bertcls.predict import predict_texts
+    """``(texts, pairs) -> prediction dicts`` through ``bertcls.predict.predict_nonempty``, in passes of
+    ``max_batch`` texts. An empty (or whitespace-only) text gets no prediction, as in training and ``bertcls.predict
+    --json``: ``{"skipped": "empty text"}`` in its place."""
+    from bertcls.predict import predict_nonempty
 
     def predict(texts: list[str], pairs: list[str] | None) -> list[dict[str, Any]]:
-        return predict_texts(model, texts, pairs, options.max_batch, precision=options.precision)
+        preds = predict_nonempty(model, texts, pairs, options.max_batch, options.precision)
+        return [p if p is not None else {"skipped": "empty text"} for p in preds]
 
     return predict
 

@@ -166,7 +166,7 @@ def test_a_multi_label_model_answers_label_sets_as_bertcls_predict(tiny_bert):
     from starlette.testclient import TestClient
 
     from bertcls import BertForTextClassification
-    from bertcls.predict import predict_texts
+    from bertcls.predict import predict_nonempty
     from bertcls.serve import ServeOptions, build_app, model_info, predictor
 
     model = BertForTextClassification.from_pretrained(tiny_bert, labels=["x", "y", "z"], task="multi_label", seed=0)
@@ -175,7 +175,9 @@ def test_a_multi_label_model_answers_label_sets_as_bertcls_predict(tiny_bert):
     with TestClient(build_app(predictor(model, options), model_info(model, tiny_bert), options)) as client:
         got = client.post("/predict", json={"texts": TEXTS}).json()["predictions"]
         info = client.get("/info").json()
-    want = predict_texts(model, TEXTS, precision="no")
+    want = [p or {"skipped": "empty text"} for p in predict_nonempty(model, TEXTS, None, 64, "no")]
+    assert got[TEXTS.index("")] == {"skipped": "empty text"}  # as bertcls.predict --json: no answer for ""
+    got, want = [p for p in got if "skipped" not in p], [p for p in want if "skipped" not in p]
     assert [(p["labels"], list(p["probabilities"])) for p in got] == [
         (p["labels"], list(p["probabilities"])) for p in want
     ]
@@ -260,19 +262,20 @@ def server(servers):
 @pytest.fixture(scope="module")
 def expected(checkpoint):
     """What bertcls.predict gives for TEXTS (as its --json prints them), and for TEXTS paired with reversed TEXTS."""
-    from bertcls.predict import load_predictor, predict_texts
+    from bertcls.predict import load_predictor, predict_nonempty
 
     model = load_predictor(checkpoint)
-    return {
-        "plain": predict_texts(model, TEXTS, precision="no"),
-        "pairs": predict_texts(model, TEXTS, TEXTS[::-1], precision="no"),
-        "each": {t: predict_texts(model, [t], precision="no")[0] for t in TEXTS},
-    }
+
+    def predict(texts, pairs=None):
+        return [p or {"skipped": "empty text"} for p in predict_nonempty(model, texts, pairs, 64, "no")]
+
+    return {"plain": predict(TEXTS), "pairs": predict(TEXTS, TEXTS[::-1]), "each": {t: predict([t])[0] for t in TEXTS}}
 
 
 def assert_same(got: list[dict], want: list[dict]) -> None:
-    assert [p["label"] for p in got] == [p["label"] for p in want]
-    for g, w in zip(got, want):
+    assert [p.get("label") for p in got] == [p.get("label") for p in want]
+    assert [p.get("skipped") for p in got] == [p.get("skipped") for p in want]  # an empty text: no prediction
+    for g, w in ((g, w) for g, w in zip(got, want) if "skipped" not in w):
         assert list(g["probabilities"]) == list(w["probabilities"])  # most probable first, as predict --json
         assert g["probabilities"] == pytest.approx(w["probabilities"], abs=1e-6)
         assert g["score"] == pytest.approx(w["score"], abs=1e-6)
