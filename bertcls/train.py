@@ -718,8 +718,9 @@ def fit_lbfgs(run: Run) -> None:
     linear = run.model.head.layers[-1]
     x = run.train_ds.matrix().to(device).float().clone()  # features made in inference mode
     y = run.train_ds.labels.to(device)
+    weight_sum = float(run.loss_weight(y))  # what the loss's mean divides by: C then means scikit-learn's C
     for c in lbfgs_grid(run.val_ds is not None):
-        loss, iterations = fit_linear(linear, x, y, run.loss_fn, c)
+        loss, iterations = fit_linear(linear, x, y, run.loss_fn, c, weight_sum=weight_sum)
         s.step, s.examples = s.step + 1, s.examples + len(x)
         s.train_loss_curve.append([s.step, loss])
         run.log(f"L-BFGS fit {s.step}: C={c:g} ({iterations} iterations), train loss {loss:.4f}")
