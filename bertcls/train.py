@@ -47,7 +47,14 @@ from bertcls.data import (
     TextClassificationDataset,
 )
 from bertcls.errors import BertclsError, cli_errors, quiet_loading
-from bertcls.inference import forward_features, forward_tokens, make_eval_loader, split_metrics, split_predictions
+from bertcls.inference import (
+    forward_features,
+    forward_tokens,
+    make_eval_loader,
+    split_metrics,
+    split_predictions,
+    window_predictions,
+)
 from bertcls.metrics import is_better
 from bertcls.model import BertForTextClassification
 from bertcls.multilabel import tune_thresholds
@@ -906,33 +913,31 @@ def restore_best(run: Run, force: bool = False) -> None:
 
 def calibrate(run: Run, decisions: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Temperature scaling of the best model on the validation split (``bertcls.calibration``), folded into its
-    last layer and saved again as ``best/``; tuned multi-label thresholds are re-tuned on the calibrated
-    probabilities. Returns what ``metrics.json`` records under ``calibration``."""
-    from bertcls.calibration import calibrated, fit_temperature, fold_temperature
-    from bertcls.metrics import expected_calibration_error
+    last layer and saved again as ``best/``; the task moves its decision rule with it (``Task.calibrate_decisions``).
+    Fitted on the windows' probabilities when texts are read as windows, so T minimises the loss of what the saved
+    model computes. Returns what ``metrics.json`` records under ``calibration`` (``bertcls.calibration.record``)."""
+    from bertcls.calibration import fold_temperature, record
 
-    multi, task, model = run.task.per_label, run.task, run.model
-    probs, gold, _ = split_predictions(run.module, run.val_loader, run.accelerator, run.val_ds, run.forward, task)
-    temperature = fit_temperature(probs, gold, multi)
-    after = calibrated(probs, temperature, multi)
-    if multi and run.cfg.eval.threshold == "tune":
-        model.thresholds = tune_thresholds(gold, after).tolist()
-        run.state.best.update(task.decision_state(model))
-        decisions["best"] = task.decision_state(model)
+    task, model, ds = run.task, run.model, run.val_ds
+    # With windows, ``rows`` are the windows' probabilities and ``gold`` is per text.
+    rows, gold, doc_ids = window_predictions(run.module, run.val_loader, run.accelerator, ds, run.forward, task)
+    temperature = task.fit_temperature(rows, gold, doc_ids)
+    before = task.calibrated(rows, 1.0, doc_ids)  # (per text, as the model predicts now)
+    after = task.calibrated(rows, temperature, doc_ids)
+    thresholds = model.thresholds
+    task.calibrate_decisions(model, temperature, gold, after, run.cfg.eval.threshold == "tune")
+    run.state.best.update(task.decision_state(model))
+    decisions["best"] = task.decision_state(model)
     fold_temperature(model, temperature)
-    report: dict[str, Any] = {"method": "temperature", "split": "validation", "temperature": temperature}
-    for name, p in (("before", probs), ("after", after)):
-        report[f"loss_{name}"] = task.metrics_of(gold, p, model.thresholds)["loss"]
-        if not multi:
-            report[f"ece_{name}"] = expected_calibration_error(gold, p)
-    shown = f"{temperature:.3f}" if not multi else f"{min(temperature):.3f} to {max(temperature):.3f}"
-    line = f"calibration: temperature {shown} on the validation split; loss {report['loss_before']:.4f} -> "
-    line += f"{report['loss_after']:.4f}"
-    if not multi:
-        line += f", ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}"
-        if temperature == 1.0:  # (fit_temperature's answer when every validation prediction is right)
-            line += " (every validation prediction is right: no temperature to fit, T stays 1)"
-    run.log(line)
+    changed = ~task.same(task.decide(before, thresholds), task.decide(after, model.thresholds))
+    report = record(
+        temperature,
+        "validation",
+        task.calibration_scores(run.data.labels, gold, before, thresholds),
+        task.calibration_scores(run.data.labels, gold, after, model.thresholds),
+        changed.sum(),
+    )
+    run.log(task.describe_calibration(report))
     run.accelerator.wait_for_everyone()
     if run.main:
         model.save_pretrained(run.out / "best")

@@ -90,7 +90,7 @@ def test_training_calibrates_best_on_validation(runs, tiny_data):
     d, plain, cal = runs
     c = cal["calibration"]
     assert "calibration" not in plain and c["split"] == "validation" and c["temperature"] > 0
-    assert c["loss_after"] <= c["loss_before"] + 1e-9  # NLL on the split it was fitted on can only fall
+    assert c["after"]["loss"] <= c["before"]["loss"] + 1e-9  # NLL on the split it was fitted on can only fall
     raw = BertForTextClassification.from_pretrained(d / "plain" / "best")
     best = BertForTextClassification.from_pretrained(d / "cal" / "best")
     assert raw.temperature is None and best.temperature == pytest.approx(c["temperature"])
