@@ -31,6 +31,7 @@ from transformers import get_scheduler
 
 from bertcls import packing, speed
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
+from bertcls.calibration import unfold_temperature
 from bertcls.checkpoint import (
     CHECKPOINTS,
     StopSignals,
@@ -295,6 +296,9 @@ def setup(cfg: Config, data: RunData | None = None) -> Run:
     check_run_options(cfg, data, accelerator, cached)
     task = get_task(cfg.data.task)
     model, cfg = setup_model(cfg, data.labels, task, accelerator)
+    # A calibrated checkpoint trained again starts from its head before calibration: the T folded into it does not
+    # describe the weights training makes, so no checkpoint of this run records it (last/ is never calibrated).
+    unfold_temperature(model)
     out, log = setup_output(cfg, accelerator, resume_dir, trackers)
     run = Run(cfg, accelerator, precision, task, data, model, out, log, cached, use_lbfgs(cfg, cached))
     setup_datasets(run)
@@ -1001,6 +1005,8 @@ def train_lp_ft(cfg: Config, data: RunData | None = None, on_validation=None) ->
     probe = replace(
         cfg,
         model=replace(cfg.model, freeze_backbone=True, unfreeze_top_k=0),
+        # Calibrated once, at the end: phase 2 starts from the probe's head as fitted, not divided by its T.
+        eval=replace(cfg.eval, calibration="none"),
         train=replace(
             t,
             schedule="standard",

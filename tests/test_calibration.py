@@ -222,3 +222,41 @@ def test_a_windowed_run_saves_the_model_whose_loss_it_reports(tiny_bert, tiny_da
     best_t, best_loss = brute_force_t(raw, gold, doc_ids)
     assert c["temperature"] == pytest.approx(best_t, rel=0.01)
     assert c["after"]["loss"] <= best_loss + 1e-5
+
+
+# ---------------------------------------------------------------- training again: LP-FT, a calibrated checkpoint
+
+
+def test_lp_ft_calibrates_once_at_the_end(tiny_bert, tiny_data, tmp_path):
+    """Phase 2 starts from the probe's head as fitted (not divided by a phase-1 T); best/ records the one T it was
+    calibrated with; last/ records none, and evaluate does not call it calibrated; 'before' is the best model's
+    own validation loss."""
+    out = tmp_path / "run"
+    result = train(tiny_cfg(tiny_bert, tiny_data, out, "train.schedule=lp_ft", "train.max_steps=3"))
+    c = result["calibration"]
+    assert BertForTextClassification.from_pretrained(out / "linear_probe" / "best").temperature is None
+    assert BertForTextClassification.from_pretrained(out / "last").temperature is None
+    best = BertForTextClassification.from_pretrained(out / "best")
+    assert best.temperature == pytest.approx(c["temperature"])
+    at_best = next(h for h in result["history"] if h["step"] == result["best"]["step"])
+    assert c["before"]["loss"] == pytest.approx(at_best["validation"]["loss"], abs=1e-6)
+    validation = load_split(str(tiny_data["validation"]))
+    assert "calibration" not in evaluate_checkpoint(out / "last", validation, precision="no").metrics
+    m = evaluate_checkpoint(best, validation, precision="no").metrics
+    assert m["calibration"]["before"]["loss"] == pytest.approx(c["before"]["loss"], abs=1e-5)
+    assert m["loss"] == pytest.approx(c["after"]["loss"], abs=1e-5)
+
+
+def test_training_again_from_a_calibrated_checkpoint_starts_from_its_raw_head(runs, tiny_bert, tiny_data, tmp_path):
+    from bertcls.calibration import unfold_temperature
+
+    d, _, _ = runs
+    model = BertForTextClassification.from_pretrained(d / "cal" / "best")
+    unfold_temperature(model)
+    raw = BertForTextClassification.from_pretrained(d / "plain" / "best")  # the same run, never calibrated
+    assert model.temperature is None
+    np.testing.assert_allclose(model.predict_proba(TEXTS).numpy(), raw.predict_proba(TEXTS).numpy(), atol=1e-5)
+    again = f"model.name_or_path={d / 'cal' / 'best'}"
+    train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "again", again, "train.max_steps=1", "eval.calibration=none"))
+    for name in ("best", "last"):
+        assert BertForTextClassification.from_pretrained(tmp_path / "again" / name).temperature is None
