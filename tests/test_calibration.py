@@ -260,3 +260,45 @@ def test_training_again_from_a_calibrated_checkpoint_starts_from_its_raw_head(ru
     train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "again", again, "train.max_steps=1", "eval.calibration=none"))
     for name in ("best", "last"):
         assert BertForTextClassification.from_pretrained(tmp_path / "again" / name).temperature is None
+
+
+# ---------------------------------------------------------------- a fixed multi-label threshold
+
+
+def test_scaled_thresholds_keep_every_sigmoid_decision():
+    from bertcls.calibration import scaled_thresholds
+
+    rng = np.random.default_rng(3)
+    z, temps = rng.normal(size=(5000, 3)) * 4, [0.4, 1.0, 3.0]
+    for t in (0.2, 0.5, 0.9):
+        moved = scaled_thresholds([t] * 3, temps)
+        before = 1 / (1 + np.exp(-z)) >= t
+        after = calibrated(1 / (1 + np.exp(-z)), temps, True) >= np.asarray(moved)
+        assert (before == after).mean() > 0.9999  # (a row exactly on the threshold may round either way)
+        if t != 0.5:  # the threshold left where it was would move decisions
+            assert (before != (calibrated(1 / (1 + np.exp(-z)), temps, True) >= t)).mean() > 0.01
+    assert scaled_thresholds([0.5], [3.0]) == pytest.approx([0.5])
+
+
+def test_a_fixed_multilabel_threshold_stays_where_the_user_put_it(tiny_bert, tmp_path):
+    """eval.threshold=0.45: calibration changes the probabilities, not one decision (each label's threshold moves
+    with its T); the record says so and the test scores equal the uncalibrated run's."""
+    from .test_multilabel import make_rows as ml_rows
+    from .test_multilabel import ml_cfg, write_jsonl
+
+    data = {split: write_jsonl(tmp_path / f"{split}.jsonl", ml_rows(n, seed)) for split, n, seed in SPLITS}
+    plain = train(ml_cfg(tiny_bert, data, tmp_path / "plain", "eval.threshold=0.45", "eval.calibration=none"))
+    cal = train(ml_cfg(tiny_bert, data, tmp_path / "cal", "eval.threshold=0.45"))
+    c, temps = cal["calibration"], np.asarray(cal["calibration"]["temperature"])
+    assert np.abs(np.log(temps)).max() > 0.05  # a temperature that would move decisions at a fixed 0.45
+    best = BertForTextClassification.from_pretrained(tmp_path / "cal" / "best")
+    raw = BertForTextClassification.from_pretrained(tmp_path / "plain" / "best")
+    texts = [text for split in ("train", "validation", "test") for text in load_split(str(data[split])).texts]
+    ours = best.predict_proba(texts).numpy() >= np.asarray(best.thresholds)
+    np.testing.assert_array_equal(ours, raw.predict_proba(texts).numpy() >= 0.45)
+    assert cal["test"]["micro_f1"] == plain["test"]["micro_f1"]
+    np.testing.assert_allclose(best.thresholds, 1 / (1 + np.exp(-np.log(0.45 / 0.55) / temps)), rtol=1e-9)
+    assert c["decisions_changed"] == 0 and c["after"]["micro_f1"] == c["before"]["micro_f1"]
+
+
+SPLITS = (("train", 96, 1), ("validation", 40, 2), ("test", 40, 3))
