@@ -340,7 +340,8 @@ class EvalConfig:
     calibration: str = "temperature"
     """After training, `temperature` fits temperature scaling on the validation split (one T for single_label, one
     per label for multi_label, minimising NLL) and folds it into `best/`'s last layer, so every prediction path and
-    export gives calibrated probabilities; tuned thresholds are re-tuned on them. `none`: leave them as trained.
+    export gives calibrated probabilities; tuned thresholds are re-tuned on them, fixed ones move with T so every
+    decision stays. `none`: leave them as trained.
     Needs a validation split (skipped without one). See docs/calibration.md."""
 
     def __post_init__(self) -> None:

@@ -26,7 +26,7 @@ import torch
 
 from bertcls import jsonio
 from bertcls.atomic import atomic_file
-from bertcls.calibration import uncalibrated
+from bertcls.calibration import record
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
 from bertcls.errors import BertclsError, cli_errors, label_set, quiet_loading, some
 from bertcls.metrics import paired_bootstrap
@@ -124,19 +124,30 @@ def evaluate_checkpoint(
     model.to(device)
     precision = resolve(precision, torch.device(device).type)
     tally, correct, kept = task.tally(model), np.zeros(len(data), dtype=bool), []
-    before = task.tally(model) if model.temperature is not None else None  # the probabilities before calibration
+    calibrated = model.temperature is not None
+    # The scores before calibration: the same pass's probabilities without the temperature, decided by the
+    # thresholds they had then (a fixed multi-label threshold moved with T).
+    before_thresholds = task.thresholds_before_calibration(model)
+    before = task.tally_of(model.labels, before_thresholds) if calibrated else None
+    changed = 0
     chunk_rows = max(1, chunk_rows or CHUNK_ROWS)
     bar = tqdm(total=len(data), desc="evaluate", unit="row", disable=None if progress else True)
     for start in range(0, len(data), chunk_rows):
         stop = min(start + chunk_rows, len(data))
         pairs = data.text_pairs[start:stop] if data.text_pairs is not None else None
         # predict_proba batches by length, moves each batch's output to the CPU and returns rows in input order.
-        probs = model.predict_proba(data.texts[start:stop], pairs, batch_size, precision).numpy().astype(np.float64)
+        texts = data.texts[start:stop]
+        if calibrated:
+            pair = model.predict_proba_before_calibration(texts, pairs, batch_size, precision)
+            probs, raw = (p.numpy().astype(np.float64) for p in pair)
+        else:
+            probs = model.predict_proba(texts, pairs, batch_size, precision).numpy().astype(np.float64)
         g, k = gold[start:stop], known[start:stop]
         tally.add(g[k], probs[k])
-        if before is not None:
-            before.add(g[k], uncalibrated(probs[k], model.temperature, task.per_label))
         predicted = task.decide(probs, model.thresholds)
+        if calibrated:
+            before.add(g[k], raw[k])
+            changed += int((~task.same(predicted, task.decide(raw, before_thresholds)))[k].sum())
         correct[start:stop] = task.correct(predicted, g)
         if on_chunk is not None:
             on_chunk(start, probs, predicted)
@@ -147,18 +158,11 @@ def evaluate_checkpoint(
     metrics = {"checkpoint": name, "data": data.source, "labels": model.labels, "num_rows": len(data)}
     metrics["task"], metrics["precision"] = model.task, precision
     metrics.update(task.report(model, tally))
-    if before is not None:
-        metrics["calibration"] = calibration_report(model.temperature, task.report(model, before))
+    if calibrated:
+        metrics["calibration"] = record(model.temperature, data.source, task.report(model, before), metrics, changed)
     metrics["unknown_labels"] = {"count": int((~known).sum()), "labels": dict(sorted(unknown.items()))}
     probs = np.concatenate(kept) if kept else None
     return CheckpointResult(name, model.labels, metrics, gold, correct, probs, model.thresholds)
-
-
-def calibration_report(temperature, before: dict[str, Any]) -> dict[str, Any]:
-    """What ``metrics.json`` records of a calibrated checkpoint: its temperature and the uncalibrated scores (the
-    report's own scores are the calibrated ones, as the checkpoint predicts them)."""
-    kept = ("loss", "ece", "calibration_bins", "accuracy", "micro_f1", "macro_f1", "subset_accuracy")
-    return {"temperature": temperature, "before": {k: before[k] for k in kept if k in before}}
 
 
 def check_not_onnx(path: str | os.PathLike) -> None:

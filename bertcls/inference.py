@@ -188,6 +188,16 @@ def split_predictions(model, loader, accelerator, ds, forward, task) -> tuple[np
     return probs, gold, gathered
 
 
+def window_predictions(model, loader, accelerator, ds, forward, task):
+    """``predict_loader``'s rows with a long text's windows kept apart: (rows' probabilities, gold per text, each
+    row's text index or None when every text is one row). Calibration fits on these (``bertcls.calibration``)."""
+    probs, gold, _ = predict_loader(model, loader, accelerator, len(ds), forward, task)
+    doc_ids = getattr(ds, "doc_ids", None)
+    if doc_ids is None:
+        return probs, gold, None
+    return probs, np.asarray(ds.doc_label_ids), np.asarray(doc_ids, dtype=np.int64)
+
+
 def split_metrics(task, probs: np.ndarray, gold: np.ndarray, gathered: int, thresholds=None) -> dict[str, float]:
     """The task's validation metrics (multi-label: at ``thresholds``) and how many examples they cover."""
     result = task.metrics_of(gold, probs, thresholds)

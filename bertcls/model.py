@@ -316,6 +316,24 @@ class BertForTextClassification(nn.Module):
         are grouped by length; long texts are truncated (or read as windows) as the model was trained
         (``model.truncation``, ``model.window_stride``). ``precision``: ``no`` (full), ``bf16``, ``fp16``, or
         ``auto`` (bf16 where the model's device has it, as training's ``mixed_precision: auto``)."""
+        return torch.from_numpy(self._predict_proba(texts, text_pairs, batch_size, precision, (1.0,)))
+
+    def predict_proba_before_calibration(
+        self,
+        texts: Sequence[str],
+        text_pairs: Sequence[str] | None = None,
+        batch_size: int = 64,
+        precision: str = "no",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``predict_proba``'s probabilities and, from the same pass, those before the folded temperature
+        (``self.temperature``; the logits times T, window by window, so a long text read as windows gets the mean of
+        its windows' uncalibrated probabilities, what the model gave before calibration)."""
+        factor = 1.0 if self.temperature is None else self.temperature
+        both = self._predict_proba(texts, text_pairs, batch_size, precision, (1.0, factor))
+        return torch.from_numpy(both[:, : self.num_labels]), torch.from_numpy(both[:, self.num_labels :])
+
+    def _predict_proba(self, texts, text_pairs, batch_size: int, precision: str, factors):
+        """Per text, ``probabilities(logits * f)`` for each ``f`` of ``factors``, side by side."""
         from bertcls.data import tokenize_texts
         from bertcls.inference import predict_texts, torch_runner
         from bertcls.precision import check_precision, resolve
@@ -329,13 +347,18 @@ class BertForTextClassification(nn.Module):
             self.tokenizer, texts, text_pairs, self.max_length, self.truncation, self.window_stride,
             progress=False,
         )  # fmt: skip
-        run_batch = torch_runner(
-            lambda b: self.probabilities(self(**b).logits), device, resolve(precision, device.type)
-        )
+        scales = [torch.as_tensor(f, dtype=torch.float32, device=device) for f in factors]
+
+        def forward(batch):
+            logits = self(**batch).logits.float()
+            return torch.cat([self.probabilities(logits * f) for f in scales], -1)
+
+        run_batch = torch_runner(forward, device, resolve(precision, device.type))
         pad_id = self.tokenizer.pad_token_id or 0
-        probs = predict_texts(rows, rows.doc_ids, len(texts), batch_size, pad_id, run_batch, self.num_labels)
+        width = self.num_labels * len(factors)
+        probs = predict_texts(rows, rows.doc_ids, len(texts), batch_size, pad_id, run_batch, width)
         self.train(was_training)
-        return torch.from_numpy(probs)
+        return probs
 
     def predict(
         self,

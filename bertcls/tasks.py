@@ -97,6 +97,52 @@ class Task:
         """Per row: the prediction (multi-label: the whole label set) is the gold one, and the gold is known."""
         return self.same(predicted, gold) & self.known(gold)
 
+    # -- temperature scaling (bertcls.calibration): what differs between the tasks lives here
+
+    def fit_temperature(self, probs: np.ndarray, gold: np.ndarray, doc_ids=None) -> float | list[float]:
+        """The temperature fitted on (validation) probabilities: one, or one per label (``doc_ids``: windows)."""
+        from bertcls.calibration import fit_temperature
+
+        return fit_temperature(probs, gold, self.per_label, doc_ids)
+
+    def calibrated(self, probs: np.ndarray, temperature, doc_ids=None) -> np.ndarray:
+        """Per text, the probabilities once ``temperature`` is folded in (``probs``: windows' with ``doc_ids``)."""
+        from bertcls.calibration import calibrated
+
+        return calibrated(probs, temperature, self.per_label, doc_ids)
+
+    def calibration_scores(self, labels: Sequence[str], gold: np.ndarray, probs: np.ndarray, thresholds=None):
+        """Every score ``bertcls.evaluate`` reports of these probabilities (one ``tally_of``), of which calibration
+        records its before and after (``bertcls.calibration.RECORDED``)."""
+        tally = self.tally_of(labels, thresholds)
+        tally.add(gold, probs)
+        return tally.report(labels)
+
+    def calibrate_decisions(self, model, temperature, gold: np.ndarray, calibrated_probs: np.ndarray, tune: bool):
+        """Move the decision rule with a temperature being folded into ``model``. Single-label: nothing to move (a
+        temperature never changes the top label of one row)."""
+
+    def thresholds_before_calibration(self, model) -> list[float] | None:
+        """The thresholds that decided before ``model``'s temperature was folded in (None: no thresholds)."""
+        return None
+
+    def describe_calibration(self, record: Mapping[str, Any]) -> str:
+        """The log line of a calibration ``record`` (``bertcls.calibration.record``)."""
+        t, before, after = record["temperature"], record["before"], record["after"]
+        line = f"calibration: temperature {self._temperatures(t)} on the {record['split']} split; "
+        line += f"loss {before['loss']:.4f} -> {after['loss']:.4f}"
+        if "ece" in before:
+            line += f", ECE {before['ece']:.4f} -> {after['ece']:.4f}"
+        if t == 1.0:  # (fit_temperature's answer when every validation prediction is right)
+            line += " (every validation prediction is right: no temperature to fit, T stays 1)"
+        if record["decisions_changed"]:
+            n = record["decisions_changed"]
+            line += f"; {n} decision(s) changed (a text read as windows averages its windows' calibrated probabilities)"
+        return line
+
+    def _temperatures(self, temperature) -> str:
+        return f"{temperature:.3f}"
+
 
 class SingleLabel(Task):
     name = "single_label"
@@ -357,6 +403,27 @@ class MultiLabel(Task):
 
     def chosen_labels(self, prediction: Mapping[str, Any]) -> list[str]:
         return list(prediction["labels"])
+
+    def calibrate_decisions(self, model, temperature, gold: np.ndarray, calibrated_probs: np.ndarray, tune: bool):
+        """Tuned thresholds are tuned again on the calibrated probabilities; a fixed threshold is an operating point
+        the user chose, so each label's moves with its T and every decision stays (``scaled_thresholds``)."""
+        from bertcls.calibration import scaled_thresholds
+        from bertcls.multilabel import tune_thresholds
+
+        if tune:
+            model.thresholds = tune_thresholds(gold, calibrated_probs).tolist()
+        else:
+            model.thresholds = scaled_thresholds(model.thresholds, temperature)
+
+    def thresholds_before_calibration(self, model) -> list[float] | None:
+        from bertcls.calibration import scaled_thresholds
+
+        if model.temperature is None:
+            return model.thresholds
+        return scaled_thresholds(model.thresholds, 1.0 / np.asarray(model.temperature, dtype=np.float64))
+
+    def _temperatures(self, temperature) -> str:
+        return f"{min(temperature):.3f} to {max(temperature):.3f} (one per label)"
 
     def configure(self, model, tune: bool, threshold: Any, delimiter: str) -> None:
         from bertcls.multilabel import DEFAULT_THRESHOLD

@@ -30,6 +30,7 @@ from transformers import get_scheduler
 
 from bertcls import jsonio, packing, speed
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
+from bertcls.calibration import unfold_temperature
 from bertcls.checkpoint import (
     CHECKPOINTS,
     StopSignals,
@@ -47,7 +48,14 @@ from bertcls.data import (
     TextClassificationDataset,
 )
 from bertcls.errors import BertclsError, cli_errors, quiet_loading
-from bertcls.inference import forward_features, forward_tokens, make_eval_loader, split_metrics, split_predictions
+from bertcls.inference import (
+    forward_features,
+    forward_tokens,
+    make_eval_loader,
+    split_metrics,
+    split_predictions,
+    window_predictions,
+)
 from bertcls.metrics import is_better
 from bertcls.model import BertForTextClassification, backbone_fully_frozen
 from bertcls.multilabel import tune_thresholds
@@ -285,6 +293,9 @@ def setup(cfg: Config, data: RunData | None = None) -> Run:
     check_run_options(cfg, data, accelerator, cached)
     task = get_task(cfg.data.task)
     model, cfg = setup_model(cfg, data.labels, task, accelerator, log)
+    # A calibrated checkpoint trained again starts from its head before calibration: the T folded into it does not
+    # describe the weights training makes, so no checkpoint of this run records it (last/ is never calibrated).
+    unfold_temperature(model)
     run = Run(cfg, accelerator, precision, task, data, model, Path(cfg.output.dir), log, cached, use_lbfgs(cfg, cached))
     setup_datasets(run)
     setup_training(run)
@@ -720,8 +731,9 @@ def fit_lbfgs(run: Run) -> None:
     linear = run.model.head.layers[-1]
     x = run.train_ds.matrix().to(device).float().clone()  # features made in inference mode
     y = run.train_ds.labels.to(device)
+    weight_sum = float(run.loss_weight(y))  # what the loss's mean divides by: C then means scikit-learn's C
     for c in lbfgs_grid(run.val_ds is not None):
-        loss, iterations = fit_linear(linear, x, y, run.loss_fn, c)
+        loss, iterations = fit_linear(linear, x, y, run.loss_fn, c, weight_sum=weight_sum)
         s.step, s.examples = s.step + 1, s.examples + len(x)
         s.train_loss_curve.append([s.step, loss])
         run.log(f"L-BFGS fit {s.step}: C={c:g} ({iterations} iterations), train loss {loss:.4f}")
@@ -912,33 +924,31 @@ def restore_best(run: Run, force: bool = False) -> None:
 
 def calibrate(run: Run, decisions: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Temperature scaling of the best model on the validation split (``bertcls.calibration``), folded into its
-    last layer and saved again as ``best/``; tuned multi-label thresholds are re-tuned on the calibrated
-    probabilities. Returns what ``metrics.json`` records under ``calibration``."""
-    from bertcls.calibration import calibrated, fit_temperature, fold_temperature
-    from bertcls.metrics import expected_calibration_error
+    last layer and saved again as ``best/``; the task moves its decision rule with it (``Task.calibrate_decisions``).
+    Fitted on the windows' probabilities when texts are read as windows, so T minimises the loss of what the saved
+    model computes. Returns what ``metrics.json`` records under ``calibration`` (``bertcls.calibration.record``)."""
+    from bertcls.calibration import fold_temperature, record
 
-    multi, task, model = run.task.per_label, run.task, run.model
-    probs, gold, _ = split_predictions(run.module, run.val_loader, run.accelerator, run.val_ds, run.forward, task)
-    temperature = fit_temperature(probs, gold, multi)
-    after = calibrated(probs, temperature, multi)
-    if multi and run.cfg.eval.threshold == "tune":
-        model.thresholds = tune_thresholds(gold, after).tolist()
-        run.state.best.update(task.decision_state(model))
-        decisions["best"] = task.decision_state(model)
+    task, model, ds = run.task, run.model, run.val_ds
+    # With windows, ``rows`` are the windows' probabilities and ``gold`` is per text.
+    rows, gold, doc_ids = window_predictions(run.module, run.val_loader, run.accelerator, ds, run.forward, task)
+    temperature = task.fit_temperature(rows, gold, doc_ids)
+    before = task.calibrated(rows, 1.0, doc_ids)  # (per text, as the model predicts now)
+    after = task.calibrated(rows, temperature, doc_ids)
+    thresholds = model.thresholds
+    task.calibrate_decisions(model, temperature, gold, after, run.cfg.eval.threshold == "tune")
+    run.state.best.update(task.decision_state(model))
+    decisions["best"] = task.decision_state(model)
     fold_temperature(model, temperature)
-    report: dict[str, Any] = {"method": "temperature", "split": "validation", "temperature": temperature}
-    for name, p in (("before", probs), ("after", after)):
-        report[f"loss_{name}"] = task.metrics_of(gold, p, model.thresholds)["loss"]
-        if not multi:
-            report[f"ece_{name}"] = expected_calibration_error(gold, p)
-    shown = f"{temperature:.3f}" if not multi else f"{min(temperature):.3f} to {max(temperature):.3f}"
-    line = f"calibration: temperature {shown} on the validation split; loss {report['loss_before']:.4f} -> "
-    line += f"{report['loss_after']:.4f}"
-    if not multi:
-        line += f", ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}"
-        if temperature == 1.0:  # (fit_temperature's answer when every validation prediction is right)
-            line += " (every validation prediction is right: no temperature to fit, T stays 1)"
-    run.log(line)
+    changed = ~task.same(task.decide(before, thresholds), task.decide(after, model.thresholds))
+    report = record(
+        temperature,
+        "validation",
+        task.calibration_scores(run.data.labels, gold, before, thresholds),
+        task.calibration_scores(run.data.labels, gold, after, model.thresholds),
+        changed.sum(),
+    )
+    run.log(task.describe_calibration(report))
     run.accelerator.wait_for_everyone()
     if run.main:
         model.save_pretrained(run.out / "best")
@@ -1002,6 +1012,8 @@ def train_lp_ft(cfg: Config, data: RunData | None = None, on_validation=None) ->
     probe = replace(
         cfg,
         model=replace(cfg.model, freeze_backbone=True, unfreeze_top_k=0),
+        # Calibrated once, at the end: phase 2 starts from the probe's head as fitted, not divided by its T.
+        eval=replace(cfg.eval, calibration="none"),
         train=replace(
             t,
             schedule="standard",

@@ -11,7 +11,7 @@ import torch
 from bertcls import BertclsError, BertForTextClassification
 from bertcls.calibration import calibrated, fit_temperature, fold_temperature, uncalibrated
 from bertcls.data import load_split
-from bertcls.evaluate import evaluate
+from bertcls.evaluate import evaluate, evaluate_checkpoint
 from bertcls.export import export_onnx
 from bertcls.metrics import expected_calibration_error
 from bertcls.onnx_predict import OnnxClassifier
@@ -90,7 +90,7 @@ def test_training_calibrates_best_on_validation(runs, tiny_data):
     d, plain, cal = runs
     c = cal["calibration"]
     assert "calibration" not in plain and c["split"] == "validation" and c["temperature"] > 0
-    assert c["loss_after"] <= c["loss_before"] + 1e-9  # NLL on the split it was fitted on can only fall
+    assert c["after"]["loss"] <= c["before"]["loss"] + 1e-9  # NLL on the split it was fitted on can only fall
     raw = BertForTextClassification.from_pretrained(d / "plain" / "best")
     best = BertForTextClassification.from_pretrained(d / "cal" / "best")
     assert raw.temperature is None and best.temperature == pytest.approx(c["temperature"])
@@ -137,3 +137,168 @@ def test_multilabel_thresholds_are_retuned_on_calibrated_probabilities(tiny_bert
     assert best.temperature == pytest.approx(temps)
     assert best.thresholds == pytest.approx(list(result["best"]["thresholds"].values()))
     assert torch.is_tensor(best.predict_proba(TEXTS))
+
+
+# ---------------------------------------------------------------- texts read as windows
+
+
+def windowed_loss(z, gold, doc_ids, t, multi_label=False):
+    """The reference: the NLL of the mean over each text's windows of softmax(z / t) (sigmoid per label)."""
+    from bertcls.long_texts import mean_of_windows
+
+    with np.errstate(over="ignore", divide="ignore"):  # (a tiny t saturates: its loss is inf, never the minimum)
+        p = 1 / (1 + np.exp(-z / t)) if multi_label else softmax(z / t)
+        doc = mean_of_windows(p, doc_ids, len(gold))
+        if multi_label:
+            return float(-np.where(gold == 1, np.log(doc), np.log1p(-doc)).mean())
+        return float(-np.log(doc[np.arange(len(gold)), gold]).mean())
+
+
+def brute_force_t(z, gold, doc_ids, multi_label=False):
+    grid = np.exp(np.linspace(-4, 4, 4001))
+    losses = [windowed_loss(z, gold, doc_ids, t, multi_label) for t in grid]
+    return grid[int(np.argmin(losses))], min(losses)
+
+
+def windows(seed: int, docs: int = 400, classes: int = 3):
+    rng = np.random.default_rng(seed)
+    doc_ids = np.repeat(np.arange(docs), rng.integers(1, 5, docs))  # 1 to 4 windows a text
+    z = rng.normal(size=(len(doc_ids), classes)) * 3
+    return rng, doc_ids, z
+
+
+def test_windowed_temperature_minimises_the_loss_of_what_the_folded_model_computes():
+    """With windows the folded model gives mean_w softmax(z_w / T): T minimises that NLL (a grid over T in numpy
+    agrees), not the NLL of log(mean of the window probabilities) scaled by 1/T."""
+    rng, doc_ids, z = windows(0)
+    gold = np.array([rng.choice(3, p=p) for p in softmax(z[np.unique(doc_ids, return_index=True)[1]] / 2)])
+    t = fit_temperature(softmax(z), gold, False, doc_ids)
+    best_t, best_loss = brute_force_t(z, gold, doc_ids)
+    assert t == pytest.approx(best_t, rel=0.01)
+    assert windowed_loss(z, gold, doc_ids, t) <= best_loss + 1e-6
+    after = calibrated(softmax(z), t, False, doc_ids)  # per text, as the folded model predicts
+    expected = windowed_loss(z, gold, doc_ids, t)
+    assert float(-np.log(after[np.arange(len(gold)), gold]).mean()) == pytest.approx(expected, rel=1e-9)
+
+
+def test_windowed_multilabel_temperatures_are_per_label_on_the_mean_of_windows():
+    rng, doc_ids, z = windows(1, classes=2)
+    first = np.unique(doc_ids, return_index=True)[1]
+    gold = (rng.random((len(first), 2)) < 1 / (1 + np.exp(-z[first] / np.array([0.5, 2.0])))).astype(int)
+    temps = fit_temperature(1 / (1 + np.exp(-z)), gold, True, doc_ids)
+    for j in range(2):
+        best_t, _ = brute_force_t(z[:, [j]], gold[:, [j]], doc_ids, multi_label=True)
+        assert temps[j] == pytest.approx(best_t, rel=0.01)
+
+
+def window_logits(model, texts):
+    """The model's logits per window of each text (and each window's text), as its forward gives them."""
+    from bertcls.data import tokenize_texts
+    from bertcls.inference import predict_rows, torch_runner
+
+    rows, _ = tokenize_texts(
+        model.tokenizer, texts, None, model.max_length, model.truncation, model.window_stride, progress=False
+    )
+    run = torch_runner(lambda b: model(**b).logits, torch.device("cpu"))
+    return predict_rows(rows, 16, model.tokenizer.pad_token_id or 0, run, model.num_labels), np.asarray(rows.doc_ids)
+
+
+def test_a_windowed_run_saves_the_model_whose_loss_it_reports(tiny_bert, tiny_data, tmp_path):
+    """best/ scores on validation the loss the run reports after calibration; its T minimises that loss (a grid
+    over T of the windows' logits in numpy); evaluate's 'before' is the uncalibrated model's loss."""
+    extra = ("data.max_length=12", "data.window_stride=4", "train.epochs=3", "train.lr=0.001")
+    result = train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "run", *extra))
+    c = result["calibration"]
+    best = BertForTextClassification.from_pretrained(tmp_path / "run" / "best").eval()
+    data = load_split(str(tiny_data["validation"]))
+    m = evaluate_checkpoint(best, data, precision="no").metrics
+    assert m["loss"] == pytest.approx(c["after"]["loss"], abs=1e-5)
+    assert m["calibration"]["before"]["loss"] == pytest.approx(c["before"]["loss"], abs=1e-5)
+    assert m["calibration"].keys() == c.keys() and m["calibration"]["after"]["loss"] == m["loss"]  # one shape
+    with torch.no_grad():
+        z, doc_ids = window_logits(best, data.texts)
+    raw = z.astype(np.float64) * c["temperature"]  # the logits before the fold
+    gold = np.array([best.labels.index(label) for label in data.labels])
+    best_t, best_loss = brute_force_t(raw, gold, doc_ids)
+    assert c["temperature"] == pytest.approx(best_t, rel=0.01)
+    assert c["after"]["loss"] <= best_loss + 1e-5
+
+
+# ---------------------------------------------------------------- training again: LP-FT, a calibrated checkpoint
+
+
+def test_lp_ft_calibrates_once_at_the_end(tiny_bert, tiny_data, tmp_path):
+    """Phase 2 starts from the probe's head as fitted (not divided by a phase-1 T); best/ records the one T it was
+    calibrated with; last/ records none, and evaluate does not call it calibrated; 'before' is the best model's
+    own validation loss."""
+    out = tmp_path / "run"
+    result = train(tiny_cfg(tiny_bert, tiny_data, out, "train.schedule=lp_ft", "train.max_steps=3"))
+    c = result["calibration"]
+    assert BertForTextClassification.from_pretrained(out / "linear_probe" / "best").temperature is None
+    assert BertForTextClassification.from_pretrained(out / "last").temperature is None
+    best = BertForTextClassification.from_pretrained(out / "best")
+    assert best.temperature == pytest.approx(c["temperature"])
+    at_best = next(h for h in result["history"] if h["step"] == result["best"]["step"])
+    assert c["before"]["loss"] == pytest.approx(at_best["validation"]["loss"], abs=1e-6)
+    validation = load_split(str(tiny_data["validation"]))
+    assert "calibration" not in evaluate_checkpoint(out / "last", validation, precision="no").metrics
+    m = evaluate_checkpoint(best, validation, precision="no").metrics
+    assert m["calibration"]["before"]["loss"] == pytest.approx(c["before"]["loss"], abs=1e-5)
+    assert m["loss"] == pytest.approx(c["after"]["loss"], abs=1e-5)
+
+
+def test_training_again_from_a_calibrated_checkpoint_starts_from_its_raw_head(runs, tiny_bert, tiny_data, tmp_path):
+    from bertcls.calibration import unfold_temperature
+
+    d, _, _ = runs
+    model = BertForTextClassification.from_pretrained(d / "cal" / "best")
+    unfold_temperature(model)
+    raw = BertForTextClassification.from_pretrained(d / "plain" / "best")  # the same run, never calibrated
+    assert model.temperature is None
+    np.testing.assert_allclose(model.predict_proba(TEXTS).numpy(), raw.predict_proba(TEXTS).numpy(), atol=1e-5)
+    again = f"model.name_or_path={d / 'cal' / 'best'}"
+    train(tiny_cfg(tiny_bert, tiny_data, tmp_path / "again", again, "train.max_steps=1", "eval.calibration=none"))
+    for name in ("best", "last"):
+        assert BertForTextClassification.from_pretrained(tmp_path / "again" / name).temperature is None
+
+
+# ---------------------------------------------------------------- a fixed multi-label threshold
+
+
+def test_scaled_thresholds_keep_every_sigmoid_decision():
+    from bertcls.calibration import scaled_thresholds
+
+    rng = np.random.default_rng(3)
+    z, temps = rng.normal(size=(5000, 3)) * 4, [0.4, 1.0, 3.0]
+    for t in (0.2, 0.5, 0.9):
+        moved = scaled_thresholds([t] * 3, temps)
+        before = 1 / (1 + np.exp(-z)) >= t
+        after = calibrated(1 / (1 + np.exp(-z)), temps, True) >= np.asarray(moved)
+        assert (before == after).mean() > 0.9999  # (a row exactly on the threshold may round either way)
+        if t != 0.5:  # the threshold left where it was would move decisions
+            assert (before != (calibrated(1 / (1 + np.exp(-z)), temps, True) >= t)).mean() > 0.01
+    assert scaled_thresholds([0.5], [3.0]) == pytest.approx([0.5])
+
+
+def test_a_fixed_multilabel_threshold_stays_where_the_user_put_it(tiny_bert, tmp_path):
+    """eval.threshold=0.45: calibration changes the probabilities, not one decision (each label's threshold moves
+    with its T); the record says so and the test scores equal the uncalibrated run's."""
+    from .test_multilabel import make_rows as ml_rows
+    from .test_multilabel import ml_cfg, write_jsonl
+
+    data = {split: write_jsonl(tmp_path / f"{split}.jsonl", ml_rows(n, seed)) for split, n, seed in SPLITS}
+    plain = train(ml_cfg(tiny_bert, data, tmp_path / "plain", "eval.threshold=0.45", "eval.calibration=none"))
+    cal = train(ml_cfg(tiny_bert, data, tmp_path / "cal", "eval.threshold=0.45"))
+    c, temps = cal["calibration"], np.asarray(cal["calibration"]["temperature"])
+    assert np.abs(np.log(temps)).max() > 0.05  # a temperature that would move decisions at a fixed 0.45
+    best = BertForTextClassification.from_pretrained(tmp_path / "cal" / "best")
+    raw = BertForTextClassification.from_pretrained(tmp_path / "plain" / "best")
+    texts = [text for split in ("train", "validation", "test") for text in load_split(str(data[split]), task="multi_label").texts]
+    ours = best.predict_proba(texts).numpy() >= np.asarray(best.thresholds)
+    np.testing.assert_array_equal(ours, raw.predict_proba(texts).numpy() >= 0.45)
+    assert cal["test"]["micro_f1"] == plain["test"]["micro_f1"]
+    np.testing.assert_allclose(best.thresholds, 1 / (1 + np.exp(-np.log(0.45 / 0.55) / temps)), rtol=1e-9)
+    assert c["decisions_changed"] == 0 and c["after"]["micro_f1"] == c["before"]["micro_f1"]
+
+
+SPLITS = (("train", 96, 1), ("validation", 40, 2), ("test", 40, 3))
