@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
+from transformers.initialization import no_init_weights
 
 from bertcls.atomic import atomic_dir
 from bertcls.errors import BertclsError, first_line
@@ -325,7 +326,7 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, Any], HeadSpec, dict[str, An
 
 
 def _backbone_from_config(path: Path, saved: dict[str, Any]) -> PreTrainedModel:
-    """An encoder with the saved config and random weights (the checkpoint's weights are loaded next)."""
+    """An encoder with the saved config and uninitialized weights (the checkpoint's weights are loaded next)."""
     backbone_config = dict(saved)  # a copy: the model_type is popped
     model_type = backbone_config.pop("model_type", None)
     if model_type is None:
@@ -350,17 +351,20 @@ def _saved_temperature(value: Any, num_labels: int, path: Path) -> float | list[
 
 def _load_checkpoint(path: Path, model_class: type[BertForTextClassification]) -> BertForTextClassification:
     config, spec, state, tokenizer = _read_checkpoint(path)
-    model = model_class(
-        _backbone_from_config(path, config["backbone_config"]),
-        tokenizer,
-        spec,
-        freeze_backbone=config.get("freeze_backbone", False),
-        unfreeze_top_k=config.get("unfreeze_top_k", 0),
-        max_length=config.get("max_length"),
-        truncation=config.get("truncation", "head"),
-        window_stride=config.get("window_stride", 0),
-        init_head=False,
-    )
+    # Built without running any initializer (as transformers' own from_pretrained does): every weight is replaced by
+    # the saved one below, strictly, and random draws for ~22M of them were a third of a MiniLM checkpoint's load.
+    with no_init_weights():
+        model = model_class(
+            _backbone_from_config(path, config["backbone_config"]),
+            tokenizer,
+            spec,
+            freeze_backbone=config.get("freeze_backbone", False),
+            unfreeze_top_k=config.get("unfreeze_top_k", 0),
+            max_length=config.get("max_length"),
+            truncation=config.get("truncation", "head"),
+            window_stride=config.get("window_stride", 0),
+            init_head=False,
+        )
     try:
         get_task(model.task).load_saved_decision(model, config)
     except (BertclsError, TypeError, ValueError) as e:
@@ -374,8 +378,12 @@ def _load_checkpoint(path: Path, model_class: type[BertForTextClassification]) -
             f"checkpoint {path}: weights do not match its config (missing {missing[:3]}, unexpected {extra[:3]}); "
             "was the label set or head changed by hand?"
         )
+    # The loaded tensors become the weights (assign) rather than being copied into the empty ones: no second copy of
+    # every weight to write. Cast to the built model's dtypes first, as a copy would.
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    state = {k: v.to(dtypes[k]) for k, v in state.items()}
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
         line = next((s.strip() for s in str(e).splitlines() if "size mismatch" in s), str(e).splitlines()[0])
         raise BertclsError(f"checkpoint {path}: weights do not match its config ({line})") from e

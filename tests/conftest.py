@@ -192,3 +192,19 @@ def linear_output_dtypes():
         yield seen
     finally:
         handle.remove()
+
+
+def run_main(module: str, *args: str) -> subprocess.CompletedProcess:
+    """``module.main(args)`` in this process, its stdout, stderr and exit code caught as ``run_cli`` returns them:
+    the same code path without another interpreter and torch import (each command keeps one ``run_cli`` test)."""
+    import importlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            importlib.import_module(module).main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())

@@ -293,7 +293,11 @@ def test_a_fixed_multilabel_threshold_stays_where_the_user_put_it(tiny_bert, tmp
     assert np.abs(np.log(temps)).max() > 0.05  # a temperature that would move decisions at a fixed 0.45
     best = BertForTextClassification.from_pretrained(tmp_path / "cal" / "best")
     raw = BertForTextClassification.from_pretrained(tmp_path / "plain" / "best")
-    texts = [text for split in ("train", "validation", "test") for text in load_split(str(data[split]), task="multi_label").texts]
+    texts = [
+        text
+        for split in ("train", "validation", "test")
+        for text in load_split(str(data[split]), task="multi_label").texts
+    ]
     ours = best.predict_proba(texts).numpy() >= np.asarray(best.thresholds)
     np.testing.assert_array_equal(ours, raw.predict_proba(texts).numpy() >= 0.45)
     assert cal["test"]["micro_f1"] == plain["test"]["micro_f1"]

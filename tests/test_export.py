@@ -20,7 +20,7 @@ from bertcls.export import export_hf, export_onnx, main  # noqa: E402
 from bertcls.onnx_predict import OnnxClassifier  # noqa: E402
 from bertcls.predict import load_predictor, predict_file, predict_texts  # noqa: E402
 
-from .conftest import make_rows, write_csv, write_tiny_encoder  # noqa: E402
+from .conftest import make_rows, run_main, write_csv, write_tiny_encoder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Mixed lengths: every batch of these is padded.
@@ -233,7 +233,10 @@ def test_cli_errors_are_one_line(checkpoint, onnx_dir, tmp_path):
         [sys.executable, "-m", "bertcls.export", *a], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     existing = run("--checkpoint", str(checkpoint), "--format", "onnx", "--output", str(onnx_dir))
-    no_ckpt = run("--checkpoint", str(tmp_path / "nope"), "--format", "hf", "--output", str(tmp_path / "x"))
+    # in-process (the same main()): one real process per command is enough
+    no_ckpt = run_main(
+        "bertcls.export", "--checkpoint", str(tmp_path / "nope"), "--format", "hf", "--output", str(tmp_path / "x")
+    )
     for proc, words in ((existing, "already exists"), (no_ckpt, "does not exist")):
         assert proc.returncode == 2
         assert proc.stderr.startswith("error: ") and words in proc.stderr

@@ -20,7 +20,7 @@ from bertcls import BertclsError, BertForTextClassification  # noqa: E402
 from bertcls.export import export_hf, export_onnx  # noqa: E402
 from bertcls.onnx_predict import OnnxClassifier  # noqa: E402
 
-from .conftest import FILLER, NEGATIVE, POSITIVE, assert_one_line_error, run_cli  # noqa: E402
+from .conftest import FILLER, NEGATIVE, POSITIVE, assert_one_line_error, run_main  # noqa: E402
 
 MAX_LENGTH = 16
 _rng = random.Random(0)
@@ -156,7 +156,7 @@ def test_onnx_export_with_unknown_reading_is_refused(exported, tmp_path, change,
 @pytest.mark.parametrize("exported", [WINDOWS], ids=ids, indirect=True)
 def test_predict_cli_on_windowed_onnx_export(exported):
     model, out = exported
-    proc = run_cli("bertcls.predict", "--checkpoint", str(out), "--json", *TEXTS)
+    proc = run_main("bertcls.predict", "--checkpoint", str(out), "--json", *TEXTS)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     for got, expected in zip(rows, model.predict(TEXTS), strict=True):
@@ -204,7 +204,7 @@ def test_hf_export_refuses_readings_a_pipeline_cannot_do(reading, why, tiny_bert
 def test_hf_export_cli_refuses_windows_in_one_line(tiny_bert, tmp_path):
     checkpoint = reading_model(tiny_bert, "head", 5).save_pretrained(tmp_path / "ckpt")
     out = tmp_path / "hf"
-    proc = run_cli("bertcls.export", "--checkpoint", str(checkpoint), "--format", "hf", "--output", str(out))
+    proc = run_main("bertcls.export", "--checkpoint", str(checkpoint), "--format", "hf", "--output", str(out))
     assert_one_line_error(proc, "reads long texts as windows (window_stride=5)")
     assert "--format onnx" in proc.stderr
     assert not out.exists()

@@ -91,6 +91,18 @@ def test_fine_tuned_head_survives_save_and_load(tiny_model, tmp_path):
         assert torch.equal(again.state_dict()[k], v), k
 
 
+def test_loading_a_checkpoint_draws_no_random_weights(tiny_model, tmp_path):
+    # Every weight is replaced by the saved one, so none is drawn first (start-up time; the caller's RNG untouched).
+    tiny_model.save_pretrained(tmp_path / "ckpt")
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    again = BertForTextClassification.from_pretrained(tmp_path / "ckpt")
+    assert torch.equal(torch.rand(3), expected)
+    trainable = {n: p.requires_grad for n, p in tiny_model.named_parameters()}
+    assert {n: p.requires_grad for n, p in again.named_parameters()} == trainable
+
+
 def test_checkpoint_files_are_safetensors_and_json(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path / "ckpt")
     names = {p.name for p in (tmp_path / "ckpt").iterdir()}

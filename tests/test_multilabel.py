@@ -23,7 +23,7 @@ from bertcls.serialization import CONFIG_NAME, checkpoint_task
 from bertcls.tasks import get_task
 from bertcls.train import load_data, make_train_loader, train
 
-from .conftest import FILLER, NEGATIVE, POSITIVE, assert_one_line_error, run_cli, run_torchrun
+from .conftest import FILLER, NEGATIVE, POSITIVE, assert_one_line_error, run_main, run_torchrun
 from .test_train import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_train_cli_errors_are_one_line(tiny_bert, ml_data, tmp_path, capsys):
     from bertcls.train import main
 
     base = tiny_overrides(tiny_bert, ml_data, tmp_path / "out", "data.task=multi_label", "train.max_steps=1")
-    proc = run_cli("bertcls.train", *base, "loss.class_weights=balanced")
+    proc = run_main("bertcls.train", *base, "loss.class_weights=balanced")
     assert_one_line_error(proc, "with multi_label, weigh rare labels with loss.pos_weight")
     with pytest.raises(SystemExit) as e:
         main([*base, "data.labels=[good,bad]"])
@@ -324,7 +324,7 @@ def test_thresholds_saved_are_the_ones_predict_and_its_cli_apply(ml_model, tmp_p
 
     # full precision: the thresholds sit 1e-3 from the fp32 probability, closer than bf16's rounding
     full = ["--precision", "no"]
-    proc = run_cli("bertcls.predict", "--checkpoint", str(ckpts["above"]), *full, "--json", TEXTS[0])
+    proc = run_main("bertcls.predict", "--checkpoint", str(ckpts["above"]), *full, "--json", TEXTS[0])
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["labels"] == ["bad"]
     main(["--checkpoint", str(ckpts["below"]), *full, "--json", TEXTS[0]])
@@ -499,7 +499,7 @@ def test_evaluate_cli_on_a_multilabel_checkpoint(ml_model, ml_data, tmp_path, ca
     assert "subset accuracy vs first" in capsys.readouterr().out
     # an unknown label is one line, without a traceback
     bad = write_delimited_csv(tmp_path / "bad.csv", [{"text": "fun", "label": ["good", "meh"]}])
-    proc = run_cli("bertcls.evaluate", "--checkpoint", str(ckpt), "--data", str(bad))
+    proc = run_main("bertcls.evaluate", "--checkpoint", str(ckpt), "--data", str(bad))
     assert_one_line_error(proc, "1 row(s) with label(s) 'meh'")
 
 

