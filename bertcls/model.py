@@ -26,7 +26,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from bertcls.errors import BertclsError
-from bertcls.init import InitSpec, apply_init, init_tensor, parse_init, warn_if_symmetric
+from bertcls.init import InitContext, InitSpec, apply_init, init_tensor, parse_init, warn_if_symmetric
 from bertcls.multilabel import DEFAULT_DELIMITER, check_task, check_thresholds
 from bertcls.registry import Registry
 from bertcls.tasks import get_task
@@ -127,15 +127,21 @@ class ClassificationHead(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.layers(pooled)
 
-    def reset_parameters(self, spec: HeadSpec, initializer_range: float, generator: torch.Generator | None) -> None:
+    def reset_parameters(
+        self,
+        spec: HeadSpec,
+        initializer_range: float,
+        generator: torch.Generator | None,
+        context: InitContext | None = None,
+    ) -> None:
         spec.check_inits()
         linears = [m for m in self.layers if isinstance(m, nn.Linear)]
         if len(linears) > 1:
             warn_if_symmetric(spec.head_init, "head_init on a head with hidden layers")
         for lin in linears:
             # 'bert' and other std-taking initializers default to the backbone's initializer_range.
-            init_tensor(lin.weight, spec.head_init, generator, std=initializer_range)
-            init_tensor(lin.bias, spec.bias_init, generator, std=initializer_range)
+            init_tensor(lin.weight, spec.head_init, generator, context, std=initializer_range)
+            init_tensor(lin.bias, spec.bias_init, generator, context, std=initializer_range)
 
 
 # ---------------------------------------------------------------- model
@@ -173,18 +179,21 @@ class BertForTextClassification(nn.Module):
         truncation: str = "head",
         window_stride: int = 0,
         init_head: bool = True,
+        label_texts: Sequence[str] | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.spec = spec
         self.head = ClassificationHead(backbone.config.hidden_size, spec)
-        if init_head:  # False when saved weights are loaded next: their initializer is history, not needed
-            generator = torch.Generator().manual_seed(seed) if seed is not None else None
-            self.head.reset_parameters(spec, getattr(backbone.config, "initializer_range", 0.02), generator)
         self._takes_token_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
         model_max = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         self.max_length = int(max_length or model_max)
+        if init_head:  # False when saved weights are loaded next: their initializer is history, not needed
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            # label_texts: one per label, read by initializers such as label_embeddings through the encoder.
+            context = InitContext(list(spec.labels), list(label_texts) if label_texts else None, self.embed)
+            self.head.reset_parameters(spec, getattr(backbone.config, "initializer_range", 0.02), generator, context)
         # How texts longer than max_length are read; saved with the model so predict reads them as training did.
         self.truncation = truncation
         self.window_stride = int(window_stride)
@@ -327,6 +336,25 @@ class BertForTextClassification(nn.Module):
                 return self._packed_features(kwargs, position_ids, cu_seqlens, max_seqlen)
             outputs = self.backbone(**kwargs)
             return POOLINGS[self.spec.pooling](outputs, attention_mask)
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """The pooled features the head reads for ``texts`` (eval mode, no gradients), (len(texts), hidden), float32
+        on the model's device: a label's name for ``label_embeddings``, a text's embedding."""
+        was_training = self.training
+        self.eval()
+        device = next(self.backbone.parameters()).device
+        out = []
+        for i in range(0, len(texts), batch_size):
+            batch = self.tokenizer(
+                list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=self.max_length,
+                return_tensors="pt",
+            )  # fmt: skip
+            keys = ("input_ids", "attention_mask", "token_type_ids")
+            batch = {k: v.to(device) for k, v in batch.items() if k in keys}
+            out.append(self.features(**batch).float())
+        self.train(was_training)
+        return torch.cat(out)
 
     def _packed_features(self, kwargs: dict, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
         from bertcls import packing

@@ -20,11 +20,21 @@ C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 def fit_linear(
-    linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, c: float, max_iter: int = 500
+    linear: torch.nn.Linear,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: Callable,
+    c: float,
+    max_iter: int = 500,
+    prior: torch.Tensor | None = None,
 ) -> tuple[float, int]:
     """Minimize ``loss_fn(linear(x), y) + ||W||^2 / (2 C n)`` in place with full-batch L-BFGS; returns (training
-    loss without the penalty, iterations used)."""
+    loss without the penalty, iterations used). With ``prior`` (a weight of W's shape, e.g. the label_embeddings
+    head) the penalty pulls W toward it instead of toward zero: ``||W - prior||^2 / (2 C n)``, so a strong penalty
+    keeps the prior's (zero-shot) classifier and a weak one fits the data."""
     penalty = 1.0 / (2.0 * c * len(x))
+    # The prior enters as a shift of the penalized weight only (below), so C means what it means without it.
+    anchor = prior.detach().to(linear.weight) if prior is not None else None
     opt = torch.optim.LBFGS(
         linear.parameters(),
         lr=1.0,
@@ -37,7 +47,8 @@ def fit_linear(
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(linear(x), y) + penalty * linear.weight.square().sum()
+        w = linear.weight if anchor is None else linear.weight - anchor
+        loss = loss_fn(linear(x), y) + penalty * w.square().sum()
         loss.backward()
         return loss
 

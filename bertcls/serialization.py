@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel
 
 from bertcls.atomic import atomic_dir
 from bertcls.errors import BertclsError, first_line
-from bertcls.init import InitSpec
+from bertcls.init import InitSpec, label_texts
 from bertcls.model import POOLINGS, BertForTextClassification, HeadSpec
 from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.resources import is_packaged, packaged_model_dir
@@ -89,10 +89,13 @@ def from_pretrained(
     seed: int | None = None,
     attn_implementation: str | None = "sdpa",
     task: str | None = None,
+    label_descriptions: str | Mapping[str, str] | None = None,
 ) -> BertForTextClassification:
     """Load a saved bertcls checkpoint, or a pretrained backbone (folder, hub name or ``packaged:...``) with a new
     head for ``labels``; ``task`` is ``single_label`` (the default for a new head) or ``multi_label`` (for a
-    checkpoint: checked against the one it was trained for). ``BertForTextClassification.from_pretrained`` is this.
+    checkpoint: checked against the one it was trained for). ``label_descriptions`` (a template with ``{}`` or a
+    {label: text} map) gives each label's text to initializers that read one (``label_embeddings``).
+    ``BertForTextClassification.from_pretrained`` is this.
 
     Raises:
         BertclsError: missing folder, pickle-only weights, corrupt checkpoint, missing labels, bad options.
@@ -128,8 +131,11 @@ def from_pretrained(
         task=task or "single_label",
     )
     spec.check_inits()  # before the backbone loads: a typo costs nothing
+    texts = label_texts(spec.labels, label_descriptions)
     backbone, tokenizer = load_backbone(name, attn_implementation)
-    return BertForTextClassification(backbone, tokenizer, spec, bool(freeze_backbone), unfreeze_top_k, max_length, seed)
+    return BertForTextClassification(
+        backbone, tokenizer, spec, bool(freeze_backbone), unfreeze_top_k, max_length, seed, label_texts=texts
+    )
 
 
 def load_checkpoint(path: str | os.PathLike, speedups: bool = True) -> BertForTextClassification:
