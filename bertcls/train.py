@@ -180,9 +180,18 @@ def uses_cache(cfg: Config) -> bool:
     return cfg.train.cache and m.freeze_backbone and m.unfreeze_top_k == 0 and not cfg.data.streaming
 
 
-def lbfgs_grid(has_validation: bool) -> tuple[float, ...]:
-    """The C values fitted: the grid when validation can choose, else scikit-learn's default C=1."""
-    return C_GRID if has_validation else (1.0,)
+# With the label_embeddings prior, a weaker penalty than C=1 only lets a few rows pull the head off the prior: on
+# Rotten Tomatoes at 8-64 examples a class, C in 0.01-1 scored alike and 3-100 worse (docs/fewshot.md), and a
+# validation cut of a few rows would pick from the weak end by chance.
+PRIOR_C_MAX = 1.0
+
+
+def lbfgs_grid(has_validation: bool, prior: bool = False) -> tuple[float, ...]:
+    """The C values fitted: the grid when validation can choose (up to PRIOR_C_MAX with the label prior), else
+    scikit-learn's default C=1."""
+    if not has_validation:
+        return (1.0,)
+    return tuple(c for c in C_GRID if c <= PRIOR_C_MAX) if prior else C_GRID
 
 
 # ---------------------------------------------------------------- the recipe
@@ -581,7 +590,7 @@ def setup_training(run: Run) -> None:
     run.updates_per_epoch = t.max_steps if streamed else math.ceil(len(run.train_loader) / t.grad_accum_steps)
     run.total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * run.updates_per_epoch)
     if run.lbfgs:
-        run.total_steps = len(lbfgs_grid(run.val_ds is not None))
+        run.total_steps = len(lbfgs_grid(run.val_ds is not None, uses_label_prior(run)))
     # The prepared scheduler steps once per process each update, hence the factor (accelerate's examples do this).
     scheduler = get_scheduler(
         t.scheduler,
@@ -772,7 +781,7 @@ def fit_lbfgs(run: Run) -> None:
         # The label_embeddings head is a zero-shot classifier: score it, then pull the fit toward it, not toward 0.
         prior = linear.weight.detach().clone()
         run.zero_shot = zero_shot_metrics(run)
-    for c in lbfgs_grid(run.val_ds is not None):
+    for c in lbfgs_grid(run.val_ds is not None, prior is not None):
         loss, iterations = fit_linear(linear, x, y, run.loss_fn, c, prior=prior)
         s.step, s.examples = s.step + 1, s.examples + len(x)
         s.train_loss_curve.append([s.step, loss])

@@ -12,7 +12,7 @@ from bertcls.contrastive import batches, supcon_loss
 from bertcls.errors import BertclsError
 from bertcls.init import InitContext, label_texts, parse_init
 from bertcls.probe import fit_linear
-from bertcls.recipes import FINETUNE_FROM, choose, resolve
+from bertcls.recipes import CONTRASTIVE_FROM, FINETUNE_FROM, choose, resolve
 
 from .test_train import tiny_cfg
 
@@ -89,11 +89,12 @@ def test_contrastive_batches_hold_every_class_twice():
 
 
 def test_auto_recipe_chooses_by_examples_per_class(tiny_bert, tiny_data, tmp_path):
-    assert choose(8)[0] == "frozen" and choose(16)[0] == "frozen"
+    assert choose(CONTRASTIVE_FROM - 1)[0] == "frozen"
+    assert choose(8)[0] == "contrastive" and choose(FINETUNE_FROM - 1)[0] == "contrastive"
     assert choose(FINETUNE_FROM)[0] == "finetune"
     cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path, "train.recipe=auto")
     small = resolve(cfg, ["negative"] * 10 + ["positive"] * 12, log=lambda _: None)
-    assert small.train.recipe == "frozen" and small.model.freeze_backbone and small.model.pooling == "mean"
+    assert small.train.recipe == "contrastive" and small.model.freeze_backbone and small.model.pooling == "mean"
     assert small.model.head_init == "label_embeddings" and small.train.head_solver == "lbfgs"
     large = resolve(cfg, ["negative", "positive"] * FINETUNE_FROM, log=lambda _: None)
     assert large.train.recipe == "finetune" and large == cfg.__class__(**{**vars(cfg), "train": large.train})
