@@ -288,6 +288,8 @@ def _run(cfg: Config, data: RunData | None = None, collapsed=None, on_validation
         total=run.total_steps, initial=run.state.step, disable=not run.main, desc="training", unit="step",
         dynamic_ncols=True,
     )  # fmt: skip
+    if not run.lbfgs and uses_label_prior(run):  # (fit_lbfgs scores it itself, then fits toward it)
+        run.zero_shot = zero_shot_metrics(run)
     run.timer.tick = time.perf_counter()
     run.module.train()
     try:

@@ -127,3 +127,12 @@ def test_contrastive_recipe_tunes_the_body_and_its_checkpoint_predicts(tiny_bert
     # the saved model scores the test split as the run did
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] == result["test"]["accuracy"]
+
+
+def test_a_fine_tuned_run_from_the_label_head_reports_its_zero_shot_scores(tiny_bert, tiny_data, tmp_path):
+    from bertcls.train import train
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_bert, tiny_data, out, "model.head_init=label_embeddings", "train.max_steps=2")
+    result = train(cfg)
+    assert result["recipe"] == "finetune" and result["zero_shot"]["test"]["num_examples"] == 40
