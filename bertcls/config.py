@@ -33,6 +33,7 @@ SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_wi
 METRICS = tuple(dict.fromkeys(m for task in TASKS.values() for m in task.metrics))  # what some task can select
 SAMPLERS = ("random", "balanced")
 HEAD_SOLVERS = ("auto", "lbfgs", "adamw")
+RECIPES = ("auto", "finetune", "frozen", "contrastive", "lp_ft")  # bertcls.recipes holds what each one sets
 NAN_POLICIES = ("stop", "skip")
 EMPTY_TEXTS = ("skip", "error")
 
@@ -123,6 +124,10 @@ class DataConfig:
     """Column with the label (multi_label: the set of labels)."""
     labels: list[str] | None = None
     """Label set and order (`null`: the sorted labels found in train)."""
+    label_descriptions: Any = None
+    """A text per label for `model.head_init=label_embeddings` (a head whose rows are the encoder's embeddings of
+    these texts: a zero-shot classifier before training, see docs/fewshot.md): a template with `{}` for the label
+    (`"a {} movie review"`) or a `{label: text}` map (labels left out stay their names); `null`: the label names."""
     task: str = "single_label"
     """`single_label`: one label per text, softmax, cross-entropy. `multi_label`: a set of labels per text (possibly
     empty), a sigmoid per label, binary cross-entropy (see docs/multilabel.md)."""
@@ -183,6 +188,20 @@ def resolve_split(data: DataConfig, split: str) -> str | None:
 class TrainConfig:
     """The optimization: length, rates, schedule, batches, precision, the frozen-head solver, resuming."""
 
+    recipe: str = "auto"
+    """How the model learns (docs/fewshot.md): `finetune` (the run as the other keys say: by default, full
+    fine-tuning) | `frozen` (a frozen mean-pooled backbone, a `label_embeddings` head fitted by L-BFGS with its penalty
+    pulling toward the label-name prior) | `contrastive` (`frozen` after `contrastive_steps` of supervised
+    contrastive tuning of the backbone, SetFit's idea) | `lp_ft` (`train.schedule=lp_ft`) | `auto` (chosen by the
+    examples per class of the smallest class, from a measured learning curve; the run log says which and why)."""
+    contrastive_steps: int = 40
+    """`contrastive`: steps of supervised contrastive tuning (each a stratified batch of `contrastive_batch_size`)."""
+    contrastive_batch_size: int = 32
+    """`contrastive`: texts per contrastive step."""
+    contrastive_lr: float = 2e-5
+    """`contrastive`: AdamW learning rate of the backbone (linear decay to 0)."""
+    contrastive_temperature: float = 0.07
+    """`contrastive`: temperature of the supervised contrastive loss (Khosla et al. 2020)."""
     epochs: float = 1.5
     """Passes over the train split (fractions allowed)."""
     max_steps: int = -1
@@ -277,6 +296,11 @@ class TrainConfig:
         _positive("train", "max_grad_norm", self.max_grad_norm, allow_zero=True)
         _choice("train", "scheduler", self.scheduler, SCHEDULERS)
         _choice("train", "schedule", self.schedule, ("standard", "lp_ft"))
+        _choice("train", "recipe", self.recipe, RECIPES)
+        _positive("train", "contrastive_steps", self.contrastive_steps)
+        _positive("train", "contrastive_batch_size", self.contrastive_batch_size)
+        _positive("train", "contrastive_lr", self.contrastive_lr)
+        _positive("train", "contrastive_temperature", self.contrastive_temperature)
         _positive("train", "lp_epochs", self.lp_epochs)
         _positive("train", "dist_timeout", self.dist_timeout)
         _positive("train", "collapse_retries", self.collapse_retries, allow_zero=True)

@@ -16,7 +16,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from bertcls.errors import BertclsError
-from bertcls.init import InitSpec, init_tensor, parse_init, warn_if_symmetric
+from bertcls.init import InitContext, InitSpec, init_tensor, parse_init, warn_if_symmetric
 from bertcls.multilabel import check_task
 from bertcls.registry import Registry
 
@@ -116,15 +116,21 @@ class ClassificationHead(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.layers(pooled)
 
-    def reset_parameters(self, spec: HeadSpec, initializer_range: float, generator: torch.Generator | None) -> None:
+    def reset_parameters(
+        self,
+        spec: HeadSpec,
+        initializer_range: float,
+        generator: torch.Generator | None,
+        context: InitContext | None = None,
+    ) -> None:
         spec.check_inits()
         linears = [m for m in self.layers if isinstance(m, nn.Linear)]
         if len(linears) > 1:
             warn_if_symmetric(spec.head_init, "head_init on a head with hidden layers")
         for lin in linears:
             # 'bert' and other std-taking initializers default to the backbone's initializer_range.
-            init_tensor(lin.weight, spec.head_init, generator, std=initializer_range)
-            init_tensor(lin.bias, spec.bias_init, generator, std=initializer_range)
+            init_tensor(lin.weight, spec.head_init, generator, context, std=initializer_range)
+            init_tensor(lin.bias, spec.bias_init, generator, context, std=initializer_range)
 
 
 # ---------------------------------------------------------------- backbone layers

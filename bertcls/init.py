@@ -1,6 +1,8 @@
 """Weight initializers: one registry, usable on the classification head and on any ``nn.Module``.
 
-An initializer is a function ``fn(tensor, *, generator=None, **params)`` that fills ``tensor`` in place.
+An initializer is a function ``fn(tensor, *, generator=None, **params)`` that fills ``tensor`` in place; one that
+also takes a ``context`` keyword reads an ``InitContext`` (the head's labels and the encoder), which the model
+passes to it: ``label_embeddings`` makes each class's row from the encoder's embedding of the label's text.
 A *spec* names one: ``"xavier_uniform"`` or ``{"name": "kaiming_normal", "mode": "fan_out",
 "nonlinearity": "relu"}``. This module imports torch only, so it is usable outside bertcls too.
 """
@@ -25,6 +27,40 @@ InitFn = Callable[..., torch.Tensor]
 InitSpec = str | Mapping[str, Any]
 
 INITIALIZERS: Registry[InitFn] = Registry("initializer")
+# Keywords an initializer gets from the caller, never from a spec.
+_PASSED = ("t", "generator", "context")
+
+
+@dataclass
+class InitContext:
+    """What a data-aware initializer (one with a ``context`` keyword) may read besides the tensor it fills."""
+
+    labels: list[str]
+    """The head's labels, in output order."""
+    texts: list[str] | None = None
+    """One text per label that describes it (``label_texts``); None: the label names."""
+    encode: Callable[[list[str]], torch.Tensor] | None = None
+    """Texts -> the pooled features the head reads, (len(texts), hidden); None where no encoder is at hand."""
+
+
+def label_texts(labels: list[str], descriptions: str | Mapping[str, str] | None) -> list[str]:
+    """One text per label: the label itself (``None``), a template with ``{}`` for the label (``"a {} movie
+    review"``), or a {label: text} map (labels left out stay themselves). Raises BertclsError on a bad one."""
+    if descriptions is None:
+        return list(labels)
+    if isinstance(descriptions, str):
+        if "{}" not in descriptions:
+            raise BertclsError(f"data.label_descriptions: the template {descriptions!r} has no {{}} for the label")
+        return [descriptions.replace("{}", label) for label in labels]
+    if isinstance(descriptions, Mapping):
+        unknown = sorted(set(map(str, descriptions)) - set(labels))
+        if unknown:
+            raise BertclsError(f"data.label_descriptions names unknown label(s) {unknown}; labels: {labels}")
+        texts = {str(k): str(v) for k, v in descriptions.items()}
+        return [texts.get(label, label) for label in labels]
+    raise BertclsError(
+        f"data.label_descriptions must be a template with {{}} or a {{label: text}} map, got {descriptions!r}"
+    )
 
 # Parameters with a fixed set of values, checked by parse_init before a model is built (torch would only raise a
 # ValueError deep inside the first init). The nonlinearities are those ``torch.nn.init.calculate_gain`` knows.
@@ -124,6 +160,29 @@ def bert(t: torch.Tensor, *, std: float = 0.02, generator=None) -> torch.Tensor:
     return nn.init.normal_(t, mean=0.0, std=std, generator=generator)
 
 
+@register_initializer("label_embeddings")
+def label_embeddings(
+    t: torch.Tensor, *, scale: float = 10.0, context: InitContext | None = None, generator=None
+) -> torch.Tensor:
+    """Each class's row is ``scale`` times the unit-length pooled embedding of its text (its name or description):
+    the head then scores a text by its cosine to each label's text, times the text's feature norm and ``scale``, a
+    zero-shot classifier before any training step (as in CLIP's or SetFit's zero-shot heads)."""
+    if context is None or context.encode is None:
+        raise BertclsError("initializer 'label_embeddings' needs the encoder: use it as a bertcls model's head_init")
+    if t.ndim != 2 or t.shape[0] != len(context.labels):
+        raise BertclsError(
+            f"initializer 'label_embeddings' fills the output layer (one row per label), not a tensor of shape "
+            f"{tuple(t.shape)}: use it with model.hidden_sizes=[] and as head_init, not bias_init"
+        )
+    texts = context.texts if context.texts is not None else context.labels
+    with torch.no_grad():
+        emb = context.encode(list(texts)).float()
+        if emb.shape != t.shape:
+            raise BertclsError(f"label_embeddings: encoder output {tuple(emb.shape)}, head weight {tuple(t.shape)}")
+        t.copy_(scale * nn.functional.normalize(emb, dim=1))
+    return t
+
+
 def parse_init(spec: InitSpec) -> tuple[str, dict[str, Any]]:
     """Split a spec into (name, params) and check both against the registry; raises BertclsError."""
     if isinstance(spec, str):
@@ -135,7 +194,7 @@ def parse_init(spec: InitSpec) -> tuple[str, dict[str, Any]]:
         raise BertclsError(f"initializer spec must be a name or a mapping with 'name', got {spec!r}")
     if name not in INITIALIZERS:
         raise BertclsError(f"unknown initializer '{name}'; valid: {', '.join(sorted(INITIALIZERS))}")
-    allowed = [p for p in inspect.signature(INITIALIZERS[name]).parameters if p not in ("t", "generator")]
+    allowed = [p for p in inspect.signature(INITIALIZERS[name]).parameters if p not in _PASSED]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise BertclsError(
@@ -147,12 +206,21 @@ def parse_init(spec: InitSpec) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
-def init_tensor(t: torch.Tensor, spec: InitSpec, generator: torch.Generator | None = None, **defaults) -> None:
-    """Fill ``t`` in place by ``spec``. ``defaults`` fill parameters the spec leaves out (e.g. bert's std)."""
+def init_tensor(
+    t: torch.Tensor,
+    spec: InitSpec,
+    generator: torch.Generator | None = None,
+    context: InitContext | None = None,
+    **defaults,
+) -> None:
+    """Fill ``t`` in place by ``spec``. ``defaults`` fill parameters the spec leaves out (e.g. bert's std);
+    ``context`` goes to the initializers that take one (and only to them)."""
     name, params = parse_init(spec)
     fn = INITIALIZERS[name]
     accepted = inspect.signature(fn).parameters
     merged = {k: v for k, v in defaults.items() if k in accepted} | params
+    if "context" in accepted:
+        merged["context"] = context
     try:
         with torch.no_grad():
             fn(t, generator=generator, **merged)

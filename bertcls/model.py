@@ -36,7 +36,7 @@ from bertcls.heads import (  # noqa: F401 (POOLINGS, register_pooling, HeadSpec.
     find_encoder_layers,
     register_pooling,
 )
-from bertcls.init import apply_init
+from bertcls.init import InitContext, apply_init
 from bertcls.long_texts import TRUNCATIONS
 from bertcls.multilabel import DEFAULT_DELIMITER, check_thresholds
 from bertcls.tasks import get_task
@@ -81,21 +81,24 @@ class BertForTextClassification(nn.Module):
         truncation: str = "head",
         window_stride: int = 0,
         init_head: bool = True,
+        label_texts: Sequence[str] | None = None,
     ):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.spec = spec
         self.head = ClassificationHead(backbone.config.hidden_size, spec)
-        if init_head:  # False when saved weights are loaded next: their initializer is history, not needed
-            generator = torch.Generator().manual_seed(seed) if seed is not None else None
-            self.head.reset_parameters(spec, getattr(backbone.config, "initializer_range", 0.02), generator)
         self._takes_token_types = "token_type_ids" in inspect.signature(backbone.forward).parameters
         model_max = min(getattr(tokenizer, "model_max_length", 512) or 512, 512)
         # How texts are read (max_length, truncation, window_stride): the model owns it, saves it with its weights
         # and a training run's datasets take it from here (set_reading), so predict reads texts as training did.
         self.max_length, self.truncation, self.window_stride = model_max, "head", 0
         self.set_reading(max_length or model_max, truncation, window_stride)
+        if init_head:  # False when saved weights are loaded next: their initializer is history, not needed
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
+            # label_texts: one per label, read by initializers such as label_embeddings through the encoder.
+            context = InitContext(list(spec.labels), list(label_texts) if label_texts else None, self.embed)
+            self.head.reset_parameters(spec, getattr(backbone.config, "initializer_range", 0.02), generator, context)
         # Multi-label only: how a label set is written in one text cell (read by evaluate, written by predict).
         self.label_delimiter = DEFAULT_DELIMITER
         self._thresholds = get_task(spec.task).initial_thresholds(len(spec.labels))
@@ -276,6 +279,25 @@ class BertForTextClassification(nn.Module):
                 return self._packed_features(kwargs, position_ids, cu_seqlens, max_seqlen)
             outputs = self.backbone(**kwargs)
             return POOLINGS[self.spec.pooling](outputs, attention_mask)
+
+    @torch.no_grad()
+    def embed(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """The pooled features the head reads for ``texts`` (eval mode, no gradients), (len(texts), hidden), float32
+        on the model's device: a label's name for ``label_embeddings``, a text's embedding."""
+        was_training = self.training
+        self.eval()
+        device = next(self.backbone.parameters()).device
+        out = []
+        for i in range(0, len(texts), batch_size):
+            batch = self.tokenizer(
+                list(texts[i : i + batch_size]), padding=True, truncation=True, max_length=self.max_length,
+                return_tensors="pt",
+            )  # fmt: skip
+            keys = ("input_ids", "attention_mask", "token_type_ids")
+            batch = {k: v.to(device) for k, v in batch.items() if k in keys}
+            out.append(self.features(**batch).float())
+        self.train(was_training)
+        return torch.cat(out)
 
     def _packed_features(self, kwargs: dict, position_ids, cu_seqlens, max_seqlen) -> torch.Tensor:
         from bertcls import packing

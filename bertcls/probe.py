@@ -45,13 +45,18 @@ def fit_linear(
     c: float,
     max_iter: int = 500,
     weight_sum: float | None = None,
+    prior: torch.Tensor | None = None,
 ) -> tuple[float, int]:
     """Minimize ``loss_fn(linear(x), y) + penalty_strength(c, ...) * ||W||^2`` in place with full-batch L-BFGS, which
     is scikit-learn's ``LogisticRegression(C=c)`` (``weight_sum``: what ``loss_fn``'s mean divides by, default the
     number of label entries in ``y``; pass the sum of the examples' class weights with class weights). Returns
-    (training loss without the penalty, iterations used)."""
+    (training loss without the penalty, iterations used). With ``prior`` (a weight of W's shape, e.g. the
+    label_embeddings head) the penalty pulls W toward it instead of toward zero, ``||W - prior||^2``: a strong penalty
+    keeps the prior's (zero-shot) classifier and a weak one fits the data."""
     two_class_softmax = y.ndim == 1 and linear.out_features == 2  # (label indices: a softmax, not sigmoids)
     penalty = penalty_strength(c, float(y.numel()) if weight_sum is None else weight_sum, two_class_softmax)
+    # The prior enters as a shift of the penalized weight only (below), so C means what it means without it.
+    anchor = prior.detach().to(linear.weight) if prior is not None else None
     opt = torch.optim.LBFGS(
         linear.parameters(),
         lr=1.0,
@@ -64,7 +69,8 @@ def fit_linear(
 
     def closure() -> torch.Tensor:
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(linear(x), y) + penalty * linear.weight.square().sum()
+        w = linear.weight if anchor is None else linear.weight - anchor
+        loss = loss_fn(linear(x), y) + penalty * w.square().sum()
         loss.backward()
         return loss
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ from transformers.initialization import no_init_weights
 from bertcls.atomic import atomic_dir
 from bertcls.errors import BertclsError, first_line
 from bertcls.heads import POOLINGS, HeadSpec
-from bertcls.init import InitSpec
+from bertcls.init import InitSpec, label_texts
 from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.resources import is_packaged, packaged_model_dir
 from bertcls.tasks import get_task
@@ -142,11 +142,13 @@ def from_pretrained(
     task: str | None = None,
     model_class: type[BertForTextClassification],
     new_head: bool = False,
+    label_descriptions: str | Mapping[str, str] | None = None,
 ) -> BertForTextClassification:
     """Load a saved bertcls checkpoint, or a pretrained backbone (folder, hub name or ``packaged:...``) with a new
     head for ``labels``; ``task`` is ``single_label`` (the default for a new head) or ``multi_label`` (for a
     checkpoint: checked against the one it was trained for). ``BertForTextClassification.from_pretrained`` calls this
-    with its class as ``model_class``.
+    with its class as ``model_class``. ``label_descriptions`` (a template with ``{}`` or a {label: text} map) gives
+    each label of a new head its text for initializers that read one (``label_embeddings``).
 
     Options left ``None`` take the head's defaults (``HeadSpec``) for a new head and the saved values for a
     checkpoint. A checkpoint takes new reading options (``max_length``, ``truncation``, ``window_stride``),
@@ -172,6 +174,7 @@ def from_pretrained(
             model = model_class(
                 model.backbone, model.tokenizer, spec, model.freeze_backbone, model.unfreeze_top_k,
                 model.max_length, seed, model.truncation, model.window_stride,
+                label_texts=label_texts(spec.labels, label_descriptions),
             )  # fmt: skip
         else:
             _check_continued(path, model, labels, task, given)
@@ -182,10 +185,11 @@ def from_pretrained(
     if labels is None:
         raise BertclsError(f"'{name}' is a backbone, not a bertcls checkpoint: pass labels=[...] for the new head")
     spec = _new_spec(labels, task or "single_label", given)
+    texts = label_texts(spec.labels, label_descriptions)
     backbone, tokenizer = load_backbone(name, attn_implementation)
     return model_class(
         backbone, tokenizer, spec, bool(freeze_backbone), unfreeze_top_k, max_length, seed,
-        truncation or "head", window_stride or 0,
+        truncation or "head", window_stride or 0, label_texts=texts,
     )  # fmt: skip
 
 

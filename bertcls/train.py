@@ -28,7 +28,7 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, se
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from bertcls import jsonio, packing, speed
+from bertcls import jsonio, packing, recipes, speed
 from bertcls.cache import DEFAULT_CACHE_DIR, FeatureDataset, load_or_compute
 from bertcls.calibration import unfold_temperature
 from bertcls.checkpoint import (
@@ -141,6 +141,7 @@ class Run:
     progress: Any = None
     timer: Timer = field(default_factory=Timer)
     on_validation: Callable | None = None  # train()'s hook, called after each validation
+    zero_shot: dict[str, Any] = field(default_factory=dict)  # the label_embeddings head's scores before training
 
     @property
     def main(self) -> bool:
@@ -181,9 +182,18 @@ def uses_cache(cfg: Config) -> bool:
     return cfg.train.cache and backbone_fully_frozen(m.freeze_backbone, m.unfreeze_top_k) and not cfg.data.streaming
 
 
-def lbfgs_grid(has_validation: bool) -> tuple[float, ...]:
-    """The C values fitted: the grid when validation can choose, else scikit-learn's default C=1."""
-    return C_GRID if has_validation else (1.0,)
+# With the label_embeddings prior, a weaker penalty than C=1 only lets a few rows pull the head off the prior: on
+# Rotten Tomatoes at 8-64 examples a class, C in 0.01-1 scored alike and 3-100 worse (docs/fewshot.md), and a
+# validation cut of a few rows would pick from the weak end by chance.
+PRIOR_C_MAX = 1.0
+
+
+def lbfgs_grid(has_validation: bool, prior: bool = False) -> tuple[float, ...]:
+    """The C values fitted: the grid when validation can choose (up to PRIOR_C_MAX with the label prior), else
+    scikit-learn's default C=1."""
+    if not has_validation:
+        return (1.0,)
+    return tuple(c for c in C_GRID if c <= PRIOR_C_MAX) if prior else C_GRID
 
 
 # ---------------------------------------------------------------- the recipe
@@ -203,6 +213,7 @@ def train(
     if cfg.train.speedups:  # before the first bf16 matmul: memory that does not grow with new batch lengths
         allocator.cap_primitive_cache()
     threads = torch.get_num_threads()
+    cfg, data = resolve_recipe(cfg, data)
     try:
         if cfg.train.seeds:
             from bertcls.seeds import train_seeds
@@ -221,6 +232,23 @@ def train(
         ) from e
     finally:
         torch.set_num_threads(threads)  # the cached path runs on one thread; a notebook gets its setting back
+
+
+def resolve_recipe(cfg: Config, data: RunData | None) -> tuple[Config, RunData | None]:
+    """``train.recipe`` applied (``bertcls.recipes``); ``auto`` reads the data first to count examples per class (the
+    data read is returned, so the run does not read it again)."""
+    if cfg.train.recipe not in recipes.RECIPES and cfg.train.recipe != "auto":
+        raise BertclsError(f"train.recipe: '{cfg.train.recipe}' is not one of auto, {', '.join(recipes.RECIPES)}")
+    main = int(os.environ.get("RANK", "0")) == 0
+    if cfg.train.recipe == "auto" and data is None and not cfg.data.streaming:
+        data = load_data(cfg, RunLog(None, main))
+    train_labels = None
+    if data is not None and data.train is not None:
+        train_labels = list(data.train.labels)
+        v = data.validation
+        if v is not None and v.base is not None and v.base is data.train.base:  # a cut of the same file counts too
+            train_labels += list(v.labels)
+    return recipes.resolve(cfg, train_labels, RunLog(None, main)), data
 
 
 def lost_peer(e: RuntimeError) -> bool:
@@ -262,6 +290,8 @@ def _run(cfg: Config, data: RunData | None = None, collapsed=None, on_validation
         total=run.total_steps, initial=run.state.step, disable=not run.main, desc="training", unit="step",
         dynamic_ncols=True,
     )  # fmt: skip
+    if not run.lbfgs and uses_label_prior(run):  # (fit_lbfgs scores it itself, then fits toward it)
+        run.zero_shot = zero_shot_metrics(run)
     run.timer.tick = time.perf_counter()
     run.module.train()
     try:
@@ -297,6 +327,8 @@ def setup(cfg: Config, data: RunData | None = None) -> Run:
     # describe the weights training makes, so no checkpoint of this run records it (last/ is never calibrated).
     unfold_temperature(model)
     run = Run(cfg, accelerator, precision, task, data, model, Path(cfg.output.dir), log, cached, use_lbfgs(cfg, cached))
+    if cfg.train.recipe == "contrastive" and resume_dir is None:
+        tune_contrastive(run)
     setup_datasets(run)
     setup_training(run)
     select = "loss" if run.lbfgs else cfg.eval.metric  # an L-BFGS head's L2 strength: smoother than accuracy
@@ -405,6 +437,7 @@ def setup_model(
             window_stride=d.window_stride,
             seed=cfg.train.seed,
             task=d.task,
+            label_descriptions=d.label_descriptions,
         )
     except HeadChanged as e:
         raise BertclsError(e.describe("model.", "model.new_head=true")) from None
@@ -419,6 +452,33 @@ def setup_model(
         log(f"data.max_length={d.max_length} is more than {m.name_or_path} reads; using {model.max_length}")
     # A copy: the caller's config (a notebook's, a sweep's) is never changed by a run.
     return model, replace(cfg, data=replace(d, **model.reading))
+
+
+def tune_contrastive(run: Run) -> None:
+    """``train.recipe=contrastive``: tune the backbone on the training texts by the supervised contrastive loss
+    (``bertcls.contrastive``), the label texts among them, then initialize the head again on the tuned encoder."""
+    from bertcls.contrastive import contrastive_tune
+    from bertcls.init import InitContext, label_texts
+
+    cfg, model, t = run.cfg, run.model, run.cfg.train
+    if run.accelerator.num_processes > 1 or run.task.per_label:
+        raise BertclsError("train.recipe=contrastive is for single-label runs in one process; use train.recipe=frozen")
+    names = label_texts(run.data.labels, cfg.data.label_descriptions)
+    texts = [*run.data.train.texts, *names]
+    y = torch.tensor([*run.task.targets(run.data.train.labels, run.data.labels), *range(len(names))])
+    model.to(run.accelerator.device)
+    start = time.perf_counter()
+    losses = contrastive_tune(
+        model, texts, y, steps=t.contrastive_steps, batch_size=t.contrastive_batch_size, lr=t.contrastive_lr,
+        temperature=t.contrastive_temperature, seed=t.seed, log=run.log,
+    )  # fmt: skip
+    run.log(
+        f"contrastive tuning: {t.contrastive_steps} steps of {t.contrastive_batch_size} texts, loss {losses[0]:.4f} -> "
+        f"{losses[-1]:.4f} in {time.perf_counter() - start:.1f}s"
+    )
+    generator = torch.Generator().manual_seed(t.seed)
+    init_range = getattr(model.backbone.config, "initializer_range", 0.02)
+    model.head.reset_parameters(model.spec, init_range, generator, InitContext(run.data.labels, names, model.embed))
 
 
 def setup_output(
@@ -542,7 +602,7 @@ def setup_training(run: Run) -> None:
     run.updates_per_epoch = t.max_steps if streamed else math.ceil(len(run.train_loader) / t.grad_accum_steps)
     run.total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * run.updates_per_epoch)
     if run.lbfgs:
-        run.total_steps = len(lbfgs_grid(run.val_ds is not None))
+        run.total_steps = len(lbfgs_grid(run.val_ds is not None, uses_label_prior(run)))
     # The prepared scheduler steps once per process each update, hence the factor (accelerate's examples do this).
     scheduler = get_scheduler(
         t.scheduler,
@@ -732,14 +792,39 @@ def fit_lbfgs(run: Run) -> None:
     x = run.train_ds.matrix().to(device).float().clone()  # features made in inference mode
     y = run.train_ds.labels.to(device)
     weight_sum = float(run.loss_weight(y))  # what the loss's mean divides by: C then means scikit-learn's C
-    for c in lbfgs_grid(run.val_ds is not None):
-        loss, iterations = fit_linear(linear, x, y, run.loss_fn, c, weight_sum=weight_sum)
+    prior = None
+    if uses_label_prior(run):
+        # The label_embeddings head is a zero-shot classifier: score it, then pull the fit toward it, not toward 0.
+        prior = linear.weight.detach().clone()
+        run.zero_shot = zero_shot_metrics(run)
+    for c in lbfgs_grid(run.val_ds is not None, prior is not None):
+        loss, iterations = fit_linear(linear, x, y, run.loss_fn, c, weight_sum=weight_sum, prior=prior)
         s.step, s.examples = s.step + 1, s.examples + len(x)
         s.train_loss_curve.append([s.step, loss])
         run.log(f"L-BFGS fit {s.step}: C={c:g} ({iterations} iterations), train loss {loss:.4f}")
         run.progress.update(1)
         evaluate_validation(run, s.step)
         s.history[-1]["C"] = c
+
+
+def uses_label_prior(run: Run) -> bool:
+    """Whether the head was initialized from the label texts in this run (not loaded, not resumed)."""
+    head_init = run.model.spec.head_init
+    name = head_init if isinstance(head_init, str) else head_init.get("name")
+    return name == "label_embeddings" and not run.cfg.train.resume_from and not run.state.step
+
+
+def zero_shot_metrics(run: Run) -> dict[str, Any]:
+    """The untrained label_embeddings head scored on validation and test (a zero-shot classifier), logged."""
+    found: dict[str, Any] = {}
+    for name, loader, ds in (("validation", run.val_loader, run.val_ds), ("test", run.test_loader, run.test_ds)):
+        if loader is None:
+            continue
+        probs, gold, n = split_predictions(run.module, loader, run.accelerator, ds, run.forward, run.task)
+        found[name] = split_metrics(run.task, probs, gold, n, run.model.thresholds)
+        run.log(f"zero-shot (head from the label texts, before training): {name} {run.task.describe(found[name])}")
+    run.module.train()
+    return found
 
 
 def evaluate_validation(run: Run, epoch: float) -> None:
@@ -866,6 +951,9 @@ def finalize(run: Run, start: float) -> dict[str, Any]:
     }
     if s.collapse:
         result["collapse"] = s.collapse
+    if run.zero_shot:
+        result["zero_shot"] = run.zero_shot
+    result["recipe"] = run.cfg.train.recipe
     calibrating = run.val_loader is not None and run.cfg.eval.calibration == "temperature"
     restore_best(run, force=calibrating)
     if calibrating:
@@ -1017,6 +1105,7 @@ def train_lp_ft(cfg: Config, data: RunData | None = None, on_validation=None) ->
         train=replace(
             t,
             schedule="standard",
+            recipe="finetune",  # each phase runs as this function configures it
             epochs=t.lp_epochs,
             max_steps=-1,
             lr=head_lr,
@@ -1040,7 +1129,7 @@ def train_lp_ft(cfg: Config, data: RunData | None = None, on_validation=None) ->
             unfreeze_top_k=0,
             reinit_top_k=0,
         ),
-        train=replace(t, schedule="standard"),
+        train=replace(t, schedule="standard", recipe="finetune"),
     )
     result = train(full, data, on_validation)
     result["schedule"] = "lp_ft"

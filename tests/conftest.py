@@ -208,3 +208,27 @@ def run_main(module: str, *args: str) -> subprocess.CompletedProcess:
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fine_tune_small_files():
+    """Tests train on files of tens of rows, where ``train.recipe=auto`` would pick the few-label recipes
+    (bertcls.recipes): every test but those marked ``auto_recipe`` (which test that choice) runs the recipe it
+    configures, as ``train.recipe=finetune`` would, so a test of resuming, calibration or exports tests that and not
+    contrastive tuning. Session-wide, so module-scoped fixtures' runs get it too (in-process runs only; subprocess
+    tests pass ``train.recipe=finetune`` where it matters)."""
+    from bertcls import recipes
+
+    shipped = recipes.FINETUNE_FROM
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(recipes, "FINETUNE_FROM", 0)
+        yield shipped
+
+
+@pytest.fixture(autouse=True)
+def auto_recipe(request, monkeypatch, fine_tune_small_files):
+    """``train.recipe=auto`` as shipped, for the tests marked ``auto_recipe``."""
+    if request.node.get_closest_marker("auto_recipe") is not None:
+        from bertcls import recipes
+
+        monkeypatch.setattr(recipes, "FINETUNE_FROM", fine_tune_small_files)

@@ -40,6 +40,7 @@ def run_args(name_or_path, tiny_data, out, *extra: str) -> list[str]:
         "train.batch_size=16",
         "train.mixed_precision=no",
         "train.collapse_retries=0",
+        "train.recipe=finetune",  # a subprocess: the tiny file would get the few-label recipe (conftest)
         "eval.calibration=none",
         f"output.dir={out}",
         *extra,

@@ -79,7 +79,8 @@ def test_bert_init_uses_given_std():
     assert close(t.std().item(), 0.05)
 
 
-@pytest.mark.parametrize("name", sorted(INITIALIZERS))
+# label_embeddings reads the encoder, not the generator (tests/test_fewshot.py).
+@pytest.mark.parametrize("name", sorted(set(INITIALIZERS) - {"label_embeddings"}))
 def test_deterministic_under_seed(name):
     assert torch.equal(filled(name, (20, 30), seed=3), filled(name, (20, 30), seed=3))
     if name not in ("zeros", "ones", "constant"):

@@ -1,0 +1,140 @@
+"""Few labels: the label_embeddings head (a zero-shot classifier and a prior), contrastive tuning, train.recipe."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bertcls import BertForTextClassification
+from bertcls.contrastive import batches, supcon_loss
+from bertcls.errors import BertclsError
+from bertcls.init import InitContext, label_texts, parse_init
+from bertcls.probe import fit_linear
+from bertcls.recipes import CONTRASTIVE_FROM, FINETUNE_FROM, choose, resolve
+
+from .test_train import tiny_cfg
+
+pytestmark = pytest.mark.auto_recipe  # these tests are about what train.recipe=auto picks
+
+LABELS = ["negative", "positive"]
+
+
+def test_label_embeddings_rows_are_the_normalized_pooled_label_embeddings(tiny_bert):
+    model = BertForTextClassification.from_pretrained(
+        tiny_bert, labels=LABELS, pooling="mean", head_init={"name": "label_embeddings", "scale": 3.0}
+    )
+    expected = torch.nn.functional.normalize(model.embed(LABELS), dim=1) * 3.0
+    torch.testing.assert_close(model.head.layers[-1].weight, expected)
+    assert model.head.layers[-1].weight.norm(dim=1).tolist() == pytest.approx([3.0, 3.0])
+
+
+def test_label_embeddings_zero_shot_predicts_the_label_whose_text_is_nearest(tiny_bert):
+    model = BertForTextClassification.from_pretrained(
+        tiny_bert, labels=LABELS, pooling="mean", head_init="label_embeddings", label_descriptions="a {} film"
+    )
+    texts = ["the film was good", "a boring movie", "dull and flat", "great fun", "a negative film", "a positive film"]
+    label_rows = torch.nn.functional.normalize(model.embed(["a negative film", "a positive film"]), dim=1)
+    nearest = (torch.nn.functional.normalize(model.embed(texts), dim=1) @ label_rows.T).argmax(1)
+    predicted = [LABELS.index(p["label"]) for p in model.predict(texts)]
+    assert predicted == nearest.tolist()
+    assert predicted[-2:] == [0, 1]  # a label's own text is nearest to itself
+
+
+def test_label_texts_from_a_template_or_a_map_and_bad_ones_are_refused():
+    assert label_texts(LABELS, None) == LABELS
+    assert label_texts(LABELS, "a {} review") == ["a negative review", "a positive review"]
+    assert label_texts(LABELS, {"positive": "great"}) == ["negative", "great"]
+    with pytest.raises(BertclsError, match="no \\{\\}"):
+        label_texts(LABELS, "a review")
+    with pytest.raises(BertclsError, match="unknown label"):
+        label_texts(LABELS, {"neutral": "meh"})
+
+
+def test_label_embeddings_is_refused_where_it_cannot_work(tiny_bert):
+    assert parse_init("label_embeddings") == ("label_embeddings", {})  # context is passed, never a spec parameter
+    with pytest.raises(BertclsError, match="no parameter context"):
+        parse_init({"name": "label_embeddings", "context": 1})
+    with pytest.raises(BertclsError, match="one row per label"):
+        BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS, bias_init="label_embeddings")
+    from bertcls.init import init_tensor
+
+    with pytest.raises(BertclsError, match="needs the encoder"):
+        init_tensor(torch.empty(2, 4), "label_embeddings", context=InitContext(LABELS))
+
+
+def test_lbfgs_prior_penalty_pulls_toward_the_prior_not_zero():
+    torch.manual_seed(0)
+    x, y = torch.randn(20, 6), torch.arange(20) % 2
+    prior = torch.randn(2, 6) * 5
+    linear = torch.nn.Linear(6, 2)
+    fit_linear(linear, x, y, torch.nn.functional.cross_entropy, c=1e-6, prior=prior)
+    torch.testing.assert_close(linear.weight, prior, atol=1e-3, rtol=0)  # a huge penalty keeps the prior
+    plain = torch.nn.Linear(6, 2)
+    fit_linear(plain, x, y, torch.nn.functional.cross_entropy, c=1e-6)
+    assert plain.weight.abs().max() < 1e-3
+
+
+def test_supcon_loss_is_lower_when_same_labels_are_together():
+    y = torch.tensor([0, 0, 1, 1])
+    together = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    apart = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
+    assert supcon_loss(together, y, 0.1) < supcon_loss(apart, y, 0.1)
+
+
+def test_contrastive_batches_hold_every_class_twice():
+    y = torch.tensor([0] * 10 + [1] * 3 + [2] * 2)
+    for idx in batches(y, 8, 5, torch.Generator().manual_seed(0)):
+        assert len(idx) == 8 and len(set(idx.tolist())) == 8
+        assert all((y[idx] == c).sum() >= 2 for c in (0, 1, 2))
+
+
+def test_auto_recipe_chooses_by_examples_per_class(tiny_bert, tiny_data, tmp_path):
+    assert choose(CONTRASTIVE_FROM - 1)[0] == "frozen"
+    assert choose(8)[0] == "contrastive" and choose(FINETUNE_FROM - 1)[0] == "contrastive"
+    assert choose(FINETUNE_FROM)[0] == "finetune"
+    cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path, "train.recipe=auto")
+    small = resolve(cfg, ["negative"] * 10 + ["positive"] * 12, log=lambda _: None)
+    assert small.train.recipe == "contrastive" and small.model.freeze_backbone and small.model.pooling == "mean"
+    assert small.model.head_init == "label_embeddings" and small.train.head_solver == "lbfgs"
+    large = resolve(cfg, ["negative", "positive"] * FINETUNE_FROM, log=lambda _: None)
+    assert large.train.recipe == "finetune" and large == cfg.__class__(**{**vars(cfg), "train": large.train})
+
+
+def test_frozen_recipe_logs_zero_shot_and_fits_toward_the_prior(tiny_bert, tiny_data, tmp_path):
+    from bertcls.train import train
+
+    out = tmp_path / "run"
+    result = train(tiny_cfg(tiny_bert, tiny_data, out, "train.recipe=frozen"))
+    assert result["recipe"] == "frozen"
+    assert set(result["zero_shot"]) == {"validation", "test"}
+    assert "zero-shot" in (out / "train.log").read_text()
+
+
+def test_contrastive_recipe_tunes_the_body_and_its_checkpoint_predicts(tiny_bert, tiny_data, tmp_path):
+    from bertcls.train import train
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.recipe=contrastive", "train.contrastive_steps=3")
+    result = train(cfg)
+    log = (out / "train.log").read_text()
+    assert "contrastive tuning: 3 steps" in log
+    best = BertForTextClassification.from_pretrained(out / "best")
+    base = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
+    moved = [not torch.equal(a, b) for a, b in zip(best.backbone.parameters(), base.backbone.parameters())]
+    assert any(moved)  # the saved body is the tuned one
+    probs = best.predict_proba(["a good film", "a dull film"])
+    assert probs.shape == (2, 2)
+    # the saved model scores the test split as the run did
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] == result["test"]["accuracy"]
+
+
+def test_a_fine_tuned_run_from_the_label_head_reports_its_zero_shot_scores(tiny_bert, tiny_data, tmp_path):
+    from bertcls.train import train
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(tiny_bert, tiny_data, out, "model.head_init=label_embeddings", "train.max_steps=2")
+    result = train(cfg)
+    assert result["recipe"] == "finetune" and result["zero_shot"]["test"]["num_examples"] == 40
