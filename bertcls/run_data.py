@@ -21,6 +21,7 @@ from bertcls.data import (
     split_validation,
 )
 from bertcls.errors import BertclsError
+from bertcls.small_data import no_cut_reason
 from bertcls.streaming import check_stream
 from bertcls.tasks import get_task
 
@@ -31,6 +32,8 @@ class RunData:
     train: Split | None  # None: streamed (data.streaming), read as training goes
     validation: Split | None
     test: Split | None
+    # Why train was not cut for validation (a small file: bertcls.small_data), or None; the run logs it in its plan.
+    no_cut: str | None = None
 
 
 def load_data(cfg: Config, log=print) -> RunData:
@@ -52,9 +55,10 @@ def load_data(cfg: Config, log=print) -> RunData:
     validation_source, test_source = resolve_split(d, "validation"), resolve_split(d, "test")
     validation = read(validation_source) if validation_source else None
     test = read(test_source) if test_source else None
+    no_cut = no_cut_reason(cfg, len(train)) if train is not None and validation is None else None
     if train is None and validation is None:
         log("validation: none (a streamed training split is not cut; set data.validation)")
-    elif validation is None and d.validation_fraction > 0:
+    elif validation is None and d.validation_fraction > 0 and no_cut is None:
         train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
         log(f"validation: {len(validation.texts)} rows ({d.validation_fraction:g}) held out of {d.train}")
     if test is None:
@@ -67,7 +71,7 @@ def load_data(cfg: Config, log=print) -> RunData:
     for name, split in (("train", train), ("validation", validation), ("test", test)):
         if split is not None:
             check_labels(task, split, labels, f"{name} data {split.source or d.train}")
-    return RunData(labels, train, validation, test)
+    return RunData(labels, train, validation, test, no_cut if d.validation_fraction > 0 else None)
 
 
 def check_labels(task, split: Split, labels: list[str], source: str) -> None:
