@@ -31,6 +31,7 @@ from bertcls.config import Config, load_config
 from bertcls.data import Split, load_split
 from bertcls.errors import BertclsError, cli_errors, quiet_loading
 from bertcls.run_data import RunData, load_data
+from bertcls.small_data import majority_rate, near_chance_line
 
 SELFTRAIN_FILES = ("metrics.json", "selftrain.png")
 
@@ -91,9 +92,9 @@ def selftrain(cfg: Config) -> dict[str, Any]:
     pseudo = np.full(len(unlabeled), -1)
     for r in range(cfg.selftrain.rounds + 1):
         train_split = round_split(pool, len(labeled), gold_ids, pseudo, data.labels)
-        round_cfg = replace(cfg, output=replace(cfg.output, dir=str(out / f"round-{r}")))
+        round_cfg, round_data = round_setup(cfg, data, r, out, train_split)
         print(f"self-training round {r}: {len(labeled)} labelled + {int((pseudo >= 0).sum())} pseudo-labelled rows")
-        result = train_round(round_cfg, replace(data, train=train_split))
+        result = train_round(round_cfg, round_data)
         rounds.append(round_record(r, result, pseudo, data.labels, unlabeled_gold))
         print(f"self-training round {r}: {describe(rounds[-1])}")
         if r == cfg.selftrain.rounds:
@@ -101,6 +102,12 @@ def selftrain(cfg: Config) -> dict[str, Any]:
         probs = features.probabilities(out / f"round-{r}" / "best")
         pseudo = choose(probs, prior, r + 1, cfg)
     summary = {"rounds": rounds, "model": str(out / f"round-{cfg.selftrain.rounds}" / "best")}
+    if "test" in rounds[-1] and data.test is not None:
+        majority = majority_rate([data.labels.index(str(v)) for v in data.test.labels])
+        line = near_chance_line(cfg, rounds[-1]["test"]["accuracy"], majority, "test", int(np.bincount(gold_ids).min()))
+        if line:
+            summary["near_chance"] = line
+            print(line)
     write_outputs(out, summary)
     return summary
 
@@ -111,6 +118,21 @@ def pooled(labeled: Split, unlabeled: Split, labels: list[str]) -> Split:
     texts = [str(t) for t in labeled.texts] + list(unlabeled.texts)
     placeholder = [labels[0]] * len(unlabeled)  # never trained on: each round's subset carries its own labels
     return Split(texts, list(labeled.labels) + placeholder, None, f"{labeled.source}+{unlabeled.source}")
+
+
+def round_setup(cfg: Config, data: RunData, r: int, out: Path, train_split: Split) -> tuple[Config, RunData]:
+    """Round ``r``'s config (its own folder) and data. After round 0 the run's own near-chance line is off (it would
+    count pseudo-labels as examples; this driver compares the rounds instead) and a small file's plan line says that
+    the rows it cross-validates on hold pseudo-labels."""
+    round_cfg = replace(cfg, output=replace(cfg.output, dir=str(out / f"round-{r}")))
+    if r == 0:
+        return round_cfg, replace(data, train=train_split)
+    round_cfg = replace(round_cfg, eval=replace(cfg.eval, near_chance_margin=0.0))
+    no_cut = data.no_cut and (
+        f"validation: none (self-training round {r}: {len(data.train)} labelled rows, too few to cut one; any "
+        "cross-validation runs on labelled and pseudo-labelled rows together)"
+    )
+    return round_cfg, replace(data, train=train_split, no_cut=no_cut or None)
 
 
 def round_split(pool: Split, n_labeled: int, gold_ids, pseudo: np.ndarray, labels: list[str]) -> Split:
@@ -204,7 +226,8 @@ class Pseudo:
             if state.is_main_process:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with atomic_file(path) as tmp:
-                    save_file({"features": feats.contiguous()}, tmp, metadata={"source": self.pool.source})
+                    meta = {"source": self.pool.source, "rows": str(len(self.pool)), "pooling": backbone.spec.pooling}
+                    save_file({"features": feats.contiguous()}, tmp, metadata=meta)
             state.wait_for_everyone()
         return load_or_compute(backbone, self.pool, length, precision, state, folder, print, batch)[0]
 
