@@ -555,7 +555,9 @@ def log_plan(run: Run) -> None:
     cfg, model, accelerator, t = run.cfg, run.model, run.accelerator, run.cfg.train
     cpu = accelerator.device.type == "cpu"
     if run.lbfgs:
-        where = "tried on validation" if run.val_ds is not None else "chosen by cross-validation on the training rows"
+        where = "tried on validation" if run.val_ds is not None else "fitted (no validation split)"
+        if run.data.no_cut:
+            where = "chosen by cross-validation on the training rows"
         run.log(
             f"head fitted by L-BFGS on cached features (train.head_solver={t.head_solver}), "
             f"{run.total_steps} L2 strength(s) {where}: train.lr, head_lr, epochs and "
@@ -747,7 +749,7 @@ def fit_lbfgs(run: Run) -> None:
     x = run.train_ds.matrix().to(device).float().clone()  # features made in inference mode
     y = run.train_ds.labels.to(device)
     grid = lbfgs_grid(run.val_ds is not None)
-    if run.val_ds is None:  # nothing held out: choose C on the training rows (LogisticRegressionCV's way)
+    if run.val_ds is None and run.data.no_cut:  # too few rows to hold out: choose C on them as LogisticRegressionCV
         cv = cross_validate_c(linear, x, y, run.loss_fn, C_GRID, data_seed(run.cfg))
         if cv is not None:
             grid, run.small["cv"] = (cv["C"],), cv
