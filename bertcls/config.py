@@ -140,6 +140,15 @@ class DataConfig:
     how texts are read; a run's config.yaml records the value used)."""
     validation_fraction: float = 0.1
     """Share of train held out for validation when no validation split is given."""
+    min_validation_rows: int = 100
+    """A validation split cut from train must hold at least this many rows, else train is not cut: every row trains,
+    the L-BFGS head's L2 strength is chosen by cross-validation on the training rows, and calibration is skipped
+    (fewer rows cannot rank choices a few points apart: accuracy's standard error on 100 rows is 0.05; see
+    docs/fewshot.md). Still cut when `train.early_stopping_patience` or `eval.threshold=tune` needs one. 0: always
+    cut."""
+    unlabeled: str | None = None
+    """Texts without labels for self-training (`python -m bertcls.selftrain`): a CSV, TSV, JSON, JSONL or Parquet
+    file with `data.text_column` (any label column is ignored), or a `.txt` file with one text per line."""
     truncation: str = "head"
     """Which tokens of a longer text stay: `head` (the first), `tail` (the last), `head+tail` (the first ¼ and last
     ¾ of the room, after Sun et al. 2019's 128 + 382 of 510). Saved in the checkpoint and used by `model.predict`,
@@ -172,6 +181,7 @@ class DataConfig:
         _positive("data", "window_stride", self.window_stride, allow_zero=True)
         if not 0.0 <= self.validation_fraction < 1.0:
             raise BertclsError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        _positive("data", "min_validation_rows", self.min_validation_rows, allow_zero=True)
 
 
 def resolve_split(data: DataConfig, split: str) -> str | None:
@@ -206,6 +216,9 @@ class TrainConfig:
     """Passes over the train split (fractions allowed)."""
     max_steps: int = -1
     """Optimizer steps to run; > 0 wins over `epochs`."""
+    min_steps: int = 50
+    """With `epochs` (no `max_steps`): a run takes at least this many optimizer steps, its epochs scaled up, so a
+    small file is still fitted (16 rows at batch 32 would get 2 steps of 1.5 epochs; see docs/fewshot.md). 0: off."""
     batch_size: int = 32
     """Examples per step per process."""
     lr: float = 1e-4
@@ -290,6 +303,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive("train", "epochs", self.epochs)
+        _positive("train", "min_steps", self.min_steps, allow_zero=True)
         _positive("train", "batch_size", self.batch_size)
         _positive("train", "lr", self.lr)
         _positive("train", "grad_accum_steps", self.grad_accum_steps)
@@ -367,10 +381,18 @@ class EvalConfig:
     export gives calibrated probabilities; tuned thresholds are re-tuned on them, fixed ones move with T so every
     decision stays. `none`: leave them as trained.
     Needs a validation split (skipped without one). See docs/calibration.md."""
+    min_calibration_rows: int = 100
+    """Fit the temperature only on at least this many validation rows; with fewer it is skipped and the run says so
+    (a temperature fitted on a handful of rows is noise: docs/fewshot.md)."""
+    near_chance_margin: float = 0.05
+    """single_label: a run whose cross-validated accuracy (a small file's L-BFGS head) or test accuracy is within
+    this of the majority-class rate says so in one line, with what to do. 0: never."""
 
     def __post_init__(self) -> None:
         _positive("eval", "batch_size", self.batch_size)
         _choice("eval", "calibration", self.calibration, ("temperature", "none"))
+        _positive("eval", "min_calibration_rows", self.min_calibration_rows, allow_zero=True)
+        _positive("eval", "near_chance_margin", self.near_chance_margin, allow_zero=True)
         _positive("eval", "every_steps", self.every_steps, allow_zero=True)
         _choice("eval", "metric", self.metric, ("auto", *METRICS))
         t = self.threshold
@@ -450,6 +472,31 @@ class SweepConfig:
 
 
 @dataclass
+class SelfTrainConfig:
+    """Self-training on `data.unlabeled` (`python -m bertcls.selftrain`; see docs/fewshot.md)."""
+
+    rounds: int = 3
+    """Rounds after the first run on the labelled rows: each labels the unlabelled texts with the last round's best
+    model and trains a fresh one on the labelled rows plus the chosen pseudo-labelled texts."""
+    select: str = "fraction"
+    """`fraction`: per class, the texts predicted as that class with the highest probability of it, `round x
+    fraction` of the unlabelled texts in all, shared between classes as in the labelled rows (balanced; needs no
+    calibration) | `threshold`: every text whose top probability is at least `threshold`."""
+    fraction: float = 0.25
+    """`select=fraction`: share of the unlabelled texts added per round (round R uses R x this, at most all)."""
+    threshold: float = 0.9
+    """`select=threshold`: the top probability a text needs to join (calibrated where the run calibrated)."""
+
+    def __post_init__(self) -> None:
+        _positive("selftrain", "rounds", self.rounds, allow_zero=True)
+        _choice("selftrain", "select", self.select, ("fraction", "threshold"))
+        if not 0.0 < self.fraction <= 1.0:
+            raise BertclsError(f"selftrain.fraction must be in (0, 1], got {self.fraction}")
+        if not 0.0 < self.threshold < 1.0:
+            raise BertclsError(f"selftrain.threshold must be in (0, 1), got {self.threshold}")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -460,6 +507,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
     cv: CvConfig = field(default_factory=CvConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
     def __post_init__(self) -> None:
         # Options that only mean something for one of the two tasks: refused for the other, never silently ignored.

@@ -62,6 +62,7 @@ def label_texts(labels: list[str], descriptions: str | Mapping[str, str] | None)
         f"data.label_descriptions must be a template with {{}} or a {{label: text}} map, got {descriptions!r}"
     )
 
+
 # Parameters with a fixed set of values, checked by parse_init before a model is built (torch would only raise a
 # ValueError deep inside the first init). The nonlinearities are those ``torch.nn.init.calculate_gain`` knows.
 PARAM_CHOICES: dict[str, tuple[str, ...]] = {

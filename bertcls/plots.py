@@ -252,6 +252,37 @@ def plot_sweep(trials: Sequence[dict[str, Any]], params: Sequence[str], metric: 
     return _save(fig, path)
 
 
+def plot_selftrain(rounds: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Self-training's rounds (``bertcls.selftrain``): the scores each round reached (test, validation or
+    cross-validated accuracy, pseudo-label accuracy) on the left, the pseudo-labelled rows it trained on per class
+    on the right."""
+    fig = Figure(figsize=(10, 4.2))
+    left, right = fig.subplots(1, 2)
+    x = np.array([r["round"] for r in rounds])
+    series = {
+        "test accuracy": [r.get("test", {}).get("accuracy") for r in rounds],
+        "validation": [r.get("validation", {}).get("value") for r in rounds],
+        "cross-validated accuracy": [r.get("cv", {}).get("accuracy") for r in rounds],
+        "pseudo-label accuracy": [r.get("pseudo_label_accuracy") for r in rounds],
+    }
+    for name, values in series.items():
+        if any(v is not None for v in values):
+            ys = np.array([np.nan if v is None else v for v in values], dtype=float)
+            left.plot(x, ys, marker="o", label=name)
+    left.set(xticks=x, xlabel="round", title="scores by round")
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    bottom = np.zeros(len(rounds))
+    for label in rounds[0]["added"]:
+        counts = np.array([r["added"][label] for r in rounds])
+        right.bar(x, counts, bottom=bottom, label=label)
+        bottom += counts
+    right.set(xticks=x, xlabel="round", title="pseudo-labelled rows trained on, per class")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

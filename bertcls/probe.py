@@ -78,3 +78,51 @@ def fit_linear(
     iterations = opt.state[opt._params[0]].get("n_iter", 0)
     with torch.no_grad():
         return float(loss_fn(linear(x), y)), int(iterations)
+
+
+# Folds of the cross-validation that chooses C when there is no validation split (scikit-learn's default cv=5),
+# fewer when the smallest class has fewer rows.
+CV_FOLDS = 5
+
+
+def cross_validate_c(
+    linear: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor, loss_fn: Callable, grid, seed: int, prior=None
+) -> dict | None:
+    """Choose C from ``grid`` by stratified k-fold cross-validation on the training rows, as scikit-learn's
+    LogisticRegressionCV does: each fold fits a copy of ``linear`` along the grid (warm-started) and scores its
+    held-out rows; the C with the lowest mean held-out loss wins. Returns ``{"C", "folds", "loss", "accuracy",
+    "scores"}`` (held-out loss and accuracy at the chosen C, and every C's mean held-out loss), or None when the
+    smallest class has fewer than 2 rows (single-label targets only). ``prior``: as ``fit_linear``'s, the weight
+    the penalty pulls toward (each fold's C then means what the run's final fit means by it)."""
+    import copy
+
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    if y.dim() != 1:
+        return None
+    labels = y.cpu().numpy()
+    present = np.bincount(labels)
+    folds = min(CV_FOLDS, int(present[present > 0].min()))
+    if folds < 2:
+        return None
+    losses, correct = np.zeros(len(grid)), np.zeros(len(grid))
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for fit_rows, held_rows in splitter.split(np.zeros(len(labels)), labels):
+        fit_rows, held_rows = torch.as_tensor(fit_rows), torch.as_tensor(held_rows)
+        head = copy.deepcopy(linear)
+        for i, c in enumerate(grid):
+            fit_linear(head, x[fit_rows], y[fit_rows], loss_fn, c, prior=prior)
+            with torch.no_grad():
+                logits = head(x[held_rows])
+                losses[i] += float(torch.nn.functional.cross_entropy(logits, y[held_rows], reduction="sum"))
+                correct[i] += float((logits.argmax(-1) == y[held_rows]).sum())
+    best = int(np.argmin(losses))
+    n = len(labels)
+    return {
+        "C": float(grid[best]),
+        "folds": folds,
+        "loss": losses[best] / n,
+        "accuracy": correct[best] / n,
+        "scores": {f"{c:g}": losses[i] / n for i, c in enumerate(grid)},
+    }

@@ -23,6 +23,7 @@ from bertcls.data import (
 )
 from bertcls.errors import BertclsError, some
 from bertcls.resources import is_packaged
+from bertcls.small_data import no_cut_reason
 from bertcls.streaming import check_stream
 from bertcls.tasks import get_task
 
@@ -35,6 +36,8 @@ class RunData:
     test: Split | None
     # split name -> where it came from, said by the run's plan line (train.log_plan); empty: given by the caller
     sources: dict[str, str] = field(default_factory=dict)
+    # Why train was not cut for validation (a small file: bertcls.small_data), or None; the run logs it in its plan.
+    no_cut: str | None = None
 
 
 def load_data(cfg: Config, log=print) -> RunData:
@@ -57,10 +60,12 @@ def load_data(cfg: Config, log=print) -> RunData:
     validation_source, test_source = resolve_split(d, "validation"), resolve_split(d, "test")
     validation = read(validation_source) if validation_source else None
     test = read(test_source) if test_source else None
+    # A small file is not cut for validation (bertcls.small_data): a handful of held-out rows can choose nothing.
+    no_cut = no_cut_reason(cfg, len(train)) if train is not None and validation is None else None
     # The label set of the whole training file, before a validation split is cut from it: a label typed two ways, or
     # a class too small to be on both sides of the cut, is then named as such.
     labels = list(d.labels) if d.labels else build_labels(task.label_values(train.labels))
-    if train is not None and validation is None and d.validation_fraction > 0:
+    if train is not None and validation is None and d.validation_fraction > 0 and no_cut is None:
         warn_small_classes(task, train, d.train, log)
         train, validation = split_validation(train, d.validation_fraction, data_seed(cfg))
         check_trained_labels(task, train, validation, d.train)
@@ -71,13 +76,14 @@ def load_data(cfg: Config, log=print) -> RunData:
     for name, split in (("train", train), ("validation", validation), ("test", test)):
         if split is not None:
             check_labels(task, split, labels, f"{name} data {split.source or d.train}")
-    return RunData(labels, train, validation, test, split_sources(cfg))
+    no_cut = no_cut if d.validation_fraction > 0 else None
+    return RunData(labels, train, validation, test, split_sources(cfg, no_cut), no_cut)
 
 
-def split_sources(cfg: Config) -> dict[str, str]:
+def split_sources(cfg: Config, no_cut: str | None = None) -> dict[str, str]:
     """Where each split of a run on ``cfg.data`` comes from, in words for the plan line: a file or split given by
     name (and that it was given, when shipped data sits beside the user's own training file), ``auto``'s choice, a
-    cut of train, or none and how to get one."""
+    cut of train, or none and how to get one (``no_cut``: why a small file was not cut, ``bertcls.small_data``)."""
     d = cfg.data
     own_train = not is_packaged(d.train)
     sources = {"train": f"{d.train} (streamed)" if d.streaming else d.train}
@@ -91,6 +97,8 @@ def split_sources(cfg: Config) -> dict[str, str]:
     if "validation" not in sources:
         if d.streaming:
             sources["validation"] = "none (a streamed train is not cut; set data.validation)"
+        elif no_cut:
+            sources["validation"] = "none (a small file: every row trains)"
         elif d.validation_fraction > 0:
             sources["validation"] = f"{d.validation_fraction * 100:g}% cut from train (seed {data_seed(cfg)})"
         else:

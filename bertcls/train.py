@@ -71,10 +71,11 @@ from bertcls.optim import (
 )
 from bertcls.outputs import RUN_FILES, RUN_RESULTS, check_output_dir, prepare_output_dir
 from bertcls.precision import resolve as resolve_mixed_precision  # scripts/ import it from here too
-from bertcls.probe import C_GRID, fit_linear
+from bertcls.probe import C_GRID, cross_validate_c, fit_linear
 from bertcls.run_data import RunData, data_seed, load_data, make_train_loader
 from bertcls.run_state import RunLog, RunState, StopRun, Timer
 from bertcls.serialization import HeadChanged
+from bertcls.small_data import calibration_skip_reason, majority_rate, near_chance_line, per_class_min, scaled_steps
 from bertcls.speed import allocator
 from bertcls.streaming import StreamedBatches, StreamLoader, row_reader
 from bertcls.tasks import Task, get_task
@@ -142,6 +143,8 @@ class Run:
     timer: Timer = field(default_factory=Timer)
     on_validation: Callable | None = None  # train()'s hook, called after each validation
     zero_shot: dict[str, Any] = field(default_factory=dict)  # the label_embeddings head's scores before training
+    # What a small training file changed (bertcls.small_data): the plan's lines, and metrics.json's "small_data".
+    small: dict[str, Any] = field(default_factory=dict)
 
     @property
     def main(self) -> bool:
@@ -603,6 +606,10 @@ def setup_training(run: Run) -> None:
     run.total_steps = t.max_steps if t.max_steps > 0 else math.ceil(t.epochs * run.updates_per_epoch)
     if run.lbfgs:
         run.total_steps = len(lbfgs_grid(run.val_ds is not None, uses_label_prior(run)))
+    elif not streamed:
+        run.total_steps, why = scaled_steps(cfg, run.total_steps, run.updates_per_epoch)
+        if why:
+            run.small["steps"] = why
     # The prepared scheduler steps once per process each update, hence the factor (accelerate's examples do this).
     scheduler = get_scheduler(
         t.scheduler,
@@ -618,10 +625,13 @@ def log_plan(run: Run) -> None:
     cfg, model, accelerator, t = run.cfg, run.model, run.accelerator, run.cfg.train
     cpu = accelerator.device.type == "cpu"
     if run.lbfgs:
+        where = "tried on validation" if run.val_ds is not None else "fitted (no validation split)"
+        if run.data.no_cut:
+            where = "chosen by cross-validation on the training rows"
         run.log(
-            f"head fitted by L-BFGS on cached features (train.head_solver={t.head_solver}), {run.total_steps} L2 "
-            "strength(s) tried on validation: train.lr, head_lr, epochs and max_steps do not apply "
-            "(train.head_solver=adamw trains with them)"
+            f"head fitted by L-BFGS on cached features (train.head_solver={t.head_solver}), "
+            f"{run.total_steps} L2 strength(s) {where}: train.lr, head_lr, epochs and "
+            "max_steps do not apply (train.head_solver=adamw trains with them)"
         )
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if model.backbone_fully_frozen:
@@ -642,6 +652,14 @@ def log_plan(run: Run) -> None:
         + (" (slow on a CPU: bf16 or no train faster)" if run.precision == "fp16" and cpu else "")
         + (f", allocator {allocator.name()}" if cpu else "")
     )
+    if run.data.no_cut:
+        run.small["validation"] = run.data.no_cut
+        if run.lbfgs:
+            run.small["choice"] = (
+                "L2 strength: chosen by cross-validation on the training rows (no validation split to choose it on)"
+            )
+    for line in run.small.values():
+        run.log(f"small file: {line}")
 
 
 def resume(run: Run, path: Path) -> None:
@@ -674,6 +692,18 @@ def fit(run: Run, signals: StopSignals) -> None:
     if not s.stopped and not evaluated_at_this_step(run):  # a stopped run was evaluated already
         evaluate_validation(run, s.step / run.updates_per_epoch)
     check_nonfinite(run)
+    if run.data.no_cut and run.data.train is not None:
+        check_collapse_on_train(run)
+
+
+def check_collapse_on_train(run: Run) -> None:
+    """A small file has no validation split for the collapse check: the trained model's decisions on its own
+    training rows are checked instead (one answer for every row while the labels differ is collapse there too)."""
+    ds = feature_dataset(run, run.data.train, True) if run.cached else token_dataset(run, run.data.train, True)
+    loader = run.accelerator.prepare(make_eval_loader(ds, run.cfg.eval.batch_size, False))
+    probs, gold, _ = split_predictions(run.module, loader, run.accelerator, ds, run.forward, run.task)
+    run.module.train()
+    check_collapse(run, probs, gold, "training")
 
 
 def evaluated_at_this_step(run: Run) -> bool:
@@ -797,7 +827,17 @@ def fit_lbfgs(run: Run) -> None:
         # The label_embeddings head is a zero-shot classifier: score it, then pull the fit toward it, not toward 0.
         prior = linear.weight.detach().clone()
         run.zero_shot = zero_shot_metrics(run)
-    for c in lbfgs_grid(run.val_ds is not None, prior is not None):
+    grid = lbfgs_grid(run.val_ds is not None, prior is not None)
+    if run.val_ds is None and run.data.no_cut:  # too few rows to hold out: choose C on them as LogisticRegressionCV
+        cv_grid = tuple(c for c in C_GRID if c <= PRIOR_C_MAX) if prior is not None else C_GRID
+        cv = cross_validate_c(linear, x, y, run.loss_fn, cv_grid, data_seed(run.cfg), prior=prior)
+        if cv is not None:
+            grid, run.small["cv"] = (cv["C"],), cv
+            run.log(
+                f"L-BFGS C={cv['C']:g} chosen by {cv['folds']}-fold cross-validation on the training rows: held-out "
+                f"loss {cv['loss']:.4f}, accuracy {cv['accuracy']:.4f}"
+            )
+    for c in grid:
         loss, iterations = fit_linear(linear, x, y, run.loss_fn, c, weight_sum=weight_sum, prior=prior)
         s.step, s.examples = s.step + 1, s.examples + len(x)
         s.train_loss_curve.append([s.step, loss])
@@ -863,10 +903,12 @@ def evaluate_validation(run: Run, epoch: float) -> None:
     timer.eval_time += time.perf_counter() - eval_start
 
 
-def check_collapse(run: Run, probs, gold) -> None:
+def check_collapse(run: Run, probs, gold, split: str = "validation") -> None:
     """Name a collapsed run at its first validation; raise ``Collapsed`` for a restart when retries are left."""
     s, seed = run.state, run.cfg.train.seed
     reason = collapse_reason(run.task, probs, gold, run.model.thresholds, run.data.labels, s.train_loss_curve)
+    if reason is not None and split != "validation":
+        reason = reason.replace("validation", split)
     if reason is None:
         return
     # A resumed run is never restarted: its checkpoints are the user's.
@@ -955,6 +997,12 @@ def finalize(run: Run, start: float) -> dict[str, Any]:
         result["zero_shot"] = run.zero_shot
     result["recipe"] = run.cfg.train.recipe
     calibrating = run.val_loader is not None and run.cfg.eval.calibration == "temperature"
+    if calibrating and (skip := calibration_skip_reason(run.cfg, len(run.val_ds))):
+        calibrating, result["calibration"] = False, {"method": "none", "skipped": skip}
+        run.log(skip)
+    elif run.data.no_cut and run.cfg.eval.calibration == "temperature":
+        result["calibration"] = {"method": "none", "skipped": "no validation split (small file)"}
+        run.log("calibration: skipped, no validation split to fit it on (a small file is not cut for one)")
     restore_best(run, force=calibrating)
     if calibrating:
         result["calibration"] = calibrate(run, decisions)
@@ -963,6 +1011,13 @@ def finalize(run: Run, start: float) -> dict[str, Any]:
         result["test"] = tst = split_metrics(run.task, probs, gold, n, run.model.thresholds)
         accelerator.log({f"test/{k}": x for k, x in tst.items() if k != "num_examples"}, step=s.step)
         run.log(f"test (best checkpoint, step {s.best['step'] or s.step}): {run.task.describe(tst)}")
+        if not run.task.per_label:
+            warn_near_chance(run, tst["accuracy"], majority_rate(gold), "test")
+    if "cv" in run.small and "test" not in result:
+        cv_gold = run.train_ds.labels.tolist()
+        warn_near_chance(run, run.small["cv"]["accuracy"], majority_rate(cv_gold), "cross-validated")
+    if run.small:
+        result["small_data"] = run.small
     result["total_time_s"] = time.perf_counter() - start
     result["finished"] = True
     if run.main:
@@ -971,6 +1026,16 @@ def finalize(run: Run, start: float) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     finish_run(accelerator)
     return result
+
+
+def warn_near_chance(run: Run, accuracy: float, majority: float, what: str) -> None:
+    """One line when the run's accuracy is near the majority-class rate (bertcls.small_data)."""
+    train = run.data.train
+    per_class = per_class_min(run.task.targets(train.labels, run.data.labels)) if train is not None else 0
+    line = near_chance_line(run.cfg, accuracy, majority, what, per_class)
+    if line:
+        run.small["near_chance"] = line
+        run.log(line)
 
 
 def save_models(run: Run) -> dict[str, dict[str, Any]]:

@@ -38,6 +38,11 @@ def tiny_overrides(tiny_bert, tiny_data, out: Path, *extra: str) -> list[str]:
         "train.recipe=finetune",
         # Tiny random models often predict one class at first: tests that want a retry ask for it.
         "train.collapse_retries=0",
+        # The small-file rules (bertcls.small_data) are off: these runs are small to be quick, and their tests count
+        # steps and calibrate on 40 rows; tests/test_small_data.py turns them on.
+        "train.min_steps=0",
+        "data.min_validation_rows=0",
+        "eval.min_calibration_rows=0",
         "eval.batch_size=16",
         f"output.dir={out}",
         *extra,

@@ -1,0 +1,68 @@
+"""Self-training on data.unlabeled (bertcls.selftrain): rounds of pseudo-labels, each measured and recorded."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bertcls.config import load_config
+from bertcls.errors import BertclsError
+from bertcls.selftrain import choose, read_unlabeled, selftrain
+
+from .conftest import make_rows, write_csv
+from .test_train import tiny_cfg
+
+
+def test_fraction_takes_the_most_probable_per_class_in_the_labelled_proportions():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45], [0.3, 0.7], [0.1, 0.9], [0.2, 0.8], [0.4, 0.6]])
+    cfg = load_config(None, ["selftrain.fraction=0.25"])
+    chosen = choose(probs, np.array([0.5, 0.5]), 1, cfg)  # 2 of 8 rows: one per class, the most probable
+    assert chosen.tolist() == [0, -1, -1, -1, -1, 1, -1, -1]
+    chosen = choose(probs, np.array([0.5, 0.5]), 2, cfg)  # round 2: 4 rows
+    assert chosen.tolist() == [0, 0, -1, -1, -1, 1, 1, -1]
+    chosen = choose(probs, np.array([0.75, 0.25]), 2, cfg)  # 3 of class 0, 1 of class 1
+    assert chosen.tolist() == [0, 0, 0, -1, -1, 1, -1, -1]
+    thresholded = choose(
+        probs, np.array([0.5, 0.5]), 1, load_config(None, ["selftrain.select=threshold", "selftrain.threshold=0.75"])
+    )
+    assert thresholded.tolist() == [0, 0, -1, -1, -1, 1, 1, -1]
+
+
+def test_unlabeled_text_file_and_table(tmp_path):
+    txt = tmp_path / "u.txt"
+    txt.write_text("a good film\n\n  \nawful\n")
+    split, gold = read_unlabeled(load_config(None, [f"data.unlabeled={txt}"]))
+    assert list(split.texts) == ["a good film", "awful"] and gold is None
+    table = write_csv(tmp_path / "u.csv", make_rows(5, 3))
+    split, gold = read_unlabeled(load_config(None, [f"data.unlabeled={table}"]))
+    assert len(split) == 5 and len(gold) == 5
+    with pytest.raises(BertclsError, match="data.unlabeled"):
+        read_unlabeled(load_config(None, []))
+
+
+def test_rounds_add_pseudo_labelled_rows_and_record_each_round(tiny_bert, tiny_data, tmp_path):
+    labeled = write_csv(tmp_path / "labeled.csv", make_rows(16, 7))
+    unlabeled = write_csv(tmp_path / "unlabeled.csv", make_rows(40, 8))
+    out = tmp_path / "st"
+    cfg = tiny_cfg(
+        tiny_bert, {**tiny_data, "train": labeled}, out, "model.freeze_backbone=true", "data.validation=null",
+        f"data.unlabeled={unlabeled}", "selftrain.rounds=2", "selftrain.fraction=0.25", "data.min_validation_rows=100",
+    )  # fmt: skip
+    summary = selftrain(cfg)
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert rounds[0]["added_total"] == 0
+    # round R adds R x 0.25 x 40 rows at most, half per class (the labelled rows are 8 and 8)
+    for r, most in ((1, 10), (2, 20)):
+        assert 0 < rounds[r]["added_total"] <= most and all(v <= most // 2 for v in rounds[r]["added"].values())
+        assert 0.0 <= rounds[r]["pseudo_label_accuracy"] <= 1.0  # the unlabelled file had labels: reported
+        log = (out / f"round-{r}" / "train.log").read_text()
+        assert f"train {16 + rounds[r]['added_total']}," in log  # the round trained on them
+    assert all("accuracy" in r["test"] for r in rounds)
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["rounds"] == json.loads(json.dumps(rounds)) and (out / "selftrain.png").stat().st_size > 0
+    assert summary["model"] == str(out / "round-2" / "best")
+    with pytest.raises(BertclsError, match="already holds results"):
+        selftrain(cfg)
