@@ -223,7 +223,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not sep or not name:
             ap.error(f"--bertcls-variant {v!r}: write NAME='key=value ...'")
         args.variants[name] = overrides
-        args.tools.append(f"bertcls:{name}")
+        if f"bertcls:{name}" not in args.tools:
+            args.tools.append(f"bertcls:{name}")
+    missing = [t for t in args.tools if t.startswith("bertcls:") and t.partition(":")[2] not in args.variants]
+    if missing:
+        ap.error(f"tools {missing} have no --bertcls-variant NAME='key=value ...'")
     unknown = [t for t in args.tools if t not in TOOL_TITLES and not t.startswith("bertcls:")]
     if unknown:
         ap.error(f"unknown tools {unknown}; choose from {sorted(TOOL_TITLES)} or add --bertcls-variant")
