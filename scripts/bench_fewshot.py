@@ -98,7 +98,8 @@ def setfit_worker(train: str, test: str, seed: int, num_iterations: int | None, 
     ids = [names.index(x) for x in labels]
     start = time.perf_counter()
     model = SetFitModel.from_pretrained(minilm_folder())
-    kwargs: dict[str, Any] = {"seed": seed, "report_to": "none"}
+    # SetFit's Trainer saves checkpoints into output_dir (default ./checkpoints): keep them in the run's temp folder.
+    kwargs: dict[str, Any] = {"seed": seed, "report_to": "none", "output_dir": str(Path(out).parent / "checkpoints")}
     if num_iterations is not None:
         kwargs["num_iterations"] = num_iterations
     trainer = Trainer(
