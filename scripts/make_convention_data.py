@@ -32,15 +32,10 @@ def speeches(wheel_dir: Path) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = speeches(Path(tmp))
+def split_by_speaker(rows: list[dict[str, str]], seed: int) -> dict[str, list[dict[str, str]]]:
+    """Paragraphs of 8 words or more, labelled with the party, split 70/15/15 by speaker."""
     speakers = sorted({r["speaker"] for r in rows})
-    random.Random(args.seed).shuffle(speakers)
+    random.Random(seed).shuffle(speakers)
     cut = [int(0.7 * len(speakers)), int(0.85 * len(speakers))]
     split_of = {s: "train" if i < cut[0] else "validation" if i < cut[1] else "test" for i, s in enumerate(speakers)}
     out: dict[str, list[dict[str, str]]] = {"train": [], "validation": [], "test": []}
@@ -49,6 +44,16 @@ def main() -> None:
             paragraph = paragraph.strip()
             if len(paragraph.split()) >= 8:
                 out[split_of[r["speaker"]]].append({"text": paragraph, "label": r["party"], "speaker": r["speaker"]})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = split_by_speaker(speeches(Path(tmp)), args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, split in out.items():
         with (args.out / f"{name}.csv").open("w", newline="") as f:
