@@ -16,6 +16,7 @@ import numpy as np
 
 from bertcls import jsonio
 from bertcls.config import Config, resolve_split
+from bertcls.drivers import train_one
 from bertcls.errors import BertclsError
 
 SUMMARY = "seeds.json"
@@ -27,8 +28,6 @@ def train_seeds(cfg: Config, data=None) -> dict[str, Any]:
     Raises:
         BertclsError: an ``output.dir`` that holds a seed summary and no ``output.overwrite``, bad data or options.
     """
-    from bertcls.train import train
-
     out = Path(cfg.output.dir)
     if (out / SUMMARY).exists() and not cfg.output.overwrite:
         raise BertclsError(
@@ -45,7 +44,7 @@ def train_seeds(cfg: Config, data=None) -> dict[str, Any]:
             train=replace(cfg.train, seed=seed, seeds=[]),
             output=replace(cfg.output, dir=str(out / f"seed-{seed}")),
         )
-        result = train(one, data)
+        result = train_one(one, data)
         runs.append(
             {"seed": seed, "test": result.get("test"), "best": result["best"], "collapse": result.get("collapse")}
         )

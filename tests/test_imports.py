@@ -25,10 +25,7 @@ def _import_graph_script():
 def test_no_two_modules_import_each_other():
     script = _import_graph_script()
     found = script.loops(script.import_graph())
-    # The one loop allowed FOR NOW: train.py runs seeds and seeds calls train. It goes when train.py is split into
-    # the single-run recipe and the multi-run drivers that call it (issue 28, section 5); the lead removes this line.
-    allowed = [["bertcls.seeds", "bertcls.train"]]
-    assert [c for c in found if c not in allowed] == []
+    assert found == []
 
 
 def test_import_graph_sees_imports_inside_functions(tmp_path):
