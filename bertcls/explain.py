@@ -14,6 +14,9 @@ Texts are read as the model reads them (``model.max_length``, ``truncation``): a
 left out. A model that reads long texts as windows gets each window attributed on its own, and a word's score is
 its mean over the text's windows (zero in windows without it), so the scores sum to the mean over windows of the
 logit differences, as the prediction is the mean of the windows' probabilities.
+
+Importing this module loads no torch (``bertcls.predict`` reads ``METHODS`` for its options, and an ONNX export's
+prediction needs no torch); the functions that need it import it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from bertcls.errors import BertclsError
 from bertcls.inference import length_sorted_batches, select_tokens
@@ -146,7 +148,9 @@ def _encode(model, texts, text_pairs) -> tuple[dict[str, list], list[int]]:
     return rows, doc_ids if doc_ids is not None else list(range(len(texts)))
 
 
-def _batch(rows, idx: Sequence[int], pad_id: int, device) -> dict[str, torch.Tensor]:
+def _batch(rows, idx: Sequence[int], pad_id: int, device):
+    import torch
+
     width = max(len(rows["input_ids"][i]) for i in idx)
     ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -160,7 +164,7 @@ def _batch(rows, idx: Sequence[int], pad_id: int, device) -> dict[str, torch.Ten
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "token_type_ids": types.to(device)}
 
 
-def _baseline(batch: dict[str, torch.Tensor], rows, idx, pad_id: int) -> torch.Tensor:
+def _baseline(batch, rows, idx, pad_id: int):
     """The input ids with every word token (not [CLS], [SEP]: their sequence id is None) set to [PAD]."""
     base = batch["input_ids"].clone()
     for r, i in enumerate(idx):
@@ -172,6 +176,8 @@ def _baseline(batch: dict[str, torch.Tensor], rows, idx, pad_id: int) -> torch.T
 
 def _predicted(model, rows, doc_ids, num_texts: int, batch_size: int, device) -> list[int]:
     """The predicted class of each text: the top probability (of the mean over a text's windows)."""
+    import torch
+
     from bertcls.long_texts import mean_of_windows
 
     pad_id = model.tokenizer.pad_token_id or 0
@@ -189,6 +195,7 @@ def _predicted(model, rows, doc_ids, num_texts: int, batch_size: int, device) ->
 def _attribute_rows(model, attributor, method, rows, targets, n_steps, batch_size, device, progress, num_texts):
     """Per row: each token's score (summed over the embedding), the target logit's difference between the input and
     the baseline, and (integrated gradients) Captum's convergence delta."""
+    import torch
     from tqdm.auto import tqdm
 
     pad_id = model.tokenizer.pad_token_id or 0
@@ -236,7 +243,7 @@ def _per_text(model, texts, text_pairs, rows, doc_ids, token_scores, diffs, delt
             start, end = rows["offsets"][i][j]
             entry = words[d].setdefault((s, w), [start, end, 0.0])
             entry[0], entry[1] = min(entry[0], start), max(entry[1], end)
-            entry[2] += float(token_scores[i][j]) / windows[d]
+            entry[2] += float(token_scores[i][j]) / int(windows[d])
     out = []
     for d, text in enumerate(texts):
         result: dict[str, Any] = {"label": model.labels[targets[d]], "method": method}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 pytest.importorskip("captum")
 
@@ -14,22 +15,34 @@ from bertcls.errors import BertclsError  # noqa: E402
 
 from .conftest import assert_one_line_error, run_cli  # noqa: E402
 
-# Integrated gradients with 64 steps (Gauss-Legendre, Captum's default rule) on the tiny model: the attributions'
-# sum is within this of the logit difference, relative to its size. A wrong baseline, a dropped token or a sum over
-# the wrong axis misses it by far more.
+# Integrated gradients with 64 steps (Gauss-Legendre, Captum's default rule) on the tiny model with a sharpened
+# head (logit differences of order 1): the attributions' sum is within this share of the logit difference. A wrong
+# baseline, a dropped token or a sum over the wrong axis misses it by far more.
 COMPLETENESS_TOLERANCE = 0.02
 
 
-def test_ig_attributions_sum_to_the_logit_difference(tiny_model):
+def close(total: float, difference: float) -> bool:
+    return abs(total - difference) <= COMPLETENESS_TOLERANCE * abs(difference) + 1e-6
+
+
+@pytest.fixture()
+def sharp_model(tiny_model):
+    """The tiny model with its head scaled up: a random head's logits barely move, which would make any sum pass."""
+    with torch.no_grad():
+        for p in tiny_model.head.parameters():
+            p.mul_(300.0)
+    return tiny_model
+
+
+def test_ig_attributions_sum_to_the_logit_difference(sharp_model):
     texts = ["the film was brilliant and moving", "boring plot, very dull ending", "a"]
-    out = tiny_model.explain(texts, method="ig", n_steps=64)
+    out = sharp_model.explain(texts, method="ig", n_steps=64)
     for r in out:
-        total = sum(w["score"] for w in r["words"])
-        assert abs(total - r["logit_difference"]) <= COMPLETENESS_TOLERANCE * max(1.0, abs(r["logit_difference"]))
-        assert abs(r["delta"]) <= COMPLETENESS_TOLERANCE * max(1.0, abs(r["logit_difference"]))
-        assert abs(r["logit_difference"]) > 0
-    # The predicted class by default; a class asked for changes the sign for a two-class softmax's logit pair.
-    predicted = [p["label"] for p in tiny_model.predict(texts)]
+        assert abs(r["logit_difference"]) > 0.2  # a test with something to sum
+        assert close(sum(w["score"] for w in r["words"]), r["logit_difference"])
+        assert abs(r["delta"]) <= COMPLETENESS_TOLERANCE * abs(r["logit_difference"])
+    # The class explained is the predicted one.
+    predicted = [p["label"] for p in sharp_model.predict(texts)]
     assert [r["label"] for r in out] == predicted
 
 
@@ -50,29 +63,34 @@ def test_target_and_batches_give_the_same_scores(tiny_model):
         assert [w["score"] for w in a["words"]] == pytest.approx([w["score"] for w in b["words"]], abs=1e-4)
 
 
-def test_pairs_get_words_of_both_texts(tiny_model):
-    (r,) = tiny_model.explain(["great film"], text_pairs=["dull plot"], n_steps=32)
+def test_pairs_get_words_of_both_texts(sharp_model):
+    (r,) = sharp_model.explain(["great film"], text_pairs=["dull plot"], n_steps=32)
     assert [w["word"] for w in r["words"]] == ["great", "film"]
     assert [w["word"] for w in r["pair_words"]] == ["dull", "plot"]
-    total = sum(w["score"] for w in r["words"] + r["pair_words"])
-    assert total == pytest.approx(r["logit_difference"], abs=COMPLETENESS_TOLERANCE * max(1, abs(total)))
+    assert close(sum(w["score"] for w in r["words"] + r["pair_words"]), r["logit_difference"])
 
 
 def test_multi_label_explains_the_most_probable_label(tiny_bert):
     model = BertForTextClassification.from_pretrained(tiny_bert, labels=["a", "b", "c"], task="multi_label", seed=0)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.mul_(300.0)
     (r,) = model.explain("the story was fun", n_steps=32)
     probs = model.predict_proba(["the story was fun"])[0]
     assert r["label"] == model.labels[int(probs.argmax())]
-    assert sum(w["score"] for w in r["words"]) == pytest.approx(r["logit_difference"], abs=0.02)
+    assert close(sum(w["score"] for w in r["words"]), r["logit_difference"])
 
 
 def test_windows_are_attributed_and_merged(tiny_bert):
     model = BertForTextClassification.from_pretrained(tiny_bert, labels=["negative", "positive"], seed=0)
     model.set_reading(max_length=8, window_stride=3)
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.mul_(300.0)
     text = "the film was good and the plot was dull and the ending quite moving"
     (r,) = model.explain(text, n_steps=32)
     assert [w["word"] for w in r["words"]] == text.split()  # every word, from whichever windows held it
-    assert sum(w["score"] for w in r["words"]) == pytest.approx(r["logit_difference"], abs=0.02)
+    assert close(sum(w["score"] for w in r["words"]), r["logit_difference"])
 
 
 def test_frozen_backbone_still_gets_attributions(tiny_bert):
