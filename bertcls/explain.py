@@ -57,7 +57,7 @@ def explain(
     """Word attributions for ``texts`` (see the module docstring), one dict per text in input order::
 
         {"label": "positive", "method": "ig", "words": [{"word": "great", "start": 4, "end": 9, "score": 0.8}, ...],
-         "pair_words": [...] (with text_pairs), "logit_difference": 1.1, "delta": 0.002 (ig only)}
+         "pair_words": [...] (with text_pairs), "logit_difference": 1.1, "delta": 0.002 (these two: ig only)}
 
     ``target``: a label name for every text, one per text, or None for the predicted class. ``n_steps``: integrated
     gradients' steps (more: smaller ``delta``, slower). ``batch_size``: texts per forward (integrated gradients runs
@@ -193,15 +193,15 @@ def _predicted(model, rows, doc_ids, num_texts: int, batch_size: int, device) ->
 
 
 def _attribute_rows(model, attributor, method, rows, targets, n_steps, batch_size, device, progress, num_texts):
-    """Per row: each token's score (summed over the embedding), the target logit's difference between the input and
-    the baseline, and (integrated gradients) Captum's convergence delta."""
+    """Per row: each token's score (summed over the embedding), and for integrated gradients the target logit's
+    difference between the input and the baseline and Captum's convergence delta (NaN for gradient x input)."""
     import torch
     from tqdm.auto import tqdm
 
     pad_id = model.tokenizer.pad_token_id or 0
     n = len(rows["input_ids"])
     scores: list[np.ndarray] = [np.zeros(0)] * n
-    diffs, deltas = np.zeros(n), np.full(n, np.nan)
+    diffs, deltas = np.full(n, np.nan), np.full(n, np.nan)
     show = num_texts > PROGRESS_TEXTS if progress is None else progress
     bar = tqdm(total=n, desc="explain", unit="row", disable=not show)
     for idx in length_sorted_batches([len(r) for r in rows["input_ids"]], batch_size):
@@ -214,14 +214,13 @@ def _attribute_rows(model, attributor, method, rows, targets, n_steps, batch_siz
                 batch["input_ids"], base, target=target, additional_forward_args=extra, n_steps=n_steps,
                 internal_batch_size=batch_size, return_convergence_delta=True,
             )  # fmt: skip
-            deltas[idx] = delta.detach().float().cpu().numpy()
+            delta = delta.detach().double().cpu().numpy()
+            deltas[idx] = delta
+            # Captum's delta is sum(attributions) - (F(input) - F(baseline)), from its own two forward passes.
+            diffs[idx] = attr.detach().double().sum((1, 2)).cpu().numpy() - delta
         else:
             attr = attributor.attribute(batch["input_ids"], target=target, additional_forward_args=extra)
         token = attr.detach().float().sum(-1).cpu().numpy()
-        with torch.no_grad():
-            at_input = model(**batch).logits.float().gather(1, target[:, None])[:, 0]
-            at_base = model(base, *extra).logits.float().gather(1, target[:, None])[:, 0]
-        diffs[idx] = (at_input - at_base).cpu().numpy()
         for r, i in enumerate(idx):
             scores[i] = token[r, : len(rows["input_ids"][i])]
         bar.update(len(idx))
@@ -255,8 +254,8 @@ def _per_text(model, texts, text_pairs, rows, doc_ids, token_scores, diffs, delt
                 for (seq, _), (a, b, score) in sorted(words[d].items())
                 if seq == s
             ]
-        result["logit_difference"] = float(np.mean(diffs[rows_of[d]]))
         if method == "ig":
+            result["logit_difference"] = float(np.mean(diffs[rows_of[d]]))
             result["delta"] = float(np.mean(deltas[rows_of[d]]))
         out.append(result)
     return out

@@ -41,6 +41,15 @@ def test_ig_attributions_sum_to_the_logit_difference(sharp_model):
         assert abs(r["logit_difference"]) > 0.2  # a test with something to sum
         assert close(sum(w["score"] for w in r["words"]), r["logit_difference"])
         assert abs(r["delta"]) <= COMPLETENESS_TOLERANCE * abs(r["logit_difference"])
+    # The difference the scores add up to is the model's own: logits at the text and at the all-[PAD] baseline.
+    enc = sharp_model.tokenizer(texts[0], return_tensors="pt")
+    base = enc["input_ids"].clone()
+    base[0, 1:-1] = sharp_model.tokenizer.pad_token_id
+    target = sharp_model.labels.index(out[0]["label"])
+    sharp_model.eval()  # no dropout
+    with torch.no_grad():
+        difference = sharp_model(enc["input_ids"]).logits[0, target] - sharp_model(base).logits[0, target]
+    assert close(sum(w["score"] for w in out[0]["words"]), float(difference))
     # The class explained is the predicted one.
     predicted = [p["label"] for p in sharp_model.predict(texts)]
     assert [r["label"] for r in out] == predicted
