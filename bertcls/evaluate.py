@@ -30,6 +30,7 @@ from bertcls.calibration import uncalibrated
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
 from bertcls.errors import BertclsError, cli_errors, label_set, quiet_loading, some
 from bertcls.explain import METHODS, check_method
+from bertcls.explain import available as explain_available
 from bertcls.metrics import paired_bootstrap
 from bertcls.model import BertForTextClassification, load_checkpoint
 from bertcls.onnx_predict import ONNX_CONFIG_NAME, is_onnx_export
@@ -261,7 +262,8 @@ def evaluate(
     for result, folder in zip(results, folders):
         write_report(result, folder)
         if page:
-            model = load_checkpoint(result.checkpoint) if explain_method else None
+            # Attributions are optional (Captum, the explain extra): without it the page has no shaded words.
+            model = load_checkpoint(result.checkpoint) if explain_method and explain_available() else None
             write_page(result, folder, slices, slice_column, model, explain_method or "grad_x_input", seed=seed)
     say = print if verbose else (lambda *_: None)
     if len(results) == 1:

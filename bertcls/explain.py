@@ -38,6 +38,13 @@ METHODS = ("ig", "grad_x_input")
 PROGRESS_TEXTS = 64
 
 
+def available() -> bool:
+    """Whether Captum (the ``explain`` extra) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("captum") is not None
+
+
 def check_method(method: str) -> str:
     if method not in METHODS:
         raise BertclsError(f"unknown attribution method '{method}'; valid: {', '.join(METHODS)}")
