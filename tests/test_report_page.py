@@ -131,3 +131,20 @@ def test_page_in_headless_chromium(evaluated):
         browser.close()
     assert errors == []
     assert requests == []
+
+
+def test_multi_label_pairs_page(tiny_bert, tmp_path):
+    pytest.importorskip("captum")
+    from bertcls import BertForTextClassification
+
+    model = BertForTextClassification.from_pretrained(tiny_bert, labels=["a", "b", "c"], task="multi_label", seed=0)
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    data = tmp_path / "ml.csv"
+    data.write_text("text,pair,label\ngood film,dull plot,a|b\nthe <b>plot</b>,fun,c\nboring,great,\n")
+    evaluate(str(ckpt), str(data), text_pair_column="pair", output=tmp_path / "eval", verbose=False)
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert 'data-key="subset_accuracy"' in page and 'id="confusion"' not in page
+    assert "<b>plot</b>" not in page
+    payload = json.loads(page.split('type="application/json">')[1].split("</script>")[0])
+    shown = payload["mistakes"] + payload["correct"]
+    assert len(shown) == 3 and all("text_pair" in e and "words" in e for e in shown)
