@@ -345,12 +345,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--explain",
-        nargs="?",
-        const="ig",
+        action="store_true",
+        help="add each text's words with attribution scores for the predicted class (with --output: a .jsonl file)",
+    )
+    parser.add_argument(
+        "--explain-method",
         choices=METHODS,
-        default=None,
-        help="add each text's words with attribution scores for the predicted class: ig (integrated gradients, the "
-        "default) or grad_x_input (faster); with --output, a .jsonl file",
+        default="ig",
+        help="ig: integrated gradients (default); grad_x_input: gradient x input, one backward pass (faster)",
     )
     parser.add_argument("--explain-target", default=None, metavar="LABEL", help="explain this label, not the predicted")
     parser.add_argument("--explain-steps", type=int, default=32, metavar="N", help="integrated gradients' steps")
@@ -371,7 +373,7 @@ def main(argv: list[str] | None = None) -> None:
         check_output_file(Path(args.output), args.overwrite)
     explain = None
     if args.explain:
-        explain = {"method": args.explain, "target": args.explain_target, "n_steps": args.explain_steps}
+        explain = {"method": args.explain_method, "target": args.explain_target, "n_steps": args.explain_steps}
         if args.output and Path(args.output).suffix.lower() != ".jsonl":
             check_explainable(None, Path(args.output))  # before the model loads
     model = load_predictors(args.checkpoint)

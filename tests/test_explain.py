@@ -124,11 +124,15 @@ def test_predict_explain_cli(tiny_model, tmp_path):
     src.write_text("text\ngood film\nthe plot was dull\n")
     out = tmp_path / "out.jsonl"
     proc = run_cli("bertcls.predict", "--checkpoint", str(ckpt), "--input", str(src), "--output", str(out),
-                   "--explain", "grad_x_input")  # fmt: skip
+                   "--explain", "--explain-method", "grad_x_input")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [w["word"] for w in rows[1]["explanation"]["words"]] == ["the", "plot", "was", "dull"]
     assert rows[1]["explanation"]["label"] == rows[1]["predicted"]
     bad = run_cli("bertcls.predict", "--checkpoint", str(ckpt), "--input", str(src), "--output",
-                  str(tmp_path / "o.csv"), "--explain", "ig")  # fmt: skip
+                  str(tmp_path / "o.csv"), "--explain")  # fmt: skip
     assert_one_line_error(bad, "--explain")
+    # Texts after --explain are texts, not its value; the words follow each table.
+    printed = run_cli("bertcls.predict", "--checkpoint", str(ckpt), "--explain", "good film")
+    assert printed.returncode == 0, printed.stderr
+    assert "words for " in printed.stdout and "good(" in printed.stdout
