@@ -29,11 +29,14 @@ from bertcls.atomic import atomic_file
 from bertcls.calibration import record
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
 from bertcls.errors import BertclsError, cli_errors, label_set, quiet_loading, some
+from bertcls.explain import METHODS, check_method
+from bertcls.explain import available as explain_available
 from bertcls.metrics import paired_bootstrap
 from bertcls.model import BertForTextClassification, load_checkpoint
 from bertcls.onnx_predict import ONNX_CONFIG_NAME, is_onnx_export
 from bertcls.precision import PRECISIONS, check_precision, resolve
 from bertcls.report import format_comparison, format_report, view
+from bertcls.report_page import check_slice_column, slice_values, write_page
 from bertcls.resources import is_packaged
 from bertcls.serialization import checkpoint_task
 from bertcls.tables import COLUMN_OPTIONS, add_column_options
@@ -220,6 +223,9 @@ def evaluate(
     device: str | torch.device | None = None,
     precision: str = "auto",
     verbose: bool = True,
+    page: bool = True,
+    slice_column: str | None = None,
+    explain_method: str | None = "grad_x_input",
 ) -> dict[str, Any]:
     """Evaluate checkpoints on ``data`` (a file, ``packaged:NAME/SPLIT``, a hub dataset, or a loaded ``Split``).
 
@@ -232,6 +238,10 @@ def evaluate(
     report subset accuracy, Hamming loss and F1 instead (see ``bertcls.metrics.multilabel_report``); the PNG holds
     one 2x2 confusion matrix per label. All checkpoints must be of the same task.
 
+    With ``page`` each checkpoint's folder also gets ``report.html`` (``bertcls.report_page``): slices by text
+    length and by ``slice_column`` of the data file, and the shown examples' words attributed by ``explain_method``
+    (``grad_x_input``, ``ig``, or None for none; needs Captum).
+
     Raises:
         BertclsError: missing files or columns, unreadable checkpoints, unknown labels, an existing report folder.
     """
@@ -242,7 +252,12 @@ def evaluate(
     for p in paths:
         check_not_onnx(p)
     columns = (text_column, label_column, text_pair_column)
+    check_slice_column(slice_column, data)
+    if explain_method is not None and page:
+        check_method(explain_method)
     data, source = _read_data(paths, data, split, columns, label_delimiter)
+    # Read before anything is written: a missing column fails first.
+    slices = slice_values(source, split, slice_column, data.rows, len(data)) if slice_column else None
     out = Path(output) if output is not None else Path(paths[0]) / f"eval-{data_name(source, split)}"
     check_report_dir(out, overwrite)
     folders = [out] if len(paths) == 1 else [out / name for name in unique_names([str(p) for p in paths])]
@@ -250,6 +265,10 @@ def evaluate(
     results = _score_all(paths, folders, out, data, options, verbose)
     for result, folder in zip(results, folders):
         write_report(result, folder)
+        if page:
+            # Attributions are optional (Captum, the explain extra): without it the page has no shaded words.
+            model = load_checkpoint(result.checkpoint) if explain_method and explain_available() else None
+            write_page(result, folder, slices, slice_column, model, explain_method or "grad_x_input", seed=seed)
     say = print if verbose else (lambda *_: None)
     if len(results) == 1:
         say(format_report(results[0].metrics))
@@ -458,12 +477,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--bootstrap-resamples", dest="n_resamples", type=int, default=1000, help="for comparing checkpoints"
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--no-page", dest="page", action="store_false", help="do not write report.html")
+    parser.add_argument(
+        "--slice-column", default=None, metavar="COL", help="report.html: accuracy by each value of this column"
+    )
+    parser.add_argument(
+        "--explain-method",
+        choices=(*METHODS, "none"),
+        default="grad_x_input",
+        help="report.html: how the shown examples' words are attributed (none: not at all)",
+    )
     return parser.parse_args(argv)
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     options = vars(parse_args(argv))  # every option is one of evaluate()'s keyword arguments
+    options["explain_method"] = None if options["explain_method"] == "none" else options["explain_method"]
     quiet_loading()
     evaluate(options.pop("checkpoint"), options.pop("data"), **options)
 

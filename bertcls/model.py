@@ -27,6 +27,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from bertcls import serialization, speed
 from bertcls.errors import BertclsError
+from bertcls.explain import explain as explain_texts
 from bertcls.heads import (  # noqa: F401 (POOLINGS, register_pooling, HeadSpec... re-exported: their old home)
     FIRST_TOKEN_POOLINGS,
     POOLINGS,
@@ -400,6 +401,22 @@ class BertForTextClassification(nn.Module):
             texts = [texts]
         probs = self.predict_proba(list(texts), text_pairs, batch_size, precision)
         return get_task(self.task).prediction_dicts(probs.tolist(), self.labels, self._thresholds)
+
+    def explain(
+        self,
+        texts: str | Sequence[str],
+        text_pairs: Sequence[str] | None = None,
+        target: str | Sequence[str] | None = None,
+        method: str = "ig",
+        n_steps: int = 32,
+        batch_size: int = 16,
+        progress: bool | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per text, its words with a score each for the predicted class (or ``target``): integrated gradients
+        (``method="ig"``) or gradient x input (``"grad_x_input"``); see ``bertcls.explain.explain``. Needs Captum
+        (the ``explain`` extra)."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return explain_texts(self, texts, text_pairs, target, method, n_steps, batch_size, progress)
 
     # -- saving and loading (bertcls.serialization)
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Union
 from bertcls.atomic import atomic_file
 from bertcls.ensemble import Ensemble
 from bertcls.errors import BertclsError, check_parent, cli_errors, quiet_loading
+from bertcls.explain import METHODS
 from bertcls.multilabel import DEFAULT_DELIMITER, join_labels
 from bertcls.onnx_predict import OnnxClassifier, is_onnx_export
 from bertcls.precision import PRECISIONS, check_precision
@@ -122,9 +123,11 @@ def write_predictions(
     precision: str = "auto",
     chunk_rows: int = CHUNK_ROWS,
     on_chunk: Callable[[list[dict[str, Any]]], Any] | None = None,
+    explain: dict[str, Any] | None = None,
 ) -> int:
     """``predict_file``'s output, written ``chunk_rows`` rows at a time (read, predicted, written) with a progress bar;
-    returns the number of rows. ``on_chunk`` gets each chunk's predictions (cut to ``top_k``)."""
+    returns the number of rows. ``on_chunk`` gets each chunk's predictions (cut to ``top_k``). ``explain``: options
+    of ``model.explain`` (``method``, ``target``, ``n_steps``): each JSONL record gets its ``explanation``."""
     from tqdm.auto import tqdm
 
     out = Path(output_path)
@@ -132,6 +135,8 @@ def write_predictions(
     if chunk_rows < 1:
         raise BertclsError(f"chunk_rows must be at least 1, got {chunk_rows}")
     check_output_file(out, overwrite)
+    if explain is not None:
+        check_explainable(model, out)
     table = open_input(str(input_path), text_column, text_pair_column)
     task, delimiter = get_task(model.task), getattr(model, "label_delimiter", DEFAULT_DELIMITER)
     csv_out = out.suffix.lower() == ".csv"
@@ -146,10 +151,11 @@ def write_predictions(
             texts, pairs = texts_of(rows, text_column, text_pair_column)
             preds = predict_nonempty(model, texts, pairs, batch_size, precision)
             empty += preds.count(None)
+            explained = explain_nonempty(model, texts, pairs, preds, explain) if explain is not None else None
             if writer is not None:
                 _write_csv_rows(writer, rows, preds, model.labels, task, delimiter)
             else:
-                for row, p in zip(rows, preds):
+                for i, (row, p) in enumerate(zip(rows, preds)):
                     if p is None:
                         record = {**row, "predicted": None, "skipped": "empty text"}
                     else:
@@ -158,6 +164,8 @@ def write_predictions(
                             **view(task).output_fields(p),
                             "probabilities": _cut(p, top_k)["probabilities"],
                         }
+                        if explained is not None:
+                            record["explanation"] = explained[i]
                     f.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
             if on_chunk is not None:
                 on_chunk([_cut(p, top_k) if p is not None else None for p in preds])
@@ -166,6 +174,33 @@ def write_predictions(
     if empty:
         print(f"{input_path}: {empty} of {len(table)} row(s) have an empty text; they get no prediction (empty cells)")
     return len(table)
+
+
+def check_explainable(model: Classifier | Ensemble, out: Path | None = None) -> None:
+    """Attributions need one PyTorch model (gradients), and an output that holds a list of words per row."""
+    if not hasattr(model, "explain"):
+        raise BertclsError("--explain needs one PyTorch checkpoint (gradients): not an ONNX export or an ensemble")
+    if out is not None and out.suffix.lower() != ".jsonl":
+        raise BertclsError(f"--explain writes a list of words per row: give an --output ending in .jsonl, not {out}")
+
+
+def explain_nonempty(
+    model, texts: Sequence[str], pairs: Sequence[str] | None, preds: list[dict[str, Any] | None], options: dict
+) -> list[dict[str, Any] | None]:
+    """``model.explain`` for the texts that got a prediction (None for the others)."""
+    keep = [i for i, p in enumerate(preds) if p is not None]
+    kept_pairs = [pairs[i] for i in keep] if pairs is not None else None
+    got = model.explain([texts[i] for i in keep], kept_pairs, progress=False, **options) if keep else []
+    out: list[dict[str, Any] | None] = [None] * len(texts)
+    for i, e in zip(keep, got):
+        out[i] = e
+    return out
+
+
+def format_explanation(e: dict[str, Any]) -> str:
+    """One line of words with their scores for ``e["label"]``."""
+    words = " ".join(f"{w['word']}({w['score']:+.3f})" for w in e["words"] + e.get("pair_words", []))
+    return f"    words for {e['label']}: {words}"
 
 
 # A prediction of each task's shape: what decides the columns of a CSV output before any row is predicted.
@@ -308,6 +343,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto: bf16 where the hardware has it, as training's default; no: full precision (an ONNX export "
         "always runs in full precision)",
     )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="add each text's words with attribution scores for the predicted class (with --output: a .jsonl file)",
+    )
+    parser.add_argument(
+        "--explain-method",
+        choices=METHODS,
+        default="ig",
+        help="ig: integrated gradients (default); grad_x_input: gradient x input, one backward pass (faster)",
+    )
+    parser.add_argument("--explain-target", default=None, metavar="LABEL", help="explain this label, not the predicted")
+    parser.add_argument("--explain-steps", type=int, default=32, metavar="N", help="integrated gradients' steps")
     # Intermixed: texts may stand before and after options.
     return parser.parse_intermixed_args(argv)
 
@@ -323,12 +371,19 @@ def main(argv: list[str] | None = None) -> None:
     check_sizes(args.batch_size, args.top_k)
     if args.output:
         check_output_file(Path(args.output), args.overwrite)
+    explain = None
+    if args.explain:
+        explain = {"method": args.explain_method, "target": args.explain_target, "n_steps": args.explain_steps}
+        if args.output and Path(args.output).suffix.lower() != ".jsonl":
+            check_explainable(None, Path(args.output))  # before the model loads
     model = load_predictors(args.checkpoint)
+    if explain is not None:
+        check_explainable(model)
     if args.output:
         # Chunk by chunk, keeping no predictions: memory stays flat however big the input file is.
         columns = (args.text_column, args.text_pair_column)
         options = (args.batch_size, args.top_k, args.overwrite, args.precision)
-        n = write_predictions(model, args.input, args.output, *columns, *options)
+        n = write_predictions(model, args.input, args.output, *columns, *options, explain=explain)
         print(f"{n} rows written to {args.output}")
         return
     if args.input:
@@ -341,14 +396,17 @@ def main(argv: list[str] | None = None) -> None:
         for p in predict_nonempty(model, texts, pairs, args.batch_size, args.precision)
     ]
     thresholds = dict(zip(model.labels, model.thresholds)) if model.thresholds is not None else None
-    for i, (text, p) in enumerate(zip(texts, preds)):
+    explained = explain_nonempty(model, texts, pairs, preds, explain) if explain else [None] * len(texts)
+    for i, (text, p, e) in enumerate(zip(texts, preds, explained)):
         if p is None:
             skipped = json.dumps({"text": text, "skipped": "empty text"})
             print(skipped if args.json else f"[{i + 1}] {text!r}: {EMPTY_NOTE}")
         elif args.json:
-            print(json.dumps({"text": text, **p}, ensure_ascii=False))
+            print(json.dumps({"text": text, **p, **({"explanation": e} if e else {})}, ensure_ascii=False))
         else:
             print(format_prediction(text, p, i + 1, get_task(model.task), thresholds))
+            if e is not None:
+                print(format_explanation(e))
 
 
 if __name__ == "__main__":
