@@ -48,6 +48,7 @@ from bertcls.data import (
 )
 from bertcls.errors import BertclsError, cli_errors, quiet_loading
 from bertcls.inference import forward_features, forward_tokens, make_eval_loader, split_metrics, split_predictions
+from bertcls.losses import build_distill_loss, row_weight
 from bertcls.metrics import is_better
 from bertcls.model import BertForTextClassification, backbone_fully_frozen
 from bertcls.multilabel import tune_thresholds
@@ -69,7 +70,7 @@ from bertcls.run_state import RunLog, RunState, StopRun, Timer
 from bertcls.serialization import HeadChanged
 from bertcls.speed import allocator
 from bertcls.streaming import StreamedBatches, StreamLoader, row_reader
-from bertcls.tasks import Task, get_task
+from bertcls.tasks import Task, get_task, is_soft
 from bertcls.token_store import DEFAULT_TOKEN_CACHE
 from bertcls.tracking import check_trackers, flat_config
 
@@ -518,6 +519,8 @@ def setup_training(run: Run) -> None:
     optimizer = build_optimizer(run.model, cfg)
     targets = [] if streamed else run.task.targets(run.data.train.labels, run.data.labels)
     run.loss_fn, run.loss_weight = run.task.build_loss(cfg.loss, run.data.labels, targets, run.log)
+    if is_soft(targets):  # a distillation run's soft targets (bertcls.distill): its loss, averaged over rows
+        run.loss_fn, run.loss_weight = build_distill_loss(cfg.distill.temperature, cfg.distill.alpha), row_weight
     loaders = evals if streamed else [train_loader, *evals]
     run.module, run.optimizer, *loaders = accelerator.prepare(run.module, optimizer, *loaders)
     if streamed:
