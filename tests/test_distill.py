@@ -128,7 +128,7 @@ def test_unlabeled_data_and_two_teachers(teachers, tiny_data, tmp_path):
     result = distill(cfg, teachers, str(data))
     assert "accuracy" in result["test"]
     card = (out / "best" / "README.md").read_text()
-    assert all(t in card for t in teachers) and "mean probabilities" in card
+    assert all(t in card for t in teachers) and "teachers' mean probabilities" in card
     student = BertForTextClassification.from_pretrained(out / "best")
     assert len(find_encoder_layers(student.backbone)) == 2
 
