@@ -61,7 +61,7 @@ def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None
     """The card as Markdown, rendered from ``templates/model_card.md``. ``run_info`` (from a training run) may hold
     ``base_model``, ``data`` (split name -> source), ``config`` (YAML text), ``validation`` and ``test`` (metric
     dicts), ``metrics_note``, ``checkpoint`` (which one this is), ``thresholds`` (multi-label: the folder's, when
-    they are not the model's in memory)."""
+    they are not the model's in memory), ``teachers`` (a distilled student's, bertcls.distill)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     info = run_info or {}
@@ -81,6 +81,7 @@ def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None
         kind=view(task).kind(n),
         checkpoint=info.get("checkpoint"),
         base_model=_base_model(model, info),
+        teachers=info.get("teachers"),
         labels=spec.labels,
         head=" -> ".join(head),
         multi_label=task.per_label,
@@ -128,6 +129,7 @@ def run_card_info(cfg: Any, result: dict[str, Any], checkpoint: str) -> dict[str
     return {
         "checkpoint": checkpoint,
         "base_model": cfg.model.name_or_path,
+        "teachers": list(cfg.distill.teachers),
         "data": {
             "train": cfg.data.train,
             "validation": resolve_split(cfg.data, "validation")

@@ -497,6 +497,31 @@ class SelfTrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Distillation into a student (`python -m bertcls.distill --teacher DIR --data FILE`, docs/distill.md)."""
+
+    teachers: list[str] = field(default_factory=list)
+    """The teacher checkpoints (set by `--teacher`; several: their mean probabilities). Empty: no distillation."""
+    temperature: float = 2.0
+    """Softmax temperature T of the teacher's and the student's probabilities in the KL term, which is scaled by
+    T² so its gradients keep their size as T changes (Hinton et al. 2015)."""
+    alpha: float = 0.5
+    """Weight of the cross-entropy on the true label, for rows of `--data` that have one: the loss of such a row is
+    alpha·CE + (1 − alpha)·T²·KL; a row without a label has T²·KL alone. 0: labels ignored."""
+    layers: int | None = None
+    """The student: the first teacher's backbone keeping this many encoder layers, spread over its depth as
+    DistilBERT chose them (6 of 12: 0, 2, 4, 7, 9, 11; 3 of 6: 0, 2, 5), with the teacher's weights. `null`: half
+    the teacher's layers, rounded up; `0`: no layer-dropped student, `model.name_or_path` is the student."""
+
+    def __post_init__(self) -> None:
+        _positive("distill", "temperature", self.temperature)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise BertclsError(f"distill.alpha must be in [0, 1], got {self.alpha}")
+        if self.layers is not None:
+            _positive("distill", "layers", self.layers, allow_zero=True)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -508,6 +533,7 @@ class Config:
     cv: CvConfig = field(default_factory=CvConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
         # Options that only mean something for one of the two tasks: refused for the other, never silently ignored.

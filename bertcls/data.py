@@ -20,7 +20,7 @@ from bertcls.long_texts import TRUNCATIONS, check_truncation  # noqa: F401 (re-e
 from bertcls.multilabel import DEFAULT_DELIMITER
 from bertcls.tables import COMPRESSIONS, FORMATS, TextColumn, column_values, read_checked, read_table  # noqa: F401 (re-exported)
 from bertcls.tables import text_column as read_texts
-from bertcls.tasks import get_task, label_ids  # noqa: F401 (re-exported)
+from bertcls.tasks import get_task, is_soft, label_ids  # noqa: F401 (re-exported)
 from bertcls.token_store import CHUNK_ROWS, TokenStore, cached_tokens, token_key, tokenize
 
 # ---------------------------------------------------------------- reading files and hub datasets
@@ -48,6 +48,8 @@ class Split:
         def pick(col):
             if isinstance(col, TextColumn):
                 return col.take(indices)
+            if isinstance(col, np.ndarray):  # soft targets (bertcls.distill): rows of a float matrix
+                return col[indices]
             return None if col is None else [col[i] for i in indices]
 
         indices = np.asarray(indices, dtype=np.int64)
@@ -267,7 +269,10 @@ def pad_batch(features: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torc
 
 
 def label_tensor(labels) -> torch.Tensor:
-    """A batch's label indices as a long tensor, or its multi-hot rows as a float one (the BCE target is float)."""
+    """A batch's label indices as a long tensor, or its multi-hot rows as a float one (the BCE target is float);
+    soft targets (float rows, bertcls.distill) stay float."""
+    if np.asarray(labels[0]).dtype.kind == "f":
+        return torch.from_numpy(np.asarray(labels, dtype=np.float32))
     t = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     return t.float() if t.ndim == 2 else t
 
@@ -314,7 +319,8 @@ class TextClassificationDataset(Dataset):
         if labels is not None:
             if self.label_names is None:
                 self.label_names = build_labels(get_task(task).label_values(labels))
-            self.doc_label_ids = np.asarray(get_task(task).targets(labels, self.label_names), dtype=np.int64)
+            targets = get_task(task).targets(labels, self.label_names)
+            self.doc_label_ids = targets if is_soft(targets) else np.asarray(targets, dtype=np.int64)
         self.tokens, self.cache_hit = tokenize_texts(
             tokenizer, texts, text_pairs, max_length, truncation, window_stride, cache_dir, log, progress
         )

@@ -131,3 +131,29 @@ def build_multilabel_loss(pos_weight: torch.Tensor | None = None) -> LossFn:
         return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=w)
 
     return loss_fn
+
+
+def build_distill_loss(temperature: float, alpha: float) -> LossFn:
+    """``loss_fn(logits, targets)``: knowledge distillation (Hinton et al. 2015), the mean over rows in float32.
+
+    ``targets`` holds per row the teacher's probabilities at ``temperature`` (the first ``num_labels`` columns) and
+    the true label index, or -1 where the row has none (the last column; ``bertcls.distill.soft_targets``). A row's
+    loss is ``T² · KL(teacher_T || softmax(logits / T))``, mixed as ``alpha · CE + (1 - alpha) · T² · KL`` with the
+    cross-entropy on the true label where there is one. T² keeps the soft term's gradients the same size whatever T.
+    """
+    t2 = temperature * temperature
+
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits, soft, hard = logits.float(), targets[:, :-1].float(), targets[:, -1].long()
+        log_student = torch.log_softmax(logits / temperature, -1)
+        kl = torch.nn.functional.kl_div(log_student, soft, reduction="none").sum(-1) * t2
+        has = hard >= 0
+        ce = torch.nn.functional.cross_entropy(logits, hard.clamp(min=0), reduction="none")
+        return torch.where(has, alpha * ce + (1 - alpha) * kl, kl).mean()
+
+    return loss_fn
+
+
+def row_weight(targets: torch.Tensor) -> torch.Tensor:
+    """``loss_weight`` of a loss averaged over rows (``build_distill_loss``): the number of rows."""
+    return torch.full((), float(targets.shape[0]), device=targets.device)

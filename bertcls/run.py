@@ -56,6 +56,7 @@ from bertcls.inference import (
     split_predictions,
     window_predictions,
 )
+from bertcls.losses import build_distill_loss, row_weight
 from bertcls.metrics import is_better
 from bertcls.model import BertForTextClassification, backbone_fully_frozen
 from bertcls.multilabel import tune_thresholds
@@ -78,7 +79,7 @@ from bertcls.serialization import HeadChanged
 from bertcls.small_data import calibration_skip_reason, majority_rate, near_chance_line, per_class_min, scaled_steps
 from bertcls.speed import allocator
 from bertcls.streaming import StreamedBatches, StreamLoader, row_reader
-from bertcls.tasks import Task, get_task
+from bertcls.tasks import Task, get_task, is_soft
 from bertcls.token_store import DEFAULT_TOKEN_CACHE
 from bertcls.tracking import check_trackers, flat_config
 
@@ -497,6 +498,8 @@ def setup_training(run: Run) -> None:
     optimizer = build_optimizer(run.model, cfg)
     targets = [] if streamed else run.task.targets(run.data.train.labels, run.data.labels)
     run.loss_fn, run.loss_weight = run.task.build_loss(cfg.loss, run.data.labels, targets, run.log)
+    if is_soft(targets):  # a distillation run's soft targets (bertcls.distill): its loss, averaged over rows
+        run.loss_fn, run.loss_weight = build_distill_loss(cfg.distill.temperature, cfg.distill.alpha), row_weight
     loaders = evals if streamed else [train_loader, *evals]
     run.module, run.optimizer, *loaders = accelerator.prepare(run.module, optimizer, *loaders)
     if streamed:
@@ -936,7 +939,10 @@ def finalize(run: Run, start: float) -> dict[str, Any]:
 def warn_near_chance(run: Run, accuracy: float, majority: float, what: str) -> None:
     """One line when the run's accuracy is near the majority-class rate (bertcls.small_data)."""
     train = run.data.train
-    per_class = per_class_min(run.task.targets(train.labels, run.data.labels)) if train is not None else 0
+    targets = run.task.targets(train.labels, run.data.labels) if train is not None else []
+    if is_soft(targets):  # distillation: the true labels ride in the last column, -1 where a row has none
+        targets = [int(t) for t in targets[:, -1] if t >= 0]
+    per_class = per_class_min(targets)
     line = near_chance_line(run.cfg, accuracy, majority, what, per_class)
     if line:
         run.small["near_chance"] = line

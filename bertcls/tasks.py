@@ -29,6 +29,12 @@ def label_ids(values: Sequence[Any], labels: Sequence[str], source: str = "data"
     return [index[str(v)] for v in values]
 
 
+def is_soft(values: Any) -> bool:
+    """Whether a split's label values are soft targets: a float matrix of the teacher's probabilities and the true
+    label (``bertcls.distill.soft_targets``), which every task passes through as they are."""
+    return isinstance(values, np.ndarray) and values.ndim == 2 and values.dtype.kind == "f"
+
+
 class Task:
     """What single- and multi-label classification share; the two subclasses fill in the differences."""
 
@@ -195,6 +201,8 @@ class SingleLabel(Task):
         return cleaned
 
     def targets(self, values: Sequence[Any], labels: Sequence[str], source: str = "data") -> list[int]:
+        if is_soft(values):  # a distillation run's training split
+            return values
         return label_ids(values, labels, source)
 
     def gold_rows(self, values: Sequence[Any], labels: Sequence[str], delimiter: str) -> tuple[np.ndarray, Counter]:
