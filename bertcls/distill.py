@@ -173,6 +173,8 @@ def distill(cfg: Config, teachers: list[str], data: str) -> dict[str, Any]:
     if not teachers:
         raise BertclsError("give at least one --teacher checkpoint folder")
     cfg = replace(cfg, data=replace(cfg.data, train=data), distill=replace(cfg.distill, teachers=list(teachers)))
+    if cfg.train.recipe == "auto":  # the student trains as configured: auto counts hard labels, soft targets have none
+        cfg = replace(cfg, train=replace(cfg.train, recipe="finetune"))
     check_options(cfg)
     check_output_dir(cfg)
     ensemble = load_teachers(list(teachers))

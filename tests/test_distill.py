@@ -106,10 +106,11 @@ def student_overrides(tiny_data, out: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.auto_recipe  # train.recipe=auto as shipped: soft targets are no few-label file to pick a recipe for
 def test_distilled_student_is_a_checkpoint_naming_its_teacher(teachers, tiny_data, tmp_path):
     out = tmp_path / "student"
     result = distill(load_config(None, student_overrides(tiny_data, out)), teachers[:1], str(tiny_data["train"]))
-    assert "accuracy" in result["test"]
+    assert "accuracy" in result["test"] and result["recipe"] == "finetune"
     student = BertForTextClassification.from_pretrained(out / "best")
     teacher = BertForTextClassification.from_pretrained(teachers[0])
     assert len(find_encoder_layers(student.backbone)) == 1  # null layers: half of the teacher's 2
