@@ -7,6 +7,7 @@ thresholds come from the learning curve in docs/fewshot.md (``scripts/fewshot_cu
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
@@ -61,13 +62,17 @@ def lp_ft(cfg: Config) -> Config:
     return replace(cfg, train=replace(cfg.train, schedule="lp_ft"))
 
 
-def choose(per_class: int, unlabeled: bool = False) -> tuple[str, str]:
-    """The recipe ``auto`` picks for ``per_class`` examples in the smallest class; returns (name, why)."""
+def choose(per_class: int, unlabeled: bool = False, processes: int = 1) -> tuple[str, str]:
+    """The recipe ``auto`` picks for ``per_class`` examples in the smallest class; returns (name, why). Contrastive
+    tuning runs in one process: with several (torchrun), ``frozen`` takes its place."""
     # Decision point for data.unlabeled (self-training, bertcls's other few-label path): when unlabeled text is
     # given, its driver trains the recipe named here in each round; nothing here changes with it yet.
     del unlabeled
     if per_class >= FINETUNE_FROM:
         return "finetune", f"{per_class} examples in the smallest class (>= {FINETUNE_FROM}): full fine-tuning"
+    if per_class >= CONTRASTIVE_FROM and processes > 1:
+        why = f"{per_class} examples in the smallest class (< {FINETUNE_FROM}), {processes} processes (contrastive "
+        return "frozen", why + "tuning runs in one): the label-name prior on the frozen backbone"
     if per_class >= CONTRASTIVE_FROM:
         why = f"{per_class} examples in the smallest class (< {FINETUNE_FROM}): contrastive tuning, label-name prior"
         return "contrastive", why
@@ -87,7 +92,8 @@ def resolve(cfg: Config, train_labels: list | None, log: Callable[[str], None] =
         if cfg.data.task != "single_label" or train_labels is None:
             name, why = "finetune", "multi-label or streamed data: the run as configured"
         else:
-            name, why = choose(examples_per_class(train_labels), getattr(cfg.data, "unlabeled", None) is not None)
+            processes = int(os.environ.get("WORLD_SIZE", "1"))
+            name, why = choose(examples_per_class(train_labels), cfg.data.unlabeled is not None, processes)
         log(f"train.recipe=auto chose {name}: {why} (set train.recipe to choose yourself)")
         cfg = replace(cfg, train=replace(cfg.train, recipe=name))
     return RECIPES[name](cfg)

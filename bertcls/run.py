@@ -229,6 +229,8 @@ def setup(cfg: Config, data: RunData | None = None) -> Run:
     log = RunLog(None, accelerator.is_main_process)
     if data is None:
         data = load_data(cfg, log)
+    else:
+        log.held.extend(data.said)  # said (and printed) when the data was read for this run
     check_run_options(cfg, data, accelerator, cached)
     task = get_task(cfg.data.task)
     model, cfg = setup_model(cfg, data.labels, task, accelerator, log)

@@ -38,6 +38,9 @@ class RunData:
     sources: dict[str, str] = field(default_factory=dict)
     # Why train was not cut for validation (a small file: bertcls.small_data), or None; the run logs it in its plan.
     no_cut: str | None = None
+    # Lines said while reading these splits before the run's log existed (train.resolve_recipe reads them to choose a
+    # recipe): the run's train.log starts with them.
+    said: list[str] = field(default_factory=list)
 
 
 def load_data(cfg: Config, log=print) -> RunData:

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -109,15 +110,19 @@ def resolve_recipe(cfg: Config, data: RunData | None) -> tuple[Config, RunData |
     if cfg.train.recipe not in recipes.RECIPES and cfg.train.recipe != "auto":
         raise BertclsError(f"train.recipe: '{cfg.train.recipe}' is not one of auto, {', '.join(recipes.RECIPES)}")
     main = int(os.environ.get("RANK", "0")) == 0
+    log = RunLog(None, main)  # printed now; the run's train.log starts with these lines (RunData.said)
     if cfg.train.recipe == "auto" and data is None and not cfg.data.streaming:
-        data = load_data(cfg, RunLog(None, main))
+        data = load_data(cfg, log)
     train_labels = None
     if data is not None and data.train is not None:
         train_labels = list(data.train.labels)
         v = data.validation
         if v is not None and v.base is not None and v.base is data.train.base:  # a cut of the same file counts too
             train_labels += list(v.labels)
-    return recipes.resolve(cfg, train_labels, RunLog(None, main)), data
+    cfg = recipes.resolve(cfg, train_labels, log)
+    if data is not None and log.held:
+        data = replace(data, said=[*data.said, *log.held])
+    return cfg, data
 
 
 def lost_peer(e: RuntimeError) -> bool:

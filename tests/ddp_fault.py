@@ -5,7 +5,8 @@ import os
 import sys
 import time
 
-import bertcls.train as recipe
+import bertcls.run as recipe
+from bertcls.train import main
 
 mode, args = sys.argv[1], sys.argv[2:]
 if os.environ.get("RANK") == "1":
@@ -18,4 +19,4 @@ if os.environ.get("RANK") == "1":
         return real(*args, **kwargs)
 
     recipe.stop_requested = faulty
-sys.exit(recipe.main(args))
+sys.exit(main(args))

@@ -15,6 +15,7 @@ def fault_args(tiny_bert, tiny_data, tmp_path) -> list[str]:
     return [
         f"model.name_or_path={tiny_bert}",
         "train.collapse_retries=0",
+        "train.recipe=finetune",  # a subprocess: auto would pick a few-label recipe for the tiny file (conftest)
         f"data.train={tiny_data['train']}",
         f"data.validation={tiny_data['validation']}",
         "data.test=null",

@@ -94,6 +94,7 @@ def test_auto_recipe_chooses_by_examples_per_class(tiny_bert, tiny_data, tmp_pat
     assert choose(CONTRASTIVE_FROM - 1)[0] == "frozen"
     assert choose(8)[0] == "contrastive" and choose(FINETUNE_FROM - 1)[0] == "contrastive"
     assert choose(FINETUNE_FROM)[0] == "finetune"
+    assert choose(8, processes=2)[0] == "frozen"  # contrastive tuning runs in one process
     cfg = tiny_cfg(tiny_bert, tiny_data, tmp_path, "train.recipe=auto")
     small = resolve(cfg, ["negative"] * 10 + ["positive"] * 12, log=lambda _: None)
     assert small.train.recipe == "contrastive" and small.model.freeze_backbone and small.model.pooling == "mean"

@@ -279,6 +279,8 @@ def test_two_processes_with_torchrun(tiny_bert, tmp_path):
         args = [
             f"model.name_or_path={tiny_bert}",
             "train.collapse_retries=0",
+            "train.recipe=finetune",  # a subprocess: auto would pick a few-label recipe for the tiny file (conftest)
+            "train.min_steps=1",  # the steps the test counts (a small file's run would take at least 50)
             f"data.train={train_csv}",
             f"data.validation={val_csv}",
             f"data.test={val_csv}",
@@ -398,7 +400,8 @@ def test_resolve_split_never_mixes_packaged_splits_with_a_users_file():
 
 @pytest.mark.integration
 def test_own_files_with_other_labels_on_the_default_config(tiny_bert, tmp_path):
-    """README's one-line example: data.train and data.test only; validation is cut from train, nothing shipped."""
+    """README's one-line example: data.train and data.test only, nothing shipped; a file this small (20 rows a class) is
+    not cut for validation, and train.recipe=auto picks the few-label recipe (as a user's run would)."""
     rows = [{"text": r["text"], "label": "spam" if r["label"] == "positive" else "ham"} for r in make_rows(60, 5)]
     train_csv, test_csv = (
         write_csv(tmp_path / "my_train.csv", rows[:40]),
@@ -414,13 +417,12 @@ def test_own_files_with_other_labels_on_the_default_config(tiny_bert, tmp_path):
         f"output.dir={out}",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    plan = f"data: train {train_csv} | validation 10% cut from train (seed 42) | test {test_csv} (data.test as set)"
+    plan = f"data: train {train_csv} | validation none (a small file: every row trains) | test {test_csv} (data.test"
     assert plan in proc.stdout and plan in (out / "train.log").read_text()
-    assert "validation 4, test 20" in proc.stdout
+    assert "train 40, validation 0, test 20" in proc.stdout and "train.recipe=auto chose contrastive" in proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["labels"] == ["ham", "spam"]
+    assert metrics["labels"] == ["ham", "spam"] and metrics["recipe"] == "contrastive"
     assert metrics["test"]["num_examples"] == 20
-    assert metrics["history"][-1]["validation"]["num_examples"] == 4
     assert "rotten_tomatoes" not in (out / "best" / "README.md").read_text()
 
 
