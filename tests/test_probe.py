@@ -102,7 +102,8 @@ def test_frozen_run_fits_the_head_by_lbfgs_and_keeps_the_best_penalty(tiny_bert,
 
 
 def test_frozen_adamw_run_trains_the_head_at_train_lr(tiny_bert, tiny_data, tmp_path, monkeypatch):
-    import bertcls.train as recipe
+    import bertcls.run as recipe  # the one-run recipe, whose optimizer this test watches
+    from bertcls.train import train
 
     seen = []
     real = recipe.build_optimizer
@@ -116,7 +117,7 @@ def test_frozen_adamw_run_trains_the_head_at_train_lr(tiny_bert, tiny_data, tmp_
     cfg = tiny_cfg(
         tiny_bert, tiny_data, tmp_path / "run", "model.freeze_backbone=true", "train.head_solver=adamw", "train.lr=0.02"
     )
-    recipe.train(cfg)
+    train(cfg)
     assert seen and all(lr == 0.02 for lr in seen)
 
 

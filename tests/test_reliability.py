@@ -123,7 +123,7 @@ def kill_and_resume_matches(tiny_bert, tiny_data, tmp_path, monkeypatch, *extra:
     right after checkpoint 20 (all that SIGKILL leaves), resumed to the end: the numbers of the run that was never
     interrupted (36 steps; a checkpoint every 4, an evaluation every 6 and at each epoch's end). The checkpoints come
     too quickly to catch from outside (a cached head-only step takes about a millisecond)."""
-    import bertcls.train as recipe
+    import bertcls.run as recipe  # the one-run recipe, whose checkpoint writes this test interrupts
 
     extra = (*extra, f"train.cache_dir={tmp_path / 'cache'}")
     ref, out = tmp_path / "ref", tmp_path / "run"

@@ -98,7 +98,7 @@ def test_what_a_stream_cannot_do_is_one_clear_error(tiny_bert, tiny_data, tmp_pa
 
 
 def test_a_bad_stream_fails_before_the_model_loads(tiny_bert, tiny_data, tmp_path, monkeypatch):
-    import bertcls.train as recipe
+    import bertcls.run as recipe  # the one-run recipe, whose model loading must not be reached
 
     monkeypatch.setattr(recipe, "setup_model", lambda *a, **k: pytest.fail("the model was loaded"))
     rows = [{"body": r["text"], "label": r["label"]} for r in make_rows(20, 1)]
