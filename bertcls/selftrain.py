@@ -82,8 +82,9 @@ def selftrain(cfg: Config) -> dict[str, Any]:
     unlabeled, unlabeled_gold = read_unlabeled(cfg)
     data = load_data(cfg)
     labeled = data.train
+    cfg = fixed_recipe(cfg, labeled)
     pool = pooled(labeled, unlabeled, data.labels)
-    features = Pseudo(cfg, pool, len(labeled))
+    features = Pseudo(applied(cfg), pool, len(labeled))
     if features.cached:
         features.unlabeled_features(data.labels)
     gold_ids = [data.labels.index(str(v)) for v in labeled.labels]
@@ -110,6 +111,25 @@ def selftrain(cfg: Config) -> dict[str, Any]:
             print(line)
     write_outputs(out, summary)
     return summary
+
+
+def fixed_recipe(cfg: Config, labeled: Split) -> Config:
+    """``train.recipe=auto`` chosen once, by the labelled rows: a later round's pseudo-labels are not examples a
+    user gave, so they never move it (thousands of them would otherwise pick full fine-tuning from round 1)."""
+    if cfg.train.recipe != "auto":
+        return cfg
+    from bertcls.recipes import resolve
+
+    chosen = resolve(cfg, list(labeled.labels), lambda line: print(f"self-training: {line}"))
+    return replace(cfg, train=replace(cfg.train, recipe=chosen.train.recipe))
+
+
+def applied(cfg: Config) -> Config:
+    """The config a round's run trains with (its recipe applied: e.g. ``frozen`` mean-pools a frozen backbone), which
+    is how the unlabelled texts must be read to be scored by that run's head."""
+    from bertcls.recipes import RECIPES
+
+    return RECIPES[cfg.train.recipe](cfg) if cfg.train.recipe in RECIPES else cfg
 
 
 def pooled(labeled: Split, unlabeled: Split, labels: list[str]) -> Split:
@@ -173,7 +193,8 @@ class Pseudo:
         from bertcls.train import uses_cache
 
         self.cfg, self.pool, self.first = cfg, pool, first_unlabeled
-        self.cached = uses_cache(cfg)
+        # A contrastive round tunes its own backbone: the untuned body's stored features would not be its features.
+        self.cached = uses_cache(cfg) and cfg.train.recipe != "contrastive"
         self.features = None
 
     def probabilities(self, checkpoint: Path) -> np.ndarray:

@@ -66,3 +66,29 @@ def test_rounds_add_pseudo_labelled_rows_and_record_each_round(tiny_bert, tiny_d
     assert summary["model"] == str(out / "round-2" / "best")
     with pytest.raises(BertclsError, match="already holds results"):
         selftrain(cfg)
+
+
+@pytest.mark.auto_recipe
+def test_auto_recipe_is_chosen_once_by_the_labelled_rows(tiny_bert, tiny_data, tmp_path, monkeypatch):
+    """Pseudo-labels are not a user's examples: with 8 labelled rows a class ``auto`` picks contrastive tuning, and
+    a round with 28 rows a class (labelled + pseudo) keeps it instead of counting them toward full fine-tuning; the
+    contrastive rounds score the unlabelled texts with their own tuned model, not the untuned body's stored features."""
+    from bertcls import recipes
+
+    monkeypatch.setattr(recipes, "FINETUNE_FROM", 20)
+    labeled = write_csv(tmp_path / "labeled.csv", make_rows(16, 7))
+    unlabeled = write_csv(tmp_path / "unlabeled.csv", make_rows(40, 8))
+    out = tmp_path / "st"
+    cfg = tiny_cfg(
+        tiny_bert, {**tiny_data, "train": labeled}, out, "data.validation=null", "train.recipe=auto",
+        f"data.unlabeled={unlabeled}", "selftrain.rounds=1", "selftrain.fraction=1.0", "train.contrastive_steps=2",
+        "model.head_init=xavier_uniform",
+    )  # fmt: skip
+    rounds = selftrain(cfg)["rounds"]
+    labelled = {"negative": 0, "positive": 0}
+    for row in make_rows(16, 7):
+        labelled[row["label"]] += 1
+    assert min(labelled.values()) < 20 <= min(labelled[c] + n for c, n in rounds[1]["added"].items())
+    for r in (0, 1):
+        log = (out / f"round-{r}" / "train.log").read_text()
+        assert "contrastive tuning: 2 steps" in log and "chose finetune" not in log, r
