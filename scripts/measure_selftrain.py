@@ -2,10 +2,14 @@
 
 For each seed: k rows per class drawn (seeded) from the training split, the whole training split's texts as
 data.unlabeled (its labels are only used to report pseudo-label accuracy), the test split scored after every round.
-The frozen MiniLM head (mean pooling, L-BFGS) trains each round; the features are cached, so after the first pass over
-the unlabelled texts a seed takes seconds.
+By default the frozen MiniLM head (mean pooling, L-BFGS) trains each round; the features are cached, so after the
+first pass over the unlabelled texts a seed takes seconds.
 
     python scripts/measure_selftrain.py --k 16 --seeds 0 1 2 3 4 --out /tmp/selftrain
+    python scripts/measure_selftrain.py --plain --k 16 --out /tmp/selftrain-plain selftrain.rounds=2
+
+``--plain`` runs the README's plain command's config instead of configs/frozen.yaml: ``train.recipe=auto``, which
+picks contrastive tuning at these sizes, chosen once by the labelled rows and kept in every round.
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ def main() -> None:
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default="/tmp/selftrain")
+    p.add_argument("--plain", action="store_true", help="the plain command config, not frozen.yaml")
     p.add_argument("overrides", nargs="*", help="more key=value config overrides (e.g. selftrain.rounds=4)")
     a = p.parse_args()
     out, table = Path(a.out), []
     for seed in a.seeds:
         train = kshot_file(a.k, seed, out)
         cfg = load_config(
-            "configs/frozen.yaml",
+            None if a.plain else "configs/frozen.yaml",
             [
                 f"data.train={train}",
                 "data.validation=null",

@@ -23,7 +23,7 @@ from .conftest import assert_one_line_error, make_rows, run_cli, write_csv
 from .test_train import ROOT, tiny_cfg, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-TIMING = ("train_examples_per_s", "train_time_s", "eval_time_s", "eval_examples_per_s", "total_time_s")
+TIMING = ("train_examples_per_s", "train_time_s", "eval_time_s", "eval_examples_per_s", "fit_time_s", "total_time_s")
 
 
 def cli_args(tiny_bert, tiny_data, out: Path, *extra: str) -> list[str]:
