@@ -54,8 +54,10 @@ def test_page_stays_bounded_on_100k_rows(tmp_path):
     sizes = {}
     for folder, n in ((small, 2_000), (big, 100_000)):
         result, sources = fake_result(folder, n)
-        sizes[n] = write_page(result, folder, sources, "source", limits=limits).stat().st_size
-    # The examples are bounded (3x3 cells x 8, 25 mistakes, 15 correct, 40 slice rows), so 50x the rows adds
+        issues = read_label_issues(fake_cv(folder / "cv", n), limits.label_issues, limits.text_chars)
+        sizes[n] = write_page(result, folder, sources, "source", limits=limits, label_issues=issues).stat().st_size
+    # The examples are bounded (3x3 cells x 8, 25 mistakes, 15 correct, 40 slice rows, 50 of the n suspected wrong
+    # labels), so 50x the rows adds
     # (almost) nothing: only the numbers' widths change.
     assert sizes[100_000] < 300_000
     assert sizes[100_000] < sizes[2_000] * 1.2
