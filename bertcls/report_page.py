@@ -5,6 +5,8 @@ Presentation only: it reads what evaluation wrote (``metrics.json``'s numbers, `
 aggregates (metrics, the confusion matrix, slices) plus at most ``PageLimits`` examples, chosen as
 ``docs/evaluation.md`` describes: the most confident examples of each confusion-matrix cell, the most confident
 mistakes, a seeded random sample of correct predictions, and the words those last two leaned on (``bertcls.explain``).
+What it reads from other folders (a run's learning curves, a cv folder's label issues) and the headline intervals
+come from ``bertcls.report_sources``; the page comparing several checkpoints is ``bertcls.compare_page``.
 Everything (styles, script, images, data) is inline: the page makes no network request when opened.
 """
 
