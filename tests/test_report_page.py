@@ -93,13 +93,15 @@ def fake_run(folder: Path) -> Path:
     return folder
 
 
-def fake_cv(folder: Path, n: int = 70, audit: bool = True) -> Path:
-    """A finished bertcls.cv output folder: metrics.json with its label audit and label_issues.csv."""
+def fake_cv(folder: Path, n: int = 70, audit: bool = True, oof: float | None = 0.9) -> Path:
+    """A finished bertcls.cv output folder: metrics.json with its label audit and label_issues.csv (``oof=None``:
+    as cv wrote it before its audit recorded the out-of-fold accuracy)."""
     folder.mkdir(parents=True, exist_ok=True)
     summary = {"folds": [{"fold": 1, "metrics": {"accuracy": 0.9}}], "task": "single_label", "label_issues": None}
     if audit:
-        summary["label_issues"] = {"estimated": n + 3, "listed": n, "method": "confident learning",
-                                   "out_of_fold_accuracy": 0.9, "warning": None}  # fmt: skip
+        summary["label_issues"] = {"estimated": n + 3, "listed": n, "method": "confident learning", "warning": None}
+        if oof is not None:
+            summary["label_issues"]["out_of_fold_accuracy"] = oof
         with (folder / "label_issues.csv").open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["row", "text", "label", "suggested", "score"])
@@ -269,7 +271,7 @@ def test_comparison_page(tiny_bert, tiny_data, tmp_path):
     ]
     out = tmp_path / "ab"
     summary = evaluate([str(c) for c in ckpts], str(tiny_data["test"]), output=out, explain_method=None,
-                       verbose=False, label_issues=fake_cv(tmp_path / "cv", n=5))  # fmt: skip
+                       verbose=False, label_issues=fake_cv(tmp_path / "cv", n=5, oof=None))  # fmt: skip
     page = (out / "report.html").read_text()
     assert page.index('id="paired"') < page.index('id="headline"')  # the paired bootstrap first
     c = summary["comparisons"][0]
