@@ -27,6 +27,7 @@ import torch
 from bertcls import jsonio
 from bertcls.atomic import atomic_file
 from bertcls.calibration import record
+from bertcls.compare_page import write_compare_page
 from bertcls.data import COMPRESSIONS, FORMATS, Split, load_split
 from bertcls.errors import BertclsError, cli_errors, label_set, quiet_loading, some
 from bertcls.explain import METHODS, check_method
@@ -36,7 +37,8 @@ from bertcls.model import BertForTextClassification, load_checkpoint
 from bertcls.onnx_predict import ONNX_CONFIG_NAME, is_onnx_export
 from bertcls.precision import PRECISIONS, check_precision, resolve
 from bertcls.report import format_comparison, format_report, view
-from bertcls.report_page import check_slice_column, slice_values, write_page
+from bertcls.report_page import PageLimits, check_slice_column, slice_values, write_page
+from bertcls.report_sources import read_label_issues, run_curves
 from bertcls.resources import is_packaged
 from bertcls.serialization import checkpoint_task
 from bertcls.tables import COLUMN_OPTIONS, add_column_options
@@ -226,6 +228,7 @@ def evaluate(
     page: bool = True,
     slice_column: str | None = None,
     explain_method: str | None = "grad_x_input",
+    label_issues: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate checkpoints on ``data`` (a file, ``packaged:NAME/SPLIT``, a hub dataset, or a loaded ``Split``).
 
@@ -240,7 +243,9 @@ def evaluate(
 
     With ``page`` each checkpoint's folder also gets ``report.html`` (``bertcls.report_page``): slices by text
     length and by ``slice_column`` of the data file, and the shown examples' words attributed by ``explain_method``
-    (``grad_x_input``, ``ig``, or None for none; needs Captum).
+    (``grad_x_input``, ``ig``, or None for none; needs Captum), the learning curves of the run that wrote the
+    checkpoint when its parent folder is that run's, and with ``label_issues`` (a ``bertcls.cv`` output folder) the
+    training rows that cv found likely mislabelled. Several checkpoints also get ``output/report.html`` comparing them.
 
     Raises:
         BertclsError: missing files or columns, unreadable checkpoints, unknown labels, an existing report folder.
@@ -255,6 +260,8 @@ def evaluate(
     check_slice_column(slice_column, data)
     if explain_method is not None and page:
         check_method(explain_method)
+    limits = PageLimits(n_resamples=n_resamples)
+    issues = read_label_issues(label_issues, limits.label_issues, limits.text_chars) if label_issues else None
     data, source = _read_data(paths, data, split, columns, label_delimiter)
     # Read before anything is written: a missing column fails first.
     slices = slice_values(source, split, slice_column, data.rows, len(data)) if slice_column else None
@@ -266,9 +273,7 @@ def evaluate(
     for result, folder in zip(results, folders):
         write_report(result, folder)
         if page:
-            # Attributions are optional (Captum, the explain extra): without it the page has no shaded words.
-            model = load_checkpoint(result.checkpoint) if explain_method and explain_available() else None
-            write_page(result, folder, slices, slice_column, model, explain_method or "grad_x_input", seed=seed)
+            _write_page(result, folder, (slices, slice_column), explain_method, limits, seed, issues)
     say = print if verbose else (lambda *_: None)
     if len(results) == 1:
         say(format_report(results[0].metrics))
@@ -276,9 +281,28 @@ def evaluate(
         return results[0].metrics
     summary = compare(results, [f.name for f in folders], source, len(data), n_resamples, seed)
     (out / "metrics.json").write_text(jsonio.dumps(summary, indent=2))
+    if page:
+        write_compare_page(summary, results, folders, out, limits, seed, issues)
     say(format_comparison(summary))
     say(f"reports written to {out} (one subfolder per checkpoint)")
     return summary
+
+
+def _write_page(
+    result: CheckpointResult,
+    folder: Path,
+    slicing: tuple[Sequence[str] | None, str | None],
+    method: str | None,
+    limits: PageLimits,
+    seed: int,
+    issues: dict[str, Any] | None,
+) -> None:
+    """One checkpoint's ``report.html`` (``slicing``: the slice values and their column)."""
+    # Attributions are optional (Captum, the explain extra): without it the page has no shaded words.
+    model = load_checkpoint(result.checkpoint) if method and explain_available() else None
+    slices, column = slicing
+    write_page(result, folder, slices, column, model, method or "grad_x_input", limits=limits, seed=seed,
+               curves=run_curves(result.checkpoint), label_issues=issues)  # fmt: skip
 
 
 def _read_data(
@@ -486,6 +510,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=(*METHODS, "none"),
         default="grad_x_input",
         help="report.html: how the shown examples' words are attributed (none: not at all)",
+    )
+    parser.add_argument(
+        "--label-issues",
+        default=None,
+        metavar="DIR",
+        help="report.html: list the likely wrong labels of this bertcls.cv folder",
     )
     return parser.parse_args(argv)
 

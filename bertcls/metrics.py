@@ -331,3 +331,49 @@ def paired_bootstrap(
         # Share of resamples where b is not better: a rough one-sided p-value for "b beats a".
         "fraction_b_not_better": float((resampled <= 0).mean()),
     }
+
+
+# ---------------------------------------------------------------- intervals of count-based scores
+
+
+def group_scores(counts: np.ndarray, gold: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
+    """Scores of rows grouped by their (gold, predicted) decision, for R sets of group counts at once.
+
+    ``counts``: (R, G) rows per group; ``gold`` and ``pred``: (G, L) 0/1, each group's gold and predicted labels
+    (single-label: one-hot, so a group is a confusion-matrix cell). Returns arrays of R: ``accuracy`` (the whole label
+    set right: subset accuracy for multi-label), ``macro_f1``, ``micro_f1`` and ``hamming_loss``, as
+    ``classification_report`` and ``multilabel_report`` compute them from the same rows.
+    """
+    counts = np.atleast_2d(np.asarray(counts, np.float64))
+    gold, pred = np.asarray(gold, np.float64), np.asarray(pred, np.float64)
+    n = np.maximum(counts.sum(1), 1)
+    tp, fp, fn = counts @ (gold * pred), counts @ ((1 - gold) * pred), counts @ (gold * (1 - pred))
+    return {
+        "accuracy": counts @ (gold == pred).all(1) / n,
+        "macro_f1": _prf(tp, fp, fn)[2].mean(1),
+        "micro_f1": _prf(tp.sum(1), fp.sum(1), fn.sum(1))[2],
+        "hamming_loss": counts @ (gold != pred).sum(1) / (n * gold.shape[1]),
+    }
+
+
+def bootstrap_groups(
+    counts: np.ndarray, gold: np.ndarray, pred: np.ndarray, n_resamples: int = 1000, seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Percentile bootstrap intervals of ``group_scores`` (rows grouped as there, ``counts``: (G,) rows per group).
+
+    Drawing n rows with replacement only changes how many rows fall in each group, and those counts follow a
+    multinomial with the observed shares: so each resample is drawn as group counts, at a cost in the number of
+    groups instead of rows, with the same distribution as resampling the rows themselves.
+    """
+    counts = np.asarray(counts, np.int64)
+    n = int(counts.sum())
+    if n == 0:
+        raise ValueError("bootstrap_groups needs at least one row")
+    draws = np.random.default_rng(seed).multinomial(n, counts / n, size=n_resamples)
+    alpha = (1 - confidence) / 2
+    out = {}
+    for key, values in group_scores(draws, gold, pred).items():
+        low, high = np.quantile(values, [alpha, 1 - alpha])
+        out[key] = {"low": float(low), "high": float(high), "confidence": confidence}
+    return out

@@ -5,12 +5,13 @@ Presentation only: it reads what evaluation wrote (``metrics.json``'s numbers, `
 aggregates (metrics, the confusion matrix, slices) plus at most ``PageLimits`` examples, chosen as
 ``docs/evaluation.md`` describes: the most confident examples of each confusion-matrix cell, the most confident
 mistakes, a seeded random sample of correct predictions, and the words those last two leaned on (``bertcls.explain``).
+What it reads from other folders (a run's learning curves, a cv folder's label issues) and the headline intervals
+come from ``bertcls.report_sources``; the page comparing several checkpoints is ``bertcls.compare_page``.
 Everything (styles, script, images, data) is inline: the page makes no network request when opened.
 """
 
 from __future__ import annotations
 
-import base64
 import csv
 import heapq
 import json
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from bertcls.errors import BertclsError
-from bertcls.metrics import paired_bootstrap
+from bertcls.report_sources import decision_groups, headline, png_uri
 
 PAGE_NAME = "report.html"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -41,7 +42,8 @@ class PageLimits:
     correct: int = 15  # random sample of correct predictions, with attributions
     slices: int = 40  # values of --slice-column shown (worst first); the rest are counted
     text_chars: int = 600  # a longer text is cut (with an ellipsis) in the page
-    n_resamples: int = 1000  # bootstrap resamples for the accuracy interval
+    n_resamples: int = 1000  # bootstrap resamples for the headline intervals
+    label_issues: int = 50  # suspected wrong labels listed from a bertcls.cv folder (most suspicious first)
 
 
 def slice_values(source: str, split: str, column: str, rows: np.ndarray | None, n: int) -> list[str]:
@@ -151,31 +153,19 @@ def attach_words(examples: list[dict[str, Any]], model, method: str, n_steps: in
         e["words"] = [[w["word"], w["start"], w["end"], round(w["score"], 5)] for w in x["words"]]
 
 
-def headline(result, limits: PageLimits, seed: int) -> list[dict[str, Any]]:
-    """The task's headline numbers; accuracy (subset accuracy) with a bootstrap interval over the evaluated rows."""
-    m, task = result.metrics, result.task
-    correct = result.correct[result.known]
-    # paired_bootstrap of "always wrong" against this model: the interval of its accuracy itself.
-    ci = paired_bootstrap(np.zeros(len(correct), bool), correct, n_resamples=limits.n_resamples, seed=seed)
-    out = []
-    for key in (*task.summary,):
-        value = m.get(key)
-        if value is None:
-            continue
-        item = {"key": key, "value": value}
-        if key == task.compared:
-            item.update(low=ci["ci_low"], high=ci["ci_high"], confidence=ci["confidence"])
-        out.append(item)
-    return out
-
-
-def _png(path: Path) -> str | None:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode() if path.is_file() else None
-
-
 def _script_json(value: Any) -> str:
     """JSON safe inside a <script> element: no "</script>" or "<!--" can close or change it."""
     return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render(template: str, **values: Any) -> str:
+    """One of ``bertcls/templates`` with every value escaped unless marked safe (user text never becomes markup)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
+    )
+    return env.get_template(template).render(**values)
 
 
 def write_page(
@@ -188,12 +178,15 @@ def write_page(
     n_steps: int = 8,
     limits: PageLimits | None = None,
     seed: int = 0,
+    *,
+    curves: str | None = None,
+    label_issues: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``out/report.html`` from the report files in ``out`` and ``result`` (a ``CheckpointResult``).
     ``slices``: one value per evaluated row of ``slice_column``. ``model``: the checkpoint, to attribute the shown
-    mistakes and correct predictions (None: no attributions)."""
-    import jinja2
-
+    mistakes and correct predictions (None: no attributions). ``curves``: the run's learning curves as a PNG data
+    URI (``report_sources.run_curves``); ``label_issues``: a cv folder's audit (``report_sources.read_label_issues``).
+    """
     limits = limits or PageLimits()
     col = collect(result, out / "predictions.csv", slices, limits, seed)
     mistakes, correct = _ranked(col.mistakes), col.correct
@@ -203,23 +196,23 @@ def write_page(
     cells = {f"{g}\t{p}": _ranked(heap) for (g, p), heap in col.cells.items()}
     slice_rows, slices_left = _slice_rows(col.slices, limits.slices)
     data = {"cells": cells, "mistakes": mistakes, "correct": correct}
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, undefined=jinja2.StrictUndefined
-    )
-    page = env.get_template("report.html.j2").render(
+    page = render(
+        "report.html.j2",
         title=f"{m['checkpoint']} on {m['data']}",
         metrics=m,
-        headline=headline(result, limits, seed),
+        headline=headline(result, decision_groups(result, out / "predictions.csv"), limits.n_resamples, seed),
         labels=result.labels,
         per_class=m.get("per_class", {}),
         matrix=m.get("confusion_matrix") if single else None,
-        reliability=_png(out / "reliability.png"),
+        reliability=png_uri(out / "reliability.png"),
+        curves=curves,
         lengths=_slice_rows(col.lengths)[0],
         slice_column=slice_column,
         slice_rows=slice_rows,
         slices_left=slices_left,
         attribution=f"{method}" + (f", {n_steps} steps" if method == "ig" else "") if model is not None else None,
         limits=limits,
+        issues=label_issues,
         data_json=_script_json(data),
     )
     path = out / PAGE_NAME
