@@ -90,8 +90,7 @@ def model_info(model, folder: str | os.PathLike) -> dict[str, Any]:
         "max_length": model.max_length,
         "truncation": model.truncation,
         "window_stride": model.window_stride,
-        # an ONNX export folds the temperature into its weights and does not record it
-        "temperature": model.config.get("temperature") if onnx else model.temperature,
+        "temperature": model.temperature,  # folded into the weights of both; recorded in both
         "backbone": model.config.get("backbone") if onnx else model.backbone.config.model_type,
         "model_card": card.read_text(encoding="utf-8") if card.is_file() else None,
     }
