@@ -88,6 +88,34 @@ def test_requests_with_and_without_pairs_in_one_batch():
     ]
 
 
+def test_requests_queued_during_a_pass_run_next_without_waiting_for_company():
+    release = threading.Event()
+    calls: list = []
+
+    def predict(texts, pairs):
+        release.wait(60)  # the first pass holds the worker until "c" is queued
+        return echo(calls)(texts, pairs)
+
+    async def scenario():
+        batcher = Batcher(predict, max_batch=2, max_wait_ms=3_600_000)  # an hour: only a full batch starts at once
+        batcher.start()
+        try:
+            first = asyncio.gather(batcher.predict(["a"]), batcher.predict(["b"]))  # full: runs at once
+            while not batcher.batch_sizes:
+                await asyncio.sleep(0)
+            late = asyncio.ensure_future(batcher.predict(["c"]))  # arrives while the pass runs
+            while batcher.in_flight < 3:
+                await asyncio.sleep(0)
+            release.set()
+            await first
+            return await asyncio.wait_for(late, 60)  # a guard against hanging (the hour's wait), not a timing
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(scenario()) == [{"text": "c", "pair": None}]
+    assert [texts for texts, _ in calls] == [["a", "b"], ["c"]]
+
+
 def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on():
     def predict(texts, pairs):
         if "boom" in texts:
