@@ -190,6 +190,23 @@ def test_parse_request_keeps_empty_strings_and_pairs():
     assert parse_request({"texts": ["a"], "text_pairs": None}, 3) == (["a"], None)
 
 
+def test_a_pass_runs_in_length_sorted_forward_calls_of_forward_batch_texts(tiny_model):
+    from bertcls.serve import ServeOptions, predictor
+
+    texts = [" ".join(["word"] * n) for n in (3, 9, 1, 7, 5, 8, 2, 6, 4, 10)]
+    shapes = []
+    tiny_model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    rows = predictor(tiny_model, ServeOptions(max_batch=32, forward_batch=4, precision="no"))(texts, None)
+    assert [s[0] for s in shapes] == [4, 4, 2]
+    lengths = sorted((len(ids) for ids in tiny_model.tokenizer(texts)["input_ids"]), reverse=True)
+    assert [s[1] for s in shapes] == [lengths[0], lengths[4], lengths[8]]  # longest first, each to its own longest
+    whole = tiny_model.predict(texts, batch_size=32)
+    assert [r["label"] for r in rows] == [w["label"] for w in whole]
+    assert [r["score"] for r in rows] == pytest.approx([w["score"] for w in whole], abs=1e-5)
+
+
 def test_a_multi_label_model_answers_label_sets_as_bertcls_predict(tiny_bert):
     from starlette.testclient import TestClient
 
