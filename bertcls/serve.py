@@ -68,6 +68,15 @@ class ServeOptions:
 # ---------------------------------------------------------------- the model
 
 
+def default_threads() -> int:
+    """``--threads``'s default: the cores this process may use, less one. The event loop (HTTP, JSON) runs beside the
+    model's threads; with one thread per core for the maths, a thread that loses its core to the loop (or to
+    anything else on the machine) holds up the others at every layer, and a pass slows several times over, not by
+    a core's share (docs/serve.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
+
+
 def load_model(path: str | os.PathLike, threads: int | None = None):
     """An ONNX export folder (on ONNX Runtime, no torch) or a bertcls checkpoint (PyTorch), by what the folder holds;
     ``threads`` caps the runtime's threads."""
@@ -271,7 +280,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long a pass waits to fill")
     parser.add_argument("--max-texts", type=int, default=d.max_texts, help="most texts in one request")
     parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body")
-    parser.add_argument("--threads", type=int, default=None, help="cap on torch/onnxruntime threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch/onnxruntime threads (default: the cores less one)"
+    )
     parser.add_argument("--precision", choices=PRECISIONS, default=d.precision, help="as bertcls.predict's")
     parser.add_argument(
         "--forward-batch", type=int, default=d.forward_batch, help="most texts in one forward call within a pass"
@@ -292,14 +303,16 @@ def main(argv: list[str] | None = None) -> None:
         raise BertclsError(f"--port must be between 0 and 65535, got {args.port}")
     if is_onnx_export(args.checkpoint) and args.precision not in ("auto", "no"):
         raise BertclsError(f"an ONNX export runs in full precision; drop --precision {args.precision}")
-    model = load_model(args.checkpoint, args.threads)
+    threads = args.threads if args.threads is not None else default_threads()
+    model = load_model(args.checkpoint, threads)
     predict = predictor(model, options)
     predict(["warm-up"], None)  # the first pass pays for lazy set-up; no client should
     info = model_info(model, args.checkpoint)
     app = build_app(predict, info, options)
     print(
         f"bertcls.serve: {info['backend']} model from {args.checkpoint}, "
-        f"max batch {options.max_batch}, max wait {options.max_wait_ms} ms",
+        f"max batch {options.max_batch}, max wait {options.max_wait_ms} ms, forward batch {options.forward_batch}, "
+        f"{threads} thread{'s' if threads > 1 else ''}",
         file=sys.stderr,
         flush=True,
     )

@@ -202,11 +202,12 @@ def start_servers(args, checkpoint: Path, hf: Path, threads: int) -> list[Server
 
 def run(args) -> list[dict]:
     from bertcls.export import export_hf
+    from bertcls.serve import default_threads
 
     work = Path(args.workdir)
     checkpoint = Path(args.checkpoint) if args.checkpoint else build_checkpoint(work)
     hf = export_hf(checkpoint, work / "hf", overwrite=True)
-    threads = args.threads or len(os.sched_getaffinity(0))
+    threads = args.threads or default_threads()
     bodies = [json.dumps({"texts": [t]}).encode() for t in short_texts(512)]
     servers = start_servers(args, checkpoint, hf, threads)
     rows = []
@@ -243,7 +244,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a bertcls checkpoint with pooling: pooler (default: untrained MiniLM)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per server and level")
     parser.add_argument("--clients", type=int, nargs="+", default=list(LEVELS))
-    parser.add_argument("--threads", type=int, default=None, help="thread cap per server (default: the cores)")
+    parser.add_argument("--threads", type=int, default=None, help="threads per server (default: bertcls.serve's)")
     parser.add_argument("--cpus", default=None, help="pin every server to these cores (taskset -c), e.g. 0-3")
     parser.add_argument("--max-batch", type=int, default=32, help="bertcls's --max-batch with batching on")
     parser.add_argument("--forward-batch", type=int, default=16, help="bertcls's --forward-batch")

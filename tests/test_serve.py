@@ -165,6 +165,23 @@ def test_an_onnx_folder_is_served_with_onnx_runtime_under_the_thread_cap(tmp_pat
     assert seen == {"threads": 3}
 
 
+@pytest.mark.parametrize(("cores", "threads"), [({0, 1, 2, 3}, 3), ({0, 1}, 1), ({5}, 1)])
+def test_the_cli_leaves_one_core_to_the_event_loop_by_default(cores, threads, tmp_path, monkeypatch):
+    from bertcls import serve
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores, raising=False)
+    seen = {}
+
+    def load(path, threads=None):
+        seen["threads"] = threads
+        raise SystemExit(0)  # stop before serving
+
+    monkeypatch.setattr(serve, "load_model", load)
+    with pytest.raises(SystemExit):
+        serve.main(["--checkpoint", str(tmp_path)])
+    assert seen == {"threads": threads}
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "words"),
     [
