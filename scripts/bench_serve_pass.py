@@ -3,10 +3,12 @@
     PYTHONPATH=. python scripts/bench_serve_pass.py [--checkpoint DIR] [--texts 32] [--reps 12]
 
 What the server's worker does for a pass of ``--texts`` short Rotten Tomatoes texts (``bertcls.serve.predictor``),
-run in process without HTTP, for each ``--forward-batch`` and ``--threads`` value; the variants alternate rep by rep,
-so a busy machine slows all alike. Reported per variant: the median wall and CPU time (the process's, all threads) of
-a pass, CPU per text, and how many tokens the forward calls computed per token the texts hold (padding included). On
-a shared machine read CPU time, which other jobs inflate less than wall time, and compare variants only within a run.
+run in process without HTTP, for each ``--threads``, ``--forward-batch`` and ``--precision`` value; the variants
+alternate rep by rep, so a busy machine slows all alike (a thread count that changes between reps costs more than a
+steady one: compare thread counts one process each). Reported per variant: the median wall and CPU time (the
+process's, all threads) of a pass, CPU per text, and how many tokens the forward calls computed per token the texts
+hold (padding included). On a shared machine read CPU time, which other jobs inflate less than wall time, and compare
+variants only within a run.
 Without ``--checkpoint``: the packaged MiniLM with an untrained head, as ``bench_serve.py`` builds it.
 """
 
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=32, help="texts in one pass (the server's --max-batch)")
     parser.add_argument("--forward-batch", type=int, nargs="+", default=[32, 16, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--precision", nargs="+", default=["no"], help="as bertcls.serve's: auto, no, bf16, fp16")
     parser.add_argument("--reps", type=int, default=12)
     args = parser.parse_args()
 
@@ -48,9 +51,9 @@ def main() -> None:
         model = load_model(args.checkpoint or build_checkpoint(Path(tmp)))
     texts = [t for t in short_texts(20 * args.texts) if t.strip()]
     passes = [texts[i : i + args.texts] for i in range(0, len(texts) - args.texts + 1, args.texts)]
-    variants = [(th, fb) for th in args.threads for fb in args.forward_batch]
+    variants = [(th, fb, pr) for th in args.threads for fb in args.forward_batch for pr in args.precision]
     runs = {
-        v: predictor(model, ServeOptions(max_batch=args.texts, forward_batch=v[1], precision="no")) for v in variants
+        v: predictor(model, ServeOptions(max_batch=args.texts, forward_batch=v[1], precision=v[2])) for v in variants
     }
     runs[variants[0]](passes[0], None)  # warm-up
     wall: dict = {v: [] for v in variants}
@@ -63,15 +66,16 @@ def main() -> None:
             wall[v].append(time.perf_counter() - w)
             cpu[v].append(time.process_time() - c)
     lengths = [len(ids) for p in passes for ids in model.tokenizer(p, truncation=True)["input_ids"]]
-    print("| threads | forward batch | pass wall ms | pass CPU ms | CPU ms/text | tokens computed/held |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-    for th, fb in variants:
+    print("| threads | forward batch | precision | pass wall ms | pass CPU ms | CPU ms/text | tokens computed/held |")
+    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for th, fb, pr in variants:
         ratio = statistics.mean(
             padded_ratio(lengths[i : i + args.texts], fb) for i in range(0, len(lengths), args.texts)
         )
-        c = statistics.median(cpu[(th, fb)]) * 1000
+        c = statistics.median(cpu[(th, fb, pr)]) * 1000
         print(
-            f"| {th} | {fb} | {statistics.median(wall[(th, fb)]) * 1000:.0f} | {c:.0f} | {c / args.texts:.1f} | "
+            f"| {th} | {fb} | {pr} | {statistics.median(wall[(th, fb, pr)]) * 1000:.0f} | {c:.0f} | "
+            f"{c / args.texts:.1f} | "
             f"{ratio:.2f} |"
         )
 
