@@ -293,9 +293,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    options = ServeOptions(
-        args.max_batch, args.max_wait_ms, args.max_texts, args.max_body_bytes, args.precision, args.forward_batch
-    )
+    options = ServeOptions(**{name: getattr(args, name) for name in ServeOptions.__dataclass_fields__})
     options.check()  # before the model loads: a typo costs nothing
     if args.threads is not None and args.threads < 1:
         raise BertclsError(f"--threads must be at least 1, got {args.threads}")
