@@ -105,11 +105,15 @@ class Batcher:
         return True
 
     async def _next_batch(self) -> list[_Request]:
+        # Only a request that found the worker idle waits for company: those queued while a pass ran have waited
+        # that whole pass already, and waiting max_wait more for a batch that will not fill (fewer clients than
+        # max_batch) only idles the worker.
+        idle = not self._pending
         while not self._pending:
             await self._wait_arrival(None)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait
-        while self._queued_texts() < self.max_batch and not self._draining:
+        while idle and self._queued_texts() < self.max_batch and not self._draining:
             remaining = deadline - loop.time()
             if remaining <= 0 or not await self._wait_arrival(remaining):
                 break

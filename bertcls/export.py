@@ -193,6 +193,9 @@ def _onnx_config(
         "pooling": model.spec.pooling,
         "task": model.task,
         **get_task(model.task).saved_decision(model),
+        # Calibration is folded into the graph's weights (fold_temperature); recorded so that /info and a reader of
+        # the export can tell which temperature the probabilities carry (None: uncalibrated).
+        "temperature": model.temperature,
         "inputs": inputs,
         "outputs": ["logits"],
         "pad_token_id": model.tokenizer.pad_token_id or 0,

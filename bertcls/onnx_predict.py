@@ -138,6 +138,12 @@ class OnnxClassifier:
         return list(self.config["thresholds"]) if "thresholds" in self.config else None
 
     @property
+    def temperature(self) -> float | list[float] | None:
+        """The calibration temperature folded into the exported weights, as the checkpoint recorded it (None:
+        uncalibrated, or an export from before it was recorded)."""
+        return self.config.get("temperature")
+
+    @property
     def label_delimiter(self) -> str:
         return str(self.config.get("label_delimiter") or DEFAULT_DELIMITER)
 

@@ -38,8 +38,8 @@ class ServeOptions:
     """How ``bertcls.serve`` batches requests and which requests it accepts."""
 
     max_batch: int = 32
-    """Most texts in one forward pass: concurrent requests are gathered up to this many (1: no batching, one request
-    per pass). A request is never split; one larger than this runs alone, in passes of ``max_batch`` texts."""
+    """Most texts in one pass: concurrent requests are gathered up to this many (1: no batching, one request per
+    pass). A request is never split; one larger than this runs alone."""
     max_wait_ms: float = 5.0
     """How long the first request of a pass waits for others to join it (requests that arrive while a pass runs join
     the next one without waiting)."""
@@ -50,9 +50,14 @@ class ServeOptions:
     precision: str = "auto"
     """As ``bertcls.predict --precision``: ``auto`` (bf16 where the hardware has it), ``no``, ``bf16``, ``fp16``; an
     ONNX export runs in full precision."""
+    forward_batch: int = 16
+    """Most texts in one forward call: a pass's texts are sorted by length and run in forward calls of this many, so
+    each text is padded only to the longest of its neighbours, not of the whole pass (on a CPU every padding token
+    costs as much as a text's own; docs/serve.md). On an accelerator, where padding costs little and each call
+    costs a launch, raise it to ``max_batch``."""
 
     def check(self) -> None:
-        for name in ("max_batch", "max_texts", "max_body_bytes"):
+        for name in ("max_batch", "max_texts", "max_body_bytes", "forward_batch"):
             if getattr(self, name) < 1:
                 raise BertclsError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_wait_ms < 0:
@@ -61,6 +66,15 @@ class ServeOptions:
 
 
 # ---------------------------------------------------------------- the model
+
+
+def default_threads() -> int:
+    """``--threads``'s default: the cores this process may use, less one. The event loop (HTTP, JSON) runs beside the
+    model's threads; with one thread per core for the maths, a thread that loses its core to the loop (or to
+    anything else on the machine) holds up the others at every layer, and a pass slows several times over, not by
+    a core's share (docs/serve.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
 
 
 def load_model(path: str | os.PathLike, threads: int | None = None):
@@ -90,21 +104,20 @@ def model_info(model, folder: str | os.PathLike) -> dict[str, Any]:
         "max_length": model.max_length,
         "truncation": model.truncation,
         "window_stride": model.window_stride,
-        # an ONNX export folds the temperature into its weights and does not record it
-        "temperature": model.config.get("temperature") if onnx else model.temperature,
+        "temperature": model.temperature,  # folded into the weights of both; recorded in both
         "backbone": model.config.get("backbone") if onnx else model.backbone.config.model_type,
         "model_card": card.read_text(encoding="utf-8") if card.is_file() else None,
     }
 
 
 def predictor(model, options: ServeOptions) -> PredictFn:
-    """``(texts, pairs) -> prediction dicts`` through ``bertcls.predict.predict_nonempty``, in passes of
-    ``max_batch`` texts. An empty (or whitespace-only) text gets no prediction, as in training and ``bertcls.predict
-    --json``: ``{"skipped": "empty text"}`` in its place."""
+    """``(texts, pairs) -> prediction dicts`` through ``bertcls.predict.predict_nonempty``, in length-sorted forward
+    calls of ``forward_batch`` texts. An empty (or whitespace-only) text gets no prediction, as in training and
+    ``bertcls.predict --json``: ``{"skipped": "empty text"}`` in its place."""
     from bertcls.predict import predict_nonempty
 
     def predict(texts: list[str], pairs: list[str] | None) -> list[dict[str, Any]]:
-        preds = predict_nonempty(model, texts, pairs, options.max_batch, options.precision)
+        preds = predict_nonempty(model, texts, pairs, options.forward_batch, options.precision)
         return [p if p is not None else {"skipped": "empty text"} for p in preds]
 
     return predict
@@ -267,15 +280,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, help="how long a pass waits to fill")
     parser.add_argument("--max-texts", type=int, default=d.max_texts, help="most texts in one request")
     parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body")
-    parser.add_argument("--threads", type=int, default=None, help="cap on torch/onnxruntime threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch/onnxruntime threads (default: the cores less one)"
+    )
     parser.add_argument("--precision", choices=PRECISIONS, default=d.precision, help="as bertcls.predict's")
+    parser.add_argument(
+        "--forward-batch", type=int, default=d.forward_batch, help="most texts in one forward call within a pass"
+    )
     return parser.parse_args(argv)
 
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    options = ServeOptions(args.max_batch, args.max_wait_ms, args.max_texts, args.max_body_bytes, args.precision)
+    options = ServeOptions(**{name: getattr(args, name) for name in ServeOptions.__dataclass_fields__})
     options.check()  # before the model loads: a typo costs nothing
     if args.threads is not None and args.threads < 1:
         raise BertclsError(f"--threads must be at least 1, got {args.threads}")
@@ -283,14 +301,16 @@ def main(argv: list[str] | None = None) -> None:
         raise BertclsError(f"--port must be between 0 and 65535, got {args.port}")
     if is_onnx_export(args.checkpoint) and args.precision not in ("auto", "no"):
         raise BertclsError(f"an ONNX export runs in full precision; drop --precision {args.precision}")
-    model = load_model(args.checkpoint, args.threads)
+    threads = args.threads if args.threads is not None else default_threads()
+    model = load_model(args.checkpoint, threads)
     predict = predictor(model, options)
     predict(["warm-up"], None)  # the first pass pays for lazy set-up; no client should
     info = model_info(model, args.checkpoint)
     app = build_app(predict, info, options)
     print(
         f"bertcls.serve: {info['backend']} model from {args.checkpoint}, "
-        f"max batch {options.max_batch}, max wait {options.max_wait_ms} ms",
+        f"max batch {options.max_batch}, max wait {options.max_wait_ms} ms, forward batch {options.forward_batch}, "
+        f"{threads} thread{'s' if threads > 1 else ''}",
         file=sys.stderr,
         flush=True,
     )

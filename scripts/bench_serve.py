@@ -11,9 +11,10 @@ All three servers run at once, each its own process on loopback, pinned to the s
 thread cap; the levels alternate between them (1, 8, 32 clients by default) so a busy machine slows all alike. Each
 client is closed-loop: it sends one short Rotten Tomatoes text (``{"texts": [text]}``), waits for the answer, sends
 the next; ``--requests`` answers per server and level. Reported per server and level: requests/s, p50 and p99
-latency, failed requests (a non-200 answer or a broken connection), and the server's peak RSS so far (VmHWM) and
-RSS now, to show memory staying flat. The clients are raw HTTP/1.1 keep-alive connections in one asyncio loop here,
-light next to the servers (they share the machine, so pin the servers with ``--cpus`` where cores are spare).
+latency, failed requests (a non-200 answer or a broken connection), the server's peak RSS so far (VmHWM) and
+RSS now, to show memory staying flat, and the clients' own CPU (cores they kept busy: 100% is one core). The
+clients are raw HTTP/1.1 keep-alive connections in one asyncio loop here, light next to the servers (they share the
+machine, so pin the servers with ``--cpus`` where cores are spare).
 """
 
 from __future__ import annotations
@@ -166,9 +167,9 @@ async def one_client(port: int, bodies: list[bytes], budget: list[int], latencie
 async def load(port: int, clients: int, requests: int, bodies: list[bytes]) -> dict[str, float]:
     latencies: list[float] = []
     budget, failed = [requests], [0]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(one_client(port, bodies, budget, latencies, failed) for _ in range(clients)))
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     ms = np.asarray(latencies) * 1000
     return {
         "requests": len(latencies),
@@ -176,13 +177,14 @@ async def load(port: int, clients: int, requests: int, bodies: list[bytes]) -> d
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
         "failed": failed[0],
+        "client_cpu": cpu / wall,  # cores the clients themselves kept busy: they share the machine with the servers
     }
 
 
 def start_servers(args, checkpoint: Path, hf: Path, threads: int) -> list[ServerProcess]:
     py = sys.executable
     serve = [py, "-m", "bertcls.serve", "--checkpoint", str(checkpoint), "--threads", str(threads)]
-    serve += ["--precision", args.precision]
+    serve += ["--precision", args.precision, "--forward-batch", str(args.forward_batch)]
     servers = []
     for name, max_batch in (("bertcls batching", args.max_batch), ("bertcls no batching", 1)):
         port = free_port()
@@ -200,11 +202,12 @@ def start_servers(args, checkpoint: Path, hf: Path, threads: int) -> list[Server
 
 def run(args) -> list[dict]:
     from bertcls.export import export_hf
+    from bertcls.serve import default_threads
 
     work = Path(args.workdir)
     checkpoint = Path(args.checkpoint) if args.checkpoint else build_checkpoint(work)
     hf = export_hf(checkpoint, work / "hf", overwrite=True)
-    threads = args.threads or len(os.sched_getaffinity(0))
+    threads = args.threads or default_threads()
     bodies = [json.dumps({"texts": [t]}).encode() for t in short_texts(512)]
     servers = start_servers(args, checkpoint, hf, threads)
     rows = []
@@ -225,13 +228,13 @@ def run(args) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| server | clients | requests | requests/s | p50 ms | p99 ms | failed | peak RSS MB | RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server | clients | requests | requests/s | p50 ms | p99 ms | failed | peak RSS MB | RSS MB | client CPU |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         lines.append(
             f"| {r['server']} | {r['clients']} | {r['requests']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {r['failed']} | {r['peak_rss_mb']:.0f} | {r['rss_mb']:.0f} |"
+            f"{r['p99_ms']:.1f} | {r['failed']} | {r['peak_rss_mb']:.0f} | {r['rss_mb']:.0f} | {r['client_cpu']:.0%} |"
         )
     return "\n".join(lines)
 
@@ -241,9 +244,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a bertcls checkpoint with pooling: pooler (default: untrained MiniLM)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per server and level")
     parser.add_argument("--clients", type=int, nargs="+", default=list(LEVELS))
-    parser.add_argument("--threads", type=int, default=None, help="thread cap per server (default: the cores)")
+    parser.add_argument("--threads", type=int, default=None, help="threads per server (default: bertcls.serve's)")
     parser.add_argument("--cpus", default=None, help="pin every server to these cores (taskset -c), e.g. 0-3")
     parser.add_argument("--max-batch", type=int, default=32, help="bertcls's --max-batch with batching on")
+    parser.add_argument("--forward-batch", type=int, default=16, help="bertcls's --forward-batch")
     parser.add_argument("--precision", default="no", help="bertcls's --precision (no: fp32, as the pipeline runs)")
     parser.add_argument("--workdir", default=None, help="where the HF export goes (default: a temporary folder)")
     parser.add_argument("--json", help="also write the rows to this file")

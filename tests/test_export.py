@@ -95,6 +95,23 @@ def test_onnx_predictions_equal_pytorch(onnx_dir, model):
     np.testing.assert_allclose(onnx.predict_proba(TEXTS), model.predict_proba(TEXTS).numpy(), atol=1e-4)
 
 
+def test_a_calibrated_export_records_its_temperature_and_keeps_its_probabilities(checkpoint, tmp_path):
+    from bertcls.calibration import fold_temperature
+    from bertcls.serve import model_info
+
+    model = BertForTextClassification.from_pretrained(checkpoint).eval()
+    raw = model.predict_proba(TEXTS).numpy()
+    fold_temperature(model, 2.5)
+    calibrated = model.save_pretrained(tmp_path / "calibrated")
+    export_onnx(calibrated, tmp_path / "onnx", verbose=False)
+    onnx = OnnxClassifier.from_folder(tmp_path / "onnx")
+    assert json.loads((tmp_path / "onnx" / "bertcls_onnx.json").read_text())["temperature"] == 2.5
+    assert model_info(onnx, tmp_path / "onnx")["temperature"] == 2.5
+    torch_probs = load_predictor(calibrated).predict_proba(TEXTS).numpy()
+    assert np.abs(torch_probs - raw).max() > 1e-3  # the temperature changed the probabilities...
+    np.testing.assert_allclose(onnx.predict_proba(TEXTS), torch_probs, atol=1e-5)  # ...and ONNX applies it too
+
+
 def test_onnx_predicts_text_pairs_like_pytorch(onnx_dir, model):
     pairs = ["good", "bad", "flat", "fun", "the film"]
     np.testing.assert_allclose(

@@ -88,6 +88,34 @@ def test_requests_with_and_without_pairs_in_one_batch():
     ]
 
 
+def test_requests_queued_during_a_pass_run_next_without_waiting_for_company():
+    release = threading.Event()
+    calls: list = []
+
+    def predict(texts, pairs):
+        release.wait(60)  # the first pass holds the worker until "c" is queued
+        return echo(calls)(texts, pairs)
+
+    async def scenario():
+        batcher = Batcher(predict, max_batch=2, max_wait_ms=3_600_000)  # an hour: only a full batch starts at once
+        batcher.start()
+        try:
+            first = asyncio.gather(batcher.predict(["a"]), batcher.predict(["b"]))  # full: runs at once
+            while not batcher.batch_sizes:
+                await asyncio.sleep(0)
+            late = asyncio.ensure_future(batcher.predict(["c"]))  # arrives while the pass runs
+            while batcher.in_flight < 3:
+                await asyncio.sleep(0)
+            release.set()
+            await first
+            return await asyncio.wait_for(late, 60)  # a guard against hanging (the hour's wait), not a timing
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(scenario()) == [{"text": "c", "pair": None}]
+    assert [texts for texts, _ in calls] == [["a", "b"], ["c"]]
+
+
 def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on():
     def predict(texts, pairs):
         if "boom" in texts:
@@ -137,6 +165,23 @@ def test_an_onnx_folder_is_served_with_onnx_runtime_under_the_thread_cap(tmp_pat
     assert seen == {"threads": 3}
 
 
+@pytest.mark.parametrize(("cores", "threads"), [({0, 1, 2, 3}, 3), ({0, 1}, 1), ({5}, 1)])
+def test_the_cli_leaves_one_core_to_the_event_loop_by_default(cores, threads, tmp_path, monkeypatch):
+    from bertcls import serve
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores, raising=False)
+    seen = {}
+
+    def load(path, threads=None):
+        seen["threads"] = threads
+        raise SystemExit(0)  # stop before serving
+
+    monkeypatch.setattr(serve, "load_model", load)
+    with pytest.raises(SystemExit):
+        serve.main(["--checkpoint", str(tmp_path)])
+    assert seen == {"threads": threads}
+
+
 @pytest.mark.parametrize(
     ("payload", "status", "words"),
     [
@@ -160,6 +205,23 @@ def test_parse_request_refuses(payload, status, words):
 def test_parse_request_keeps_empty_strings_and_pairs():
     assert parse_request({"texts": ["", "b"], "text_pairs": ["x", ""]}, 3) == (["", "b"], ["x", ""])
     assert parse_request({"texts": ["a"], "text_pairs": None}, 3) == (["a"], None)
+
+
+def test_a_pass_runs_in_length_sorted_forward_calls_of_forward_batch_texts(tiny_model):
+    from bertcls.serve import ServeOptions, predictor
+
+    texts = [" ".join(["word"] * n) for n in (3, 9, 1, 7, 5, 8, 2, 6, 4, 10)]
+    shapes = []
+    tiny_model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    rows = predictor(tiny_model, ServeOptions(max_batch=32, forward_batch=4, precision="no"))(texts, None)
+    assert [s[0] for s in shapes] == [4, 4, 2]
+    lengths = sorted((len(ids) for ids in tiny_model.tokenizer(texts)["input_ids"]), reverse=True)
+    assert [s[1] for s in shapes] == [lengths[0], lengths[4], lengths[8]]  # longest first, each to its own longest
+    whole = tiny_model.predict(texts, batch_size=32)
+    assert [r["label"] for r in rows] == [w["label"] for w in whole]
+    assert [r["score"] for r in rows] == pytest.approx([w["score"] for w in whole], abs=1e-5)
 
 
 def test_a_multi_label_model_answers_label_sets_as_bertcls_predict(tiny_bert):
