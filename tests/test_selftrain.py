@@ -42,13 +42,22 @@ def test_unlabeled_text_file_and_table(tmp_path):
         read_unlabeled(load_config(None, []))
 
 
-def test_rounds_add_pseudo_labelled_rows_and_record_each_round(tiny_bert, tiny_data, tmp_path):
+def rounds_cfg(tiny_bert, tiny_data, tmp_path, *extra: str):
+    """16 labelled rows (8 a class), 40 unlabelled ones (with labels, so pseudo-label accuracy is reported), into
+    ``tmp_path/st``."""
     labeled = write_csv(tmp_path / "labeled.csv", make_rows(16, 7))
     unlabeled = write_csv(tmp_path / "unlabeled.csv", make_rows(40, 8))
+    return tiny_cfg(
+        tiny_bert, {**tiny_data, "train": labeled}, tmp_path / "st", "data.validation=null",
+        f"data.unlabeled={unlabeled}", *extra,
+    )  # fmt: skip
+
+
+def test_rounds_add_pseudo_labelled_rows_and_record_each_round(tiny_bert, tiny_data, tmp_path):
     out = tmp_path / "st"
-    cfg = tiny_cfg(
-        tiny_bert, {**tiny_data, "train": labeled}, out, "model.freeze_backbone=true", "data.validation=null",
-        f"data.unlabeled={unlabeled}", "selftrain.rounds=2", "selftrain.fraction=0.25", "data.min_validation_rows=100",
+    cfg = rounds_cfg(
+        tiny_bert, tiny_data, tmp_path, "model.freeze_backbone=true", "selftrain.rounds=2", "selftrain.fraction=0.25",
+        "data.min_validation_rows=100",
     )  # fmt: skip
     summary = selftrain(cfg)
     rounds = summary["rounds"]
@@ -76,13 +85,10 @@ def test_auto_recipe_is_chosen_once_by_the_labelled_rows(tiny_bert, tiny_data, t
     from bertcls import recipes
 
     monkeypatch.setattr(recipes, "FINETUNE_FROM", 20)
-    labeled = write_csv(tmp_path / "labeled.csv", make_rows(16, 7))
-    unlabeled = write_csv(tmp_path / "unlabeled.csv", make_rows(40, 8))
     out = tmp_path / "st"
-    cfg = tiny_cfg(
-        tiny_bert, {**tiny_data, "train": labeled}, out, "data.validation=null", "train.recipe=auto",
-        f"data.unlabeled={unlabeled}", "selftrain.rounds=1", "selftrain.fraction=1.0", "train.contrastive_steps=2",
-        "model.head_init=xavier_uniform",
+    cfg = rounds_cfg(
+        tiny_bert, tiny_data, tmp_path, "train.recipe=auto", "selftrain.rounds=1", "selftrain.fraction=1.0",
+        "train.contrastive_steps=2",
     )  # fmt: skip
     rounds = selftrain(cfg)["rounds"]
     labelled = {"negative": 0, "positive": 0}
