@@ -24,9 +24,9 @@ import numpy as np
 
 from bertcls import jsonio
 from bertcls.atomic import atomic_file, remove
-from bertcls.config import Config, load_config, resolve_split, to_yaml
+from bertcls.config import Config, resolve_split, to_yaml
 from bertcls.data import Split, split_validation, stratum
-from bertcls.errors import BertclsError, cli_errors, quiet_loading, some
+from bertcls.errors import BertclsError, cli_errors, some
 from bertcls.label_issues import LabelIssues, find_label_issues
 from bertcls.report import view
 from bertcls.run_data import RunData, data_seed, load_data, split_sources
@@ -290,13 +290,9 @@ def format_summary(summary: dict[str, Any], issues: LabelIssues | None, pool: Sp
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
-    from bertcls.train import close_distributed, parse_args
+    from bertcls.train import run_command
 
-    config, overrides = parse_args(argv, prog="python -m bertcls.cv", description=CV_HELP)
-    cfg = load_config(config, overrides)
-    quiet_loading()
-    cross_validate(cfg)
-    close_distributed()
+    run_command(argv, "python -m bertcls.cv", CV_HELP, cross_validate)
 
 
 if __name__ == "__main__":

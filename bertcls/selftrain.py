@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from bertcls.config import Config, load_config
+from bertcls.config import Config
 from bertcls.data import Split, load_split
-from bertcls.errors import BertclsError, cli_errors, quiet_loading
+from bertcls.errors import BertclsError, cli_errors
 from bertcls.run_data import RunData, load_data
 from bertcls.small_data import majority_rate, near_chance_line
 
@@ -298,16 +298,10 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
 
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
-    from bertcls.train import close_distributed, parse_args
+    from bertcls.train import run_command
 
-    config, overrides = parse_args(
-        argv, prog="python -m bertcls.selftrain",
-        description="Self-training: rounds of training on the labelled rows plus pseudo-labelled data.unlabeled texts.",
-    )  # fmt: skip
-    cfg = load_config(config, overrides)
-    quiet_loading()
-    selftrain(cfg)
-    close_distributed()
+    description = "Self-training: rounds of training on the labelled rows plus pseudo-labelled data.unlabeled texts."
+    run_command(argv, "python -m bertcls.selftrain", description, selftrain)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,16 @@ def parse_args(
     return args.config, args.overrides
 
 
+def run_command(argv: list[str] | None, prog: str, description: str, command: Callable[[Config], Any]) -> None:
+    """The shell of a command built on the training config (cv, selftrain): parse, load, quiet the loaders, run,
+    and close the process group only after a run that returned."""
+    config, overrides = parse_args(argv, prog=prog, description=description)
+    cfg = load_config(config, overrides)
+    quiet_loading()
+    command(cfg)
+    close_distributed()
+
+
 @cli_errors
 def main(argv: list[str] | None = None) -> None:
     config, overrides = parse_args(argv)
