@@ -486,6 +486,10 @@ class SelfTrainConfig:
     """`select=fraction`: share of the unlabelled texts added per round (round R uses R x this, at most all)."""
     threshold: float = 0.9
     """`select=threshold`: the top probability a text needs to join (calibrated where the run calibrated)."""
+    recipe: str = "same"
+    """The `train.recipe` of rounds 1 and later: `same`: round 0's (which `train.recipe=auto` chooses by the
+    labelled rows alone) | any recipe name, e.g. `finetune`: the whole model on the labelled and pseudo-labelled
+    rows (higher and less steady at k=16 than `same`: docs/fewshot.md)."""
 
     def __post_init__(self) -> None:
         _positive("selftrain", "rounds", self.rounds, allow_zero=True)

@@ -69,6 +69,11 @@ def check_options(cfg: Config) -> None:
         )
     if cfg.train.seeds or cfg.train.resume_from:
         raise BertclsError("self-training runs its rounds one after another: drop train.seeds and train.resume_from")
+    from bertcls.recipes import RECIPES
+
+    if cfg.selftrain.recipe != "same" and cfg.selftrain.recipe not in RECIPES:
+        names = ", ".join(["same", *RECIPES])
+        raise BertclsError(f"selftrain.recipe={cfg.selftrain.recipe!r} is not a recipe; choose one of: {names}")
 
 
 def selftrain(cfg: Config) -> dict[str, Any]:
@@ -84,8 +89,8 @@ def selftrain(cfg: Config) -> dict[str, Any]:
     labeled = data.train
     cfg = fixed_recipe(cfg, labeled)
     pool = pooled(labeled, unlabeled, data.labels)
-    features = Pseudo(applied(cfg), pool, len(labeled))
-    if features.cached:
+    features = Pseudo(cfg, pool, len(labeled))
+    if features.cached(cfg):
         features.unlabeled_features(data.labels)
     gold_ids = [data.labels.index(str(v)) for v in labeled.labels]
     prior = np.bincount(gold_ids, minlength=len(data.labels)) / len(gold_ids)
@@ -97,10 +102,11 @@ def selftrain(cfg: Config) -> dict[str, Any]:
         print(f"self-training round {r}: {len(labeled)} labelled + {int((pseudo >= 0).sum())} pseudo-labelled rows")
         result = train_round(round_cfg, round_data)
         rounds.append(round_record(r, result, pseudo, data.labels, unlabeled_gold))
+        rounds[-1]["recipe"] = round_cfg.train.recipe
         print(f"self-training round {r}: {describe(rounds[-1])}")
         if r == cfg.selftrain.rounds:
             break
-        probs = features.probabilities(out / f"round-{r}" / "best")
+        probs = features.probabilities(out / f"round-{r}" / "best", round_cfg)
         pseudo = choose(probs, prior, r + 1, cfg)
     summary = {"rounds": rounds, "model": str(out / f"round-{cfg.selftrain.rounds}" / "best")}
     if "test" in rounds[-1] and data.test is not None:
@@ -122,6 +128,11 @@ def fixed_recipe(cfg: Config, labeled: Split) -> Config:
 
     chosen = resolve(cfg, list(labeled.labels), lambda line: print(f"self-training: {line}"))
     return replace(cfg, train=replace(cfg.train, recipe=chosen.train.recipe))
+
+
+def round_recipe(cfg: Config, r: int) -> str:
+    """The ``train.recipe`` of round ``r``: round 0's, or ``selftrain.recipe`` from round 1 when it names one."""
+    return cfg.train.recipe if r == 0 or cfg.selftrain.recipe == "same" else cfg.selftrain.recipe
 
 
 def applied(cfg: Config) -> Config:
@@ -148,6 +159,7 @@ def round_setup(cfg: Config, data: RunData, r: int, out: Path, train_split: Spli
     if r == 0:
         return round_cfg, replace(data, train=train_split)
     round_cfg = replace(round_cfg, eval=replace(cfg.eval, near_chance_margin=0.0))
+    round_cfg = replace(round_cfg, train=replace(cfg.train, recipe=round_recipe(cfg, r)))
     no_cut = data.no_cut and (
         f"validation: none (self-training round {r}: {len(data.train)} labelled rows, too few to cut one; any "
         "cross-validation runs on labelled and pseudo-labelled rows together)"
@@ -190,20 +202,24 @@ class Pseudo:
     when the backbone is frozen on the feature cache (no further backbone pass), else the model on the texts."""
 
     def __init__(self, cfg: Config, pool: Split, first_unlabeled: int):
-        from bertcls.train import uses_cache
-
-        self.cfg, self.pool, self.first = cfg, pool, first_unlabeled
-        # A contrastive round tunes its own backbone: the untuned body's stored features would not be its features.
-        self.cached = uses_cache(cfg) and cfg.train.recipe != "contrastive"
+        self.cfg, self.pool, self.first = applied(cfg), pool, first_unlabeled
         self.features = None
 
-    def probabilities(self, checkpoint: Path) -> np.ndarray:
+    @staticmethod
+    def cached(round_cfg: Config) -> bool:
+        """Whether a round of this config is a head on the stored features of the untuned body. A contrastive round
+        tunes its own backbone and a fine-tuned one trains it: the stored features would not be theirs."""
+        from bertcls.train import uses_cache
+
+        return round_cfg.train.recipe != "contrastive" and uses_cache(applied(round_cfg))
+
+    def probabilities(self, checkpoint: Path, round_cfg: Config) -> np.ndarray:
         import torch
 
         from bertcls.model import load_checkpoint
 
         model = load_checkpoint(checkpoint)
-        if not self.cached:
+        if not self.cached(round_cfg):
             texts = list(self.pool.texts[self.first :])
             return model.predict_proba(texts, batch_size=self.cfg.eval.batch_size, precision="auto").numpy()
         feats = self.unlabeled_features(model.labels)

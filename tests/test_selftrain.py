@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from bertcls.config import load_config
 from bertcls.errors import BertclsError
-from bertcls.selftrain import choose, read_unlabeled, selftrain
+from bertcls.selftrain import Pseudo, choose, read_unlabeled, selftrain
 
 from .conftest import make_rows, write_csv
 from .test_train import tiny_cfg
@@ -98,3 +99,30 @@ def test_auto_recipe_is_chosen_once_by_the_labelled_rows(tiny_bert, tiny_data, t
     for r in (0, 1):
         log = (out / f"round-{r}" / "train.log").read_text()
         assert "contrastive tuning: 2 steps" in log and "chose finetune" not in log, r
+
+
+def test_later_rounds_train_the_recipe_selftrain_recipe_names(tiny_bert, tiny_data, tmp_path):
+    """``selftrain.recipe=finetune``: round 0 keeps the frozen head on the stored features, later rounds fine-tune
+    the whole model on the labelled and pseudo-labelled rows, and their pseudo-labels come from the round's own
+    model, not from the untuned body's stored features."""
+    out = tmp_path / "st"
+    cfg = rounds_cfg(
+        tiny_bert, tiny_data, tmp_path, "train.recipe=frozen", "selftrain.rounds=2", "selftrain.fraction=0.5",
+        "selftrain.recipe=finetune",
+    )  # fmt: skip
+    rounds = selftrain(cfg)["rounds"]
+    assert [r["recipe"] for r in rounds] == ["frozen", "finetune", "finetune"] and rounds[2]["added_total"] > 0
+    assert "head only" in (out / "round-0" / "train.log").read_text()
+    for r in (1, 2):
+        assert "full fine-tuning" in (out / f"round-{r}" / "train.log").read_text(), r
+    # which rounds' models may score the unlabelled texts from the untuned body's stored features
+    recipe = lambda name: replace(cfg, train=replace(cfg.train, recipe=name))  # noqa: E731
+    assert Pseudo.cached(recipe("frozen")) and not Pseudo.cached(recipe("finetune"))
+    assert not Pseudo.cached(recipe("contrastive"))
+    cfg = rounds_cfg(
+        tiny_bert, tiny_data, tmp_path, "train.recipe=frozen", "selftrain.rounds=1", "output.overwrite=true"
+    )
+    assert [r["recipe"] for r in selftrain(cfg)["rounds"]] == ["frozen", "frozen"]  # the default: same
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(BertclsError, match="selftrain.recipe='nonsense' is not a recipe"):
+        selftrain(rounds_cfg(tiny_bert, tiny_data, tmp_path / "bad", "selftrain.recipe=nonsense"))
