@@ -101,8 +101,7 @@ def selftrain(cfg: Config) -> dict[str, Any]:
         round_cfg, round_data = round_setup(cfg, data, r, out, train_split)
         print(f"self-training round {r}: {len(labeled)} labelled + {int((pseudo >= 0).sum())} pseudo-labelled rows")
         result = train_round(round_cfg, round_data)
-        rounds.append(round_record(r, result, pseudo, data.labels, unlabeled_gold))
-        rounds[-1]["recipe"] = round_cfg.train.recipe
+        rounds.append(round_record(r, round_cfg.train.recipe, result, pseudo, data.labels, unlabeled_gold))
         print(f"self-training round {r}: {describe(rounds[-1])}")
         if r == cfg.selftrain.rounds:
             break
@@ -130,11 +129,6 @@ def fixed_recipe(cfg: Config, labeled: Split) -> Config:
     return replace(cfg, train=replace(cfg.train, recipe=chosen.train.recipe))
 
 
-def round_recipe(cfg: Config, r: int) -> str:
-    """The ``train.recipe`` of round ``r``: round 0's, or ``selftrain.recipe`` from round 1 when it names one."""
-    return cfg.train.recipe if r == 0 or cfg.selftrain.recipe == "same" else cfg.selftrain.recipe
-
-
 def applied(cfg: Config) -> Config:
     """The config a round's run trains with (its recipe applied: e.g. ``frozen`` mean-pools a frozen backbone), which
     is how the unlabelled texts must be read to be scored by that run's head."""
@@ -153,13 +147,15 @@ def pooled(labeled: Split, unlabeled: Split, labels: list[str]) -> Split:
 
 def round_setup(cfg: Config, data: RunData, r: int, out: Path, train_split: Split) -> tuple[Config, RunData]:
     """Round ``r``'s config (its own folder) and data. After round 0 the run's own near-chance line is off (it would
-    count pseudo-labels as examples; this driver compares the rounds instead) and a small file's plan line says that
-    the rows it cross-validates on hold pseudo-labels."""
+    count pseudo-labels as examples; this driver compares the rounds instead), the round trains ``selftrain.recipe``
+    where that names one, and a small file's plan line says that the rows it cross-validates on hold pseudo-labels."""
     round_cfg = replace(cfg, output=replace(cfg.output, dir=str(out / f"round-{r}")))
     if r == 0:
         return round_cfg, replace(data, train=train_split)
-    round_cfg = replace(round_cfg, eval=replace(cfg.eval, near_chance_margin=0.0))
-    round_cfg = replace(round_cfg, train=replace(cfg.train, recipe=round_recipe(cfg, r)))
+    later = cfg.train.recipe if cfg.selftrain.recipe == "same" else cfg.selftrain.recipe
+    round_cfg = replace(
+        round_cfg, eval=replace(cfg.eval, near_chance_margin=0.0), train=replace(cfg.train, recipe=later)
+    )
     no_cut = data.no_cut and (
         f"validation: none (self-training round {r}: {len(data.train)} labelled rows, too few to cut one; any "
         "cross-validation runs on labelled and pseudo-labelled rows together)"
@@ -269,11 +265,13 @@ class Pseudo:
         return load_or_compute(backbone, self.pool, length, precision, state, folder, print, batch)[0]
 
 
-def round_record(r: int, result: dict[str, Any], pseudo: np.ndarray, labels: list[str], gold) -> dict[str, Any]:
-    """What metrics.json keeps of a round: its scores, and the pseudo-labelled rows it trained on per class (with
-    their accuracy when the unlabelled file had labels)."""
+def round_record(
+    r: int, recipe: str, result: dict[str, Any], pseudo: np.ndarray, labels: list[str], gold
+) -> dict[str, Any]:
+    """What metrics.json keeps of a round: its recipe, its scores, and the pseudo-labelled rows it trained on per
+    class (with their accuracy when the unlabelled file had labels)."""
     added = {name: int((pseudo == i).sum()) for i, name in enumerate(labels)}
-    record: dict[str, Any] = {"round": r, "added": added, "added_total": int((pseudo >= 0).sum())}
+    record: dict[str, Any] = {"round": r, "recipe": recipe, "added": added, "added_total": int((pseudo >= 0).sum())}
     best = result.get("best", {})
     if best.get("step") is not None:
         record["validation"] = {"metric": best["metric"], "value": best["value"]}
