@@ -490,10 +490,15 @@ class SelfTrainConfig:
     """The `train.recipe` of rounds 1 and later: `same`: round 0's (which `train.recipe=auto` chooses by the
     labelled rows alone) | any recipe name, e.g. `finetune`: the whole model on the labelled and pseudo-labelled
     rows (higher and less steady at k=16 than `same`: docs/fewshot.md)."""
+    start: str = "fresh"
+    """Where rounds 1 and later start: `fresh`: from `model.name_or_path`, as round 0 did | `previous`: from the
+    previous round's best model, its backbone and its head (with `recipe=finetune`, fine-tuning starts from round
+    0's tuned model and fitted head instead of an untrained head)."""
 
     def __post_init__(self) -> None:
         _positive("selftrain", "rounds", self.rounds, allow_zero=True)
         _choice("selftrain", "select", self.select, ("fraction", "threshold"))
+        _choice("selftrain", "start", self.start, ("fresh", "previous"))
         if not 0.0 < self.fraction <= 1.0:
             raise BertclsError(f"selftrain.fraction must be in (0, 1], got {self.fraction}")
         if not 0.0 < self.threshold < 1.0:

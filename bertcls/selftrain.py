@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bertcls.config import Config
+from bertcls.config import Config, ModelConfig
 from bertcls.data import Split, load_split
 from bertcls.errors import BertclsError, cli_errors
 from bertcls.run_data import RunData, load_data
@@ -159,11 +159,21 @@ def round_setup(cfg: Config, data: RunData, r: int, out: Path, train_split: Spli
     round_cfg = replace(
         round_cfg, eval=replace(cfg.eval, near_chance_margin=0.0), train=replace(cfg.train, recipe=later)
     )
+    if cfg.selftrain.start == "previous":
+        round_cfg = replace(round_cfg, model=continued(cfg.model, out / f"round-{r - 1}" / "best"))
     no_cut = data.no_cut and (
         f"validation: none (self-training round {r}: {len(data.train)} labelled rows, too few to cut one; any "
         "cross-validation runs on labelled and pseudo-labelled rows together)"
     )
     return round_cfg, replace(data, train=train_split, no_cut=no_cut or None)
+
+
+def continued(model: ModelConfig, checkpoint: Path) -> ModelConfig:
+    """``model.*`` that start a round from ``checkpoint`` (``selftrain.start=previous``): its weights and its head as
+    trained, so the head options are the checkpoint's; trainability and dropout stay the run's."""
+    from bertcls.serialization import saved_head_options
+
+    return replace(model, name_or_path=str(checkpoint), new_head=False, **saved_head_options(checkpoint))
 
 
 def round_split(pool: Split, n_labeled: int, gold_ids, pseudo: np.ndarray, labels: list[str]) -> Split:

@@ -253,6 +253,22 @@ def checkpoint_task(path: str | os.PathLike) -> tuple[str, str]:
         return "single_label", DEFAULT_DELIMITER
 
 
+def saved_head_options(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``HEAD_FIXED`` options of a saved checkpoint's head, read from its config: what continuing it must ask.
+
+    Raises:
+        BertclsError: the folder holds no readable bertcls config.
+    """
+    folder = checkpoint_folder(path)
+    try:
+        head = json.loads((folder / CONFIG_NAME).read_text())["head"]
+        return {key: head[key] for key in HEAD_FIXED}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise BertclsError(
+            f"{folder / CONFIG_NAME} is not a readable bertcls config ({e}); save the model again"
+        ) from None
+
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.endswith(os.sep) or os.sep * 2 in name or name.count("/") > 1
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import yaml
 
 from bertcls.config import load_config
 from bertcls.errors import BertclsError
@@ -126,3 +127,21 @@ def test_later_rounds_train_the_recipe_selftrain_recipe_names(tiny_bert, tiny_da
     (tmp_path / "bad").mkdir()
     with pytest.raises(BertclsError, match="selftrain.recipe='nonsense' is not a recipe"):
         selftrain(rounds_cfg(tiny_bert, tiny_data, tmp_path / "bad", "selftrain.recipe=nonsense"))
+
+
+def test_later_rounds_may_start_from_the_previous_rounds_model(tiny_bert, tiny_data, tmp_path):
+    """``selftrain.start=previous``: round 1 fine-tunes round 0's best model, its mean-pooled label-name head as
+    fitted (the run's own default head options, [CLS] pooling and a Xavier head, would be a HeadChanged error)."""
+    out = tmp_path / "st"
+    cfg = rounds_cfg(
+        tiny_bert, tiny_data, tmp_path, "train.recipe=frozen", "selftrain.rounds=1", "selftrain.fraction=0.5",
+        "selftrain.recipe=finetune", "selftrain.start=previous",
+    )  # fmt: skip
+    rounds = selftrain(cfg)["rounds"]
+    assert [r["recipe"] for r in rounds] == ["frozen", "finetune"] and rounds[1]["added_total"] > 0
+    saved = yaml.safe_load((out / "round-1" / "config.yaml").read_text())["model"]
+    assert saved["name_or_path"] == str(out / "round-0" / "best")
+    assert (saved["pooling"], saved["head_init"], saved["freeze_backbone"]) == ("mean", "label_embeddings", False)
+    assert "full fine-tuning" in (out / "round-1" / "train.log").read_text()
+    with pytest.raises(BertclsError, match="selftrain.start: 'nowhere' is not one of fresh, previous"):
+        load_config(None, ["selftrain.start=nowhere"])
