@@ -205,7 +205,12 @@ class TrainConfig:
     contrastive tuning of the backbone, SetFit's idea) | `lp_ft` (`train.schedule=lp_ft`) | `auto` (chosen by the
     examples per class of the smallest class, from a measured learning curve; the run log says which and why)."""
     contrastive_steps: int = 40
-    """`contrastive`: steps of supervised contrastive tuning (each a stratified batch of `contrastive_batch_size`)."""
+    """`contrastive`: steps of supervised contrastive tuning (each a stratified batch of `contrastive_batch_size`)
+    for every `contrastive_batch_size` training rows, and at least this many: the same passes over each row at
+    every size (40 steps for 8 or 16 rows a class of two classes, 160 for 64), at most `contrastive_max_steps`."""
+    contrastive_max_steps: int = 160
+    """`contrastive`: the most steps of contrastive tuning, however many rows (a self-training round's thousands
+    of pseudo-labelled rows among them)."""
     contrastive_batch_size: int = 32
     """`contrastive`: texts per contrastive step."""
     contrastive_lr: float = 2e-5
@@ -312,6 +317,7 @@ class TrainConfig:
         _choice("train", "schedule", self.schedule, ("standard", "lp_ft"))
         _choice("train", "recipe", self.recipe, RECIPES)
         _positive("train", "contrastive_steps", self.contrastive_steps)
+        _positive("train", "contrastive_max_steps", self.contrastive_max_steps)
         _positive("train", "contrastive_batch_size", self.contrastive_batch_size)
         _positive("train", "contrastive_lr", self.contrastive_lr)
         _positive("train", "contrastive_temperature", self.contrastive_temperature)

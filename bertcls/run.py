@@ -369,7 +369,7 @@ def setup_model(
 def tune_contrastive(run: Run) -> None:
     """``train.recipe=contrastive``: tune the backbone on the training texts by the supervised contrastive loss
     (``bertcls.contrastive``), the label texts among them, then initialize the head again on the tuned encoder."""
-    from bertcls.contrastive import contrastive_tune
+    from bertcls.contrastive import contrastive_tune, step_count
     from bertcls.init import InitContext, label_texts
 
     cfg, model, t = run.cfg, run.model, run.cfg.train
@@ -380,12 +380,13 @@ def tune_contrastive(run: Run) -> None:
     y = torch.tensor([*run.task.targets(run.data.train.labels, run.data.labels), *range(len(names))])
     model.to(run.accelerator.device)
     start = time.perf_counter()
+    steps = step_count(len(run.data.train), t.contrastive_steps, t.contrastive_batch_size, t.contrastive_max_steps)
     losses = contrastive_tune(
-        model, texts, y, steps=t.contrastive_steps, batch_size=t.contrastive_batch_size, lr=t.contrastive_lr,
+        model, texts, y, steps=steps, batch_size=t.contrastive_batch_size, lr=t.contrastive_lr,
         temperature=t.contrastive_temperature, seed=t.seed, log=run.log,
     )  # fmt: skip
     run.log(
-        f"contrastive tuning: {t.contrastive_steps} steps of {t.contrastive_batch_size} texts, loss {losses[0]:.4f} -> "
+        f"contrastive tuning: {steps} steps of {t.contrastive_batch_size} texts, loss {losses[0]:.4f} -> "
         f"{losses[-1]:.4f} in {time.perf_counter() - start:.1f}s"
     )
     generator = torch.Generator().manual_seed(t.seed)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bertcls import BertForTextClassification
-from bertcls.contrastive import batches, supcon_loss
+from bertcls.contrastive import batches, step_count, supcon_loss
 from bertcls.errors import BertclsError
 from bertcls.init import InitContext, label_texts, parse_init
 from bertcls.probe import fit_linear
@@ -90,6 +90,14 @@ def test_contrastive_batches_hold_every_class_twice():
         assert all((y[idx] == c).sum() >= 2 for c in (0, 1, 2))
 
 
+def test_contrastive_steps_grow_with_the_rows_between_their_bounds():
+    assert step_count(16, 40, 32, 160) == 40  # 8 a class: a batch holds every row; 40 steps at least
+    assert step_count(32, 40, 32, 160) == 40 and step_count(33, 40, 32, 160) == 42
+    assert step_count(128, 40, 32, 160) == 160  # 64 a class: the same 40 passes over each row
+    assert step_count(5000, 40, 32, 160) == 160  # a self-training round's pseudo-labels: capped
+    assert step_count(5000, 40, 32, 20) == 20
+
+
 def test_auto_recipe_chooses_by_examples_per_class(tiny_bert, tiny_data, tmp_path):
     assert choose(CONTRASTIVE_FROM - 1)[0] == "frozen"
     assert choose(8)[0] == "contrastive" and choose(FINETUNE_FROM - 1)[0] == "contrastive"
@@ -117,7 +125,8 @@ def test_contrastive_recipe_tunes_the_body_and_its_checkpoint_predicts(tiny_bert
     from bertcls.train import train
 
     out = tmp_path / "run"
-    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.recipe=contrastive", "train.contrastive_steps=3")
+    steps = ("train.contrastive_steps=1", "train.contrastive_max_steps=3")  # 1 for each 32 rows, at most 3
+    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.recipe=contrastive", *steps)
     result = train(cfg)
     log = (out / "train.log").read_text()
     assert "contrastive tuning: 3 steps" in log

@@ -90,7 +90,7 @@ def test_auto_recipe_is_chosen_once_by_the_labelled_rows(tiny_bert, tiny_data, t
     out = tmp_path / "st"
     cfg = rounds_cfg(
         tiny_bert, tiny_data, tmp_path, "train.recipe=auto", "selftrain.rounds=1", "selftrain.fraction=1.0",
-        "train.contrastive_steps=2",
+        "train.contrastive_steps=2", "train.contrastive_max_steps=2",
     )  # fmt: skip
     rounds = selftrain(cfg)["rounds"]
     labelled = {"negative": 0, "positive": 0}
