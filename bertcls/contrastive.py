@@ -25,8 +25,8 @@ from bertcls.model import POOLINGS
 
 def step_count(rows: int, steps_per_batch: int, batch_size: int, max_steps: int) -> int:
     """Steps of tuning for ``rows`` training rows: ``steps_per_batch`` for every ``batch_size`` of them, so each row
-    is seen about as often at every size, and at least ``steps_per_batch``; at most ``max_steps``. At 64 rows a class
-    of two classes, 40 fixed steps were 10 passes and scored 6 to 8 points under 160 steps (docs/fewshot.md)."""
+    is seen about as often at every size (a fixed count starves larger files: docs/fewshot.md), and at least
+    ``steps_per_batch``; at most ``max_steps``."""
     return min(max_steps, max(steps_per_batch, math.ceil(steps_per_batch * rows / batch_size)))
 
 
