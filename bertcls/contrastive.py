@@ -110,6 +110,20 @@ def contrastive_tune(
     return losses
 
 
+def blend_centroids(weight: torch.Tensor, features: torch.Tensor, labels: torch.Tensor, share: float) -> torch.Tensor:
+    """Each class's row of ``weight`` turned ``share`` of the way toward its training rows' centroid: the unit mean
+    of the rows' unit ``features``, mixed with the row's own direction (the label text's), at the row's own norm.
+    After tuning, every head separates the training rows, so the head's start is what the L-BFGS fit keeps: the
+    label texts alone are a weak start where the names say little (docs/fewshot.md, "Which head")."""
+    unit = nn.functional.normalize
+    rows = unit(weight.float(), dim=1)
+    features = unit(features.float(), dim=1)
+    # A class without training rows keeps its label text's direction.
+    centroids = torch.stack([features[labels == c].mean(0) if (labels == c).any() else r for c, r in enumerate(rows)])
+    mixed = (1 - share) * rows + share * unit(centroids, dim=1)
+    return (unit(mixed, dim=1) * weight.float().norm(dim=1, keepdim=True)).to(weight.dtype)
+
+
 def pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

@@ -370,7 +370,7 @@ def tune_contrastive(run: Run) -> None:
     """``train.recipe=contrastive``: tune the backbone on the training texts by the supervised contrastive loss
     (``bertcls.contrastive``), the label texts among them, then initialize the head again on the tuned encoder."""
     from bertcls.contrastive import contrastive_tune, step_count
-    from bertcls.init import InitContext, label_texts
+    from bertcls.init import InitContext, label_texts, parse_init
 
     cfg, model, t = run.cfg, run.model, run.cfg.train
     if run.accelerator.num_processes > 1 or run.task.per_label:
@@ -392,6 +392,19 @@ def tune_contrastive(run: Run) -> None:
     generator = torch.Generator().manual_seed(t.seed)
     init_range = getattr(model.backbone.config, "initializer_range", 0.02)
     model.head.reset_parameters(model.spec, init_range, generator, InitContext(run.data.labels, names, model.embed))
+    if t.contrastive_centroids > 0 and parse_init(model.spec.head_init)[0] == "label_embeddings":
+        start_head_at_centroids(run, y[: len(run.data.train)])
+
+
+def start_head_at_centroids(run: Run, targets: torch.Tensor) -> None:
+    """Turn the label-text head ``train.contrastive_centroids`` of the way toward the classes' tuned centroids."""
+    from bertcls.contrastive import blend_centroids
+
+    share, out = run.cfg.train.contrastive_centroids, run.model.head.layers[-1]
+    with torch.no_grad():
+        features = run.model.embed(list(run.data.train.texts)).to(out.weight.device)
+        out.weight.copy_(blend_centroids(out.weight, features, targets.to(out.weight.device), share))
+    run.log(f"head: {share:g} of each row from its class's tuned centroid, the rest from its label text")
 
 
 def setup_output(
@@ -774,9 +787,18 @@ def zero_shot_metrics(run: Run) -> dict[str, Any]:
             continue
         probs, gold, n = split_predictions(run.module, loader, run.accelerator, ds, run.forward, run.task)
         found[name] = split_metrics(run.task, probs, gold, n, run.model.thresholds)
-        run.log(f"zero-shot (head from the label texts, before training): {name} {run.task.describe(found[name])}")
+        run.log(f"zero-shot ({zero_shot_head(run.cfg)}): {name} {run.task.describe(found[name])}")
     run.module.train()
     return found
+
+
+def zero_shot_head(cfg: Config) -> str:
+    """What the "zero-shot" scores scored: after contrastive tuning, no longer an untrained model's."""
+    if cfg.train.recipe != "contrastive":
+        return "head from the label texts, before training"
+    if cfg.train.contrastive_centroids > 0:
+        return "tuned body, head from the label texts and the class centroids, before its fit"
+    return "tuned body, head from the label texts, before its fit"
 
 
 def evaluate_validation(run: Run, epoch: float) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bertcls import BertForTextClassification
-from bertcls.contrastive import batches, step_count, supcon_loss
+from bertcls.contrastive import batches, blend_centroids, step_count, supcon_loss
 from bertcls.errors import BertclsError
 from bertcls.init import InitContext, label_texts, parse_init
 from bertcls.probe import fit_linear
@@ -98,6 +98,22 @@ def test_contrastive_steps_grow_with_the_rows_between_their_bounds():
     assert step_count(5000, 40, 32, 20) == 20
 
 
+def test_the_head_turns_toward_the_class_centroids_by_its_share():
+    unit = torch.nn.functional.normalize
+    weight = torch.tensor([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0]])
+    features = torch.tensor([[0.0, 5.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1])  # class 2 has no rows
+    torch.testing.assert_close(blend_centroids(weight, features, labels, 0.0), weight)
+    full = blend_centroids(weight, features, labels, 1.0)
+    centroid0 = unit(unit(features[:2], dim=1).mean(0), dim=0)  # rows count alike, whatever their norm
+    torch.testing.assert_close(full[0], 3.0 * centroid0)
+    torch.testing.assert_close(full[1], torch.tensor([2.0, 0.0, 0.0]))
+    torch.testing.assert_close(full[2], weight[2])  # no rows: the label text's row stays
+    half = blend_centroids(weight, features, labels, 0.5)
+    torch.testing.assert_close(half[1], 2.0 * unit(torch.tensor([1.0, 1.0, 0.0]), dim=0))
+    assert half.norm(dim=1).tolist() == pytest.approx([3.0, 2.0, 1.0])
+
+
 def test_auto_recipe_chooses_by_examples_per_class(tiny_bert, tiny_data, tmp_path):
     assert choose(CONTRASTIVE_FROM - 1)[0] == "frozen"
     assert choose(8)[0] == "contrastive" and choose(FINETUNE_FROM - 1)[0] == "contrastive"
@@ -126,10 +142,11 @@ def test_contrastive_recipe_tunes_the_body_and_its_checkpoint_predicts(tiny_bert
 
     out = tmp_path / "run"
     steps = ("train.contrastive_steps=1", "train.contrastive_max_steps=3")  # 1 for each 32 rows, at most 3
-    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.recipe=contrastive", *steps)
+    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.recipe=contrastive", "train.contrastive_centroids=0.5", *steps)
     result = train(cfg)
     log = (out / "train.log").read_text()
     assert "contrastive tuning: 3 steps" in log
+    assert "head: 0.5 of each row from its class's tuned centroid" in log
     best = BertForTextClassification.from_pretrained(out / "best")
     base = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
     moved = [not torch.equal(a, b) for a, b in zip(best.backbone.parameters(), base.backbone.parameters())]
