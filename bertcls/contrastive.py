@@ -124,6 +124,27 @@ def blend_centroids(weight: torch.Tensor, features: torch.Tensor, labels: torch.
     return (unit(mixed, dim=1) * weight.float().norm(dim=1, keepdim=True)).to(weight.dtype)
 
 
+def centroid_evidence(features: torch.Tensor, label_features: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Whether the training rows' own class centroids classify them better than the label texts do, on the same
+    (untuned) features: each row against the centroids of the other rows (leave-one-out) and against the label
+    texts, by cosine. ``centroids``: the rows only the centroids get right, ``texts``: only the label texts, and
+    ``p``: the one-sided exact McNemar p-value of the centroids being the better (a sign test on those rows)."""
+    unit = nn.functional.normalize
+    f, names = unit(features.float(), dim=1), unit(label_features.float(), dim=1)
+    classes = len(names)
+    sums = torch.zeros(classes, f.shape[1]).index_add_(0, labels, f)
+    counts = torch.bincount(labels, minlength=classes)
+    scores = f @ unit(sums, dim=1).T
+    own = (f * unit(sums[labels] - f, dim=1)).sum(1)  # each row against its class without it
+    own[counts[labels] < 2] = -2.0  # a class of one row has no centroid to leave it in: a miss
+    scores[torch.arange(len(f)), labels] = own
+    by_centroid = scores.argmax(1) == labels
+    by_text = (f @ names.T).argmax(1) == labels
+    b, c = int((by_centroid & ~by_text).sum()), int((~by_centroid & by_text).sum())
+    p = sum(math.comb(b + c, i) for i in range(b, b + c + 1)) / 2 ** (b + c) if b + c else 1.0
+    return {"centroids": b, "texts": c, "p": p}
+
+
 def pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

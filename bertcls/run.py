@@ -128,6 +128,7 @@ class Run:
     timer: Timer = field(default_factory=Timer)
     on_validation: Callable | None = None  # train()'s hook, called after each validation
     zero_shot: dict[str, Any] = field(default_factory=dict)  # the label_embeddings head's scores before training
+    centroids: float | None = None  # contrastive runs: the share of the head taken from the class centroids
     # What a small training file changed (bertcls.small_data): the plan's lines, and metrics.json's "small_data".
     small: dict[str, Any] = field(default_factory=dict)
 
@@ -174,6 +175,11 @@ def uses_cache(cfg: Config) -> bool:
 # Rotten Tomatoes at 8-64 examples a class, C in 0.01-1 scored alike and 3-100 worse (docs/fewshot.md), and a
 # validation cut of a few rows would pick from the weak end by chance.
 PRIOR_C_MAX = 1.0
+
+
+# train.contrastive_centroids=auto: the p-value below which the centroids replace the label texts as the head's start
+# (chosen on the few-shot bench's three data sets: docs/fewshot.md, "Which head").
+CENTROIDS_P = 0.1
 
 
 def lbfgs_grid(has_validation: bool, prior: bool = False) -> tuple[float, ...]:
@@ -370,7 +376,7 @@ def tune_contrastive(run: Run) -> None:
     """``train.recipe=contrastive``: tune the backbone on the training texts by the supervised contrastive loss
     (``bertcls.contrastive``), the label texts among them, then initialize the head again on the tuned encoder."""
     from bertcls.contrastive import contrastive_tune, step_count
-    from bertcls.init import InitContext, label_texts, parse_init
+    from bertcls.init import InitContext, label_texts
 
     cfg, model, t = run.cfg, run.model, run.cfg.train
     if run.accelerator.num_processes > 1 or run.task.per_label:
@@ -379,6 +385,7 @@ def tune_contrastive(run: Run) -> None:
     texts = [*run.data.train.texts, *names]
     y = torch.tensor([*run.task.targets(run.data.train.labels, run.data.labels), *range(len(names))])
     model.to(run.accelerator.device)
+    run.centroids = centroid_share(run, names, y[: len(run.data.train)])
     start = time.perf_counter()
     steps = step_count(len(run.data.train), t.contrastive_steps, t.contrastive_batch_size, t.contrastive_max_steps)
     losses = contrastive_tune(
@@ -392,15 +399,37 @@ def tune_contrastive(run: Run) -> None:
     generator = torch.Generator().manual_seed(t.seed)
     init_range = getattr(model.backbone.config, "initializer_range", 0.02)
     model.head.reset_parameters(model.spec, init_range, generator, InitContext(run.data.labels, names, model.embed))
-    if t.contrastive_centroids > 0 and parse_init(model.spec.head_init)[0] == "label_embeddings":
+    if run.centroids:
         start_head_at_centroids(run, y[: len(run.data.train)])
 
 
+def centroid_share(run: Run, names: list[str], targets: torch.Tensor) -> float:
+    """``train.contrastive_centroids``, with ``auto`` decided on the untuned body (``contrastive.centroid_evidence``);
+    0 where the head does not start from the label texts."""
+    from bertcls.contrastive import centroid_evidence
+    from bertcls.init import parse_init
+
+    share = run.cfg.train.contrastive_centroids
+    if parse_init(run.model.spec.head_init)[0] != "label_embeddings":
+        return 0.0
+    if share != "auto":
+        return float(share)
+    e = centroid_evidence(run.model.embed(list(run.data.train.texts)), run.model.embed(names), targets)
+    share = 1.0 if e["p"] < CENTROIDS_P else 0.0
+    verdict = "the class centroids" if share else "the label texts"
+    run.log(
+        f"train.contrastive_centroids=auto chose {verdict} for the head: on the untuned body {e['centroids']} training "
+        f"rows are right by their class's centroid alone and {e['texts']} by the label texts alone "
+        f"(p={e['p']:.3f}; centroids from p < {CENTROIDS_P})"
+    )
+    return share
+
+
 def start_head_at_centroids(run: Run, targets: torch.Tensor) -> None:
-    """Turn the label-text head ``train.contrastive_centroids`` of the way toward the classes' tuned centroids."""
+    """Turn the label-text head ``run.centroids`` of the way toward the classes' tuned centroids."""
     from bertcls.contrastive import blend_centroids
 
-    share, out = run.cfg.train.contrastive_centroids, run.model.head.layers[-1]
+    share, out = run.centroids, run.model.head.layers[-1]
     with torch.no_grad():
         features = run.model.embed(list(run.data.train.texts)).to(out.weight.device)
         out.weight.copy_(blend_centroids(out.weight, features, targets.to(out.weight.device), share))
@@ -787,16 +816,16 @@ def zero_shot_metrics(run: Run) -> dict[str, Any]:
             continue
         probs, gold, n = split_predictions(run.module, loader, run.accelerator, ds, run.forward, run.task)
         found[name] = split_metrics(run.task, probs, gold, n, run.model.thresholds)
-        run.log(f"zero-shot ({zero_shot_head(run.cfg)}): {name} {run.task.describe(found[name])}")
+        run.log(f"zero-shot ({zero_shot_head(run)}): {name} {run.task.describe(found[name])}")
     run.module.train()
     return found
 
 
-def zero_shot_head(cfg: Config) -> str:
+def zero_shot_head(run: Run) -> str:
     """What the "zero-shot" scores scored: after contrastive tuning, no longer an untrained model's."""
-    if cfg.train.recipe != "contrastive":
+    if run.centroids is None:
         return "head from the label texts, before training"
-    if cfg.train.contrastive_centroids > 0:
+    if run.centroids > 0:
         return "tuned body, head from the label texts and the class centroids, before its fit"
     return "tuned body, head from the label texts, before its fit"
 
@@ -929,6 +958,8 @@ def finalize(run: Run, start: float) -> dict[str, Any]:
         result["collapse"] = s.collapse
     if run.zero_shot:
         result["zero_shot"] = run.zero_shot
+    if run.centroids is not None:
+        result["contrastive_centroids"] = run.centroids
     result["recipe"] = run.cfg.train.recipe
     calibrating = run.val_loader is not None and run.cfg.eval.calibration == "temperature"
     if calibrating and (skip := calibration_skip_reason(run.cfg, len(run.val_ds))):

@@ -105,6 +105,7 @@ def selftrain(cfg: Config) -> dict[str, Any]:
         print(f"self-training round {r}: {len(labeled)} labelled + {int((pseudo >= 0).sum())} pseudo-labelled rows")
         result = train_round(round_cfg, round_data)
         rounds.append(round_record(r, round_cfg.train.recipe, result, pseudo, data.labels, unlabeled_gold))
+        cfg = fixed_centroids(cfg, result)
         print(f"self-training round {r}: {describe(rounds[-1])}")
         if r == cfg.selftrain.rounds:
             break
@@ -130,6 +131,13 @@ def fixed_recipe(cfg: Config, labeled: Split) -> Config:
 
     chosen = resolve(cfg, list(labeled.labels), lambda line: print(f"self-training: {line}"))
     return replace(cfg, train=replace(cfg.train, recipe=chosen.train.recipe))
+
+
+def fixed_centroids(cfg: Config, result: dict[str, Any]) -> Config:
+    """``train.contrastive_centroids=auto`` decided once, by round 0's labelled rows, for the same reason."""
+    if cfg.train.contrastive_centroids != "auto" or "contrastive_centroids" not in result:
+        return cfg
+    return replace(cfg, train=replace(cfg.train, contrastive_centroids=result["contrastive_centroids"]))
 
 
 def applied(cfg: Config) -> Config:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bertcls import BertForTextClassification
-from bertcls.contrastive import batches, blend_centroids, step_count, supcon_loss
+from bertcls.contrastive import batches, blend_centroids, centroid_evidence, step_count, supcon_loss
 from bertcls.errors import BertclsError
 from bertcls.init import InitContext, label_texts, parse_init
 from bertcls.probe import fit_linear
@@ -112,6 +112,31 @@ def test_the_head_turns_toward_the_class_centroids_by_its_share():
     half = blend_centroids(weight, features, labels, 0.5)
     torch.testing.assert_close(half[1], 2.0 * unit(torch.tensor([1.0, 1.0, 0.0]), dim=0))
     assert half.norm(dim=1).tolist() == pytest.approx([3.0, 2.0, 1.0])
+
+
+def test_centroid_evidence_counts_the_rows_each_head_alone_gets_right():
+    # Rows of class 0 lie around x, of class 1 around y; the label texts point at z +- a little x / y.
+    x_rows, y_rows = [[1.0, 0.1, 0.0], [1.0, -0.1, 0.0], [1.0, 0.0, 0.1]] * 4, [[0.1, 1.0, 0.0], [0.0, 1.0, 0.1]] * 6
+    rows = torch.tensor(x_rows + y_rows)
+    labels = torch.tensor([0] * 12 + [1] * 12)
+    useless = torch.tensor([[-0.01, 0.01, 1.0], [0.01, -0.01, 1.0]])  # they favour the wrong class on every row
+    e = centroid_evidence(rows, useless, labels)
+    assert e == {"centroids": 24, "texts": 0, "p": pytest.approx(0.5**24)}
+    meaningful = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert centroid_evidence(rows, meaningful, labels) == {"centroids": 0, "texts": 0, "p": 1.0}
+    # a class of one row has no other rows to make its centroid: a miss for the centroids
+    lone = centroid_evidence(rows[:13], meaningful, labels[:13])
+    assert lone["texts"] == 1 and lone["centroids"] == 0 and lone["p"] == 1.0
+
+
+@pytest.mark.parametrize("bad", ["sometimes", "1.5", "-0.1", "true"])
+def test_contrastive_centroids_takes_a_share_or_auto(bad):
+    from bertcls.config import load_config
+
+    assert load_config(overrides=["train.contrastive_centroids=0.25"]).train.contrastive_centroids == 0.25
+    assert load_config().train.contrastive_centroids == "auto"
+    with pytest.raises(BertclsError, match="train.contrastive_centroids must be a number in"):
+        load_config(overrides=[f"train.contrastive_centroids={bad}"])
 
 
 def test_auto_recipe_chooses_by_examples_per_class(tiny_bert, tiny_data, tmp_path):

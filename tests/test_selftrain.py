@@ -100,6 +100,8 @@ def test_auto_recipe_is_chosen_once_by_the_labelled_rows(tiny_bert, tiny_data, t
     for r in (0, 1):
         log = (out / f"round-{r}" / "train.log").read_text()
         assert "contrastive tuning: 2 steps" in log and "chose finetune" not in log, r
+        # train.contrastive_centroids=auto is decided by round 0's labelled rows, then kept
+        assert ("train.contrastive_centroids=auto chose" in log) == (r == 0), r
 
 
 def test_later_rounds_train_the_recipe_selftrain_recipe_names(tiny_bert, tiny_data, tmp_path):
