@@ -180,6 +180,7 @@ PRIOR_C_MAX = 1.0
 # train.contrastive_centroids=auto: the p-value below which the centroids replace the label texts as the head's start
 # (chosen on the few-shot bench's three data sets: docs/fewshot.md, "Which head").
 CENTROIDS_P = 0.1
+CENTROID_ROWS = 1024
 
 
 def lbfgs_grid(has_validation: bool, prior: bool = False) -> tuple[float, ...]:
@@ -414,7 +415,9 @@ def centroid_share(run: Run, names: list[str], targets: torch.Tensor) -> float:
         return 0.0
     if share != "auto":
         return float(share)
-    e = centroid_evidence(run.model.embed(list(run.data.train.texts)), run.model.embed(names), targets)
+    rows = centroid_rows(run, len(targets))
+    texts = [run.data.train.texts[i] for i in rows.tolist()]
+    e = centroid_evidence(run.model.embed(texts), run.model.embed(names), targets[rows])
     share = 1.0 if e["p"] < CENTROIDS_P else 0.0
     verdict = "the class centroids" if share else "the label texts"
     run.log(
@@ -425,14 +428,23 @@ def centroid_share(run: Run, names: list[str], targets: torch.Tensor) -> float:
     return share
 
 
+def centroid_rows(run: Run, n: int) -> torch.Tensor:
+    """The training rows the centroids are made of: all of a few-shot file, a seeded sample of at most
+    CENTROID_ROWS of a large one (one pass of the encoder over them, not over every row)."""
+    if n <= CENTROID_ROWS:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(run.cfg.train.seed))[:CENTROID_ROWS].sort().values
+
+
 def start_head_at_centroids(run: Run, targets: torch.Tensor) -> None:
     """Turn the label-text head ``run.centroids`` of the way toward the classes' tuned centroids."""
     from bertcls.contrastive import blend_centroids
 
     share, out = run.centroids, run.model.head.layers[-1]
+    rows = centroid_rows(run, len(targets))
     with torch.no_grad():
-        features = run.model.embed(list(run.data.train.texts)).to(out.weight.device)
-        out.weight.copy_(blend_centroids(out.weight, features, targets.to(out.weight.device), share))
+        features = run.model.embed([run.data.train.texts[i] for i in rows.tolist()]).to(out.weight.device)
+        out.weight.copy_(blend_centroids(out.weight, features, targets[rows].to(out.weight.device), share))
     run.log(f"head: {share:g} of each row from its class's tuned centroid, the rest from its label text")
 
 
