@@ -117,7 +117,7 @@ def blend_centroids(weight: torch.Tensor, features: torch.Tensor, labels: torch.
     label texts alone are a weak start where the names say little (docs/fewshot.md, "Which head")."""
     unit = nn.functional.normalize
     rows = unit(weight.float(), dim=1)
-    features = unit(features.float(), dim=1)
+    features, labels = unit(features.float().to(rows.device), dim=1), labels.to(rows.device)
     # A class without training rows keeps its label text's direction.
     centroids = torch.stack([features[labels == c].mean(0) if (labels == c).any() else r for c, r in enumerate(rows)])
     mixed = (1 - share) * rows + share * unit(centroids, dim=1)
@@ -130,9 +130,10 @@ def centroid_evidence(features: torch.Tensor, label_features: torch.Tensor, labe
     texts, by cosine. ``centroids``: the rows only the centroids get right, ``texts``: only the label texts, and
     ``p``: the one-sided exact McNemar p-value of the centroids being the better (a sign test on those rows)."""
     unit = nn.functional.normalize
-    f, names = unit(features.float(), dim=1), unit(label_features.float(), dim=1)
+    f, names = unit(features.float(), dim=1), unit(label_features.float().to(features.device), dim=1)
+    labels = labels.to(f.device)
     classes = len(names)
-    sums = torch.zeros(classes, f.shape[1]).index_add_(0, labels, f)
+    sums = torch.zeros(classes, f.shape[1], device=f.device).index_add_(0, labels, f)
     counts = torch.bincount(labels, minlength=classes)
     scores = f @ unit(sums, dim=1).T
     own = (f * unit(sums[labels] - f, dim=1)).sum(1)  # each row against its class without it

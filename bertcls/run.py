@@ -443,8 +443,8 @@ def start_head_at_centroids(run: Run, targets: torch.Tensor) -> None:
     share, out = run.centroids, run.model.head.layers[-1]
     rows = centroid_rows(run, len(targets))
     with torch.no_grad():
-        features = run.model.embed([run.data.train.texts[i] for i in rows.tolist()]).to(out.weight.device)
-        out.weight.copy_(blend_centroids(out.weight, features, targets[rows].to(out.weight.device), share))
+        features = run.model.embed([run.data.train.texts[i] for i in rows.tolist()])
+        out.weight.copy_(blend_centroids(out.weight, features, targets[rows], share))
     run.log(f"head: {share:g} of each row from its class's tuned centroid, the rest from its label text")
 
 
