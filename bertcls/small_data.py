@@ -68,9 +68,15 @@ def near_chance_line(cfg: Config, accuracy: float, majority: float, what: str, p
     margin = cfg.eval.near_chance_margin
     if margin <= 0 or accuracy > majority + margin:
         return None
+    todo = ["label more examples", "give texts without labels to python -m bertcls.selftrain (data.unlabeled=...)"]
+    if cfg.train.recipe == "contrastive":  # its head starts from the label names: say what they mean, or drop them
+        todo.append("say what each label means (data.label_descriptions='a {} review', or a map)")
+        if cfg.train.contrastive_centroids != 1:
+            todo.append("start the head from your examples alone (train.contrastive_centroids=1)")
+    else:
+        todo.append("try a frozen head (--config configs/frozen.yaml)")
     return (
         f"warning: near chance: {what} accuracy {accuracy:.4f} against {majority:.4f} for always answering the most "
-        f"common label, with {per_class} training example(s) in the smallest class; label more examples, give texts "
-        "without labels to python -m bertcls.selftrain (data.unlabeled=...), or try a frozen head "
-        "(--config configs/frozen.yaml)"
+        f"common label, with {per_class} training example(s) in the smallest class; {', '.join(todo[:-1])}, or "
+        f"{todo[-1]}"
     )

@@ -33,6 +33,11 @@ def test_near_chance_line():
     line = near_chance_line(cfg, 0.4966, 0.5, "test", 8)
     assert line.startswith("warning: near chance: test accuracy 0.4966") and "data.unlabeled" in line
     assert near_chance_line(cfg, 0.62, 0.5, "test", 8) is None
+    # a contrastive run's head starts from the label names: the line says how to tell it what they mean, or not to
+    contrastive = near_chance_line(load_config(None, ["train.recipe=contrastive"]), 0.5, 0.5, "test", 8)
+    assert "data.label_descriptions" in contrastive and "train.contrastive_centroids=1" in contrastive
+    centroids = load_config(None, ["train.recipe=contrastive", "train.contrastive_centroids=1"])
+    assert "train.contrastive_centroids" not in near_chance_line(centroids, 0.5, 0.5, "test", 8)
     assert near_chance_line(load_config(None, ["eval.near_chance_margin=0"]), 0.5, 0.5, "test", 8) is None
 
 
