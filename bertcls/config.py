@@ -504,7 +504,7 @@ class SelfTrainConfig:
     recipe: str = "same"
     """The `train.recipe` of rounds 1 and later: `same`: round 0's (which `train.recipe=auto` chooses by the
     labelled rows alone) | any recipe name, e.g. `finetune`: the whole model on the labelled and pseudo-labelled
-    rows (higher and less steady at k=16 than `same`: docs/fewshot.md)."""
+    rows (lower and less steady at k=16 than `same`: docs/fewshot.md)."""
     start: str = "fresh"
     """Where rounds 1 and later start: `fresh`: from `model.name_or_path`, as round 0 did | `previous`: from the
     previous round's best model, its backbone and its head (with `recipe=finetune`, fine-tuning starts from round
