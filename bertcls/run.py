@@ -408,16 +408,14 @@ def centroid_share(run: Run, names: list[str], targets: torch.Tensor) -> float:
     """``train.contrastive_centroids``, with ``auto`` decided on the untuned body (``contrastive.centroid_evidence``);
     0 where the head does not start from the label texts."""
     from bertcls.contrastive import centroid_evidence
-    from bertcls.init import parse_init
 
     share = run.cfg.train.contrastive_centroids
-    if parse_init(run.model.spec.head_init)[0] != "label_embeddings":
+    if not uses_label_prior(run):
         return 0.0
     if share != "auto":
         return float(share)
-    rows = centroid_rows(run, len(targets))
-    texts = [run.data.train.texts[i] for i in rows.tolist()]
-    e = centroid_evidence(run.model.embed(texts), run.model.embed(names), targets[rows])
+    texts, targets = centroid_rows(run, targets)
+    e = centroid_evidence(run.model.embed(texts), run.model.embed(names), targets)
     share = 1.0 if e["p"] < CENTROIDS_P else 0.0
     verdict = "the class centroids" if share else "the label texts"
     run.log(
@@ -428,12 +426,15 @@ def centroid_share(run: Run, names: list[str], targets: torch.Tensor) -> float:
     return share
 
 
-def centroid_rows(run: Run, n: int) -> torch.Tensor:
-    """The training rows the centroids are made of: all of a few-shot file, a seeded sample of at most
-    CENTROID_ROWS of a large one (one pass of the encoder over them, not over every row)."""
-    if n <= CENTROID_ROWS:
-        return torch.arange(n)
-    return torch.randperm(n, generator=torch.Generator().manual_seed(run.cfg.train.seed))[:CENTROID_ROWS].sort().values
+def centroid_rows(run: Run, targets: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """The training texts (and their targets) the centroids are made of: all of a few-shot file, a seeded sample of
+    at most CENTROID_ROWS of a large one (one pass of the encoder over them, not over every row)."""
+    n = len(targets)
+    rows = torch.arange(n)
+    if n > CENTROID_ROWS:
+        generator = torch.Generator().manual_seed(run.cfg.train.seed)
+        rows = torch.randperm(n, generator=generator)[:CENTROID_ROWS].sort().values
+    return [run.data.train.texts[i] for i in rows.tolist()], targets[rows]
 
 
 def start_head_at_centroids(run: Run, targets: torch.Tensor) -> None:
@@ -441,10 +442,9 @@ def start_head_at_centroids(run: Run, targets: torch.Tensor) -> None:
     from bertcls.contrastive import blend_centroids
 
     share, out = run.centroids, run.model.head.layers[-1]
-    rows = centroid_rows(run, len(targets))
+    texts, targets = centroid_rows(run, targets)
     with torch.no_grad():
-        features = run.model.embed([run.data.train.texts[i] for i in rows.tolist()])
-        out.weight.copy_(blend_centroids(out.weight, features, targets[rows], share))
+        out.weight.copy_(blend_centroids(out.weight, run.model.embed(texts), targets, share))
     run.log(f"head: {share:g} of each row from its class's tuned centroid, the rest from its label text")
 
 
