@@ -30,8 +30,12 @@ def check_output_dir(cfg: Config) -> list[Path]:
         finished = (out / "metrics.json").exists()
         raise BertclsError(
             f"output.dir {out} already holds a {'finished ' if finished else ''}run "
-            f"({', '.join(sorted(p.name for p in existing))}); choose another output.dir, set output.overwrite=true"
-            + ("" if finished else ", or continue it with train.resume_from=latest")
+            f"({', '.join(sorted(p.name for p in existing))}); choose another output.dir"
+            + (
+                " or set output.overwrite=true"
+                if finished
+                else ", set output.overwrite=true, or continue it with train.resume_from=latest"
+            )
         )
     return existing
 

@@ -129,6 +129,7 @@ class Run:
     on_validation: Callable | None = None  # train()'s hook, called after each validation
     zero_shot: dict[str, Any] = field(default_factory=dict)  # the label_embeddings head's scores before training
     centroids: float | None = None  # contrastive runs: the share of the head taken from the class centroids
+    centroid_evidence: dict | None = None  # train.contrastive_centroids=auto: the counts and p it chose by
     # What a small training file changed (bertcls.small_data): the plan's lines, and metrics.json's "small_data".
     small: dict[str, Any] = field(default_factory=dict)
 
@@ -416,6 +417,7 @@ def centroid_share(run: Run, names: list[str], targets: torch.Tensor) -> float:
         return float(share)
     texts, targets = centroid_rows(run, targets)
     e = centroid_evidence(run.model.embed(texts), run.model.embed(names), targets)
+    run.centroid_evidence = e
     share = 1.0 if e["p"] < CENTROIDS_P else 0.0
     verdict = "the class centroids" if share else "the label texts"
     run.log(
@@ -445,7 +447,11 @@ def start_head_at_centroids(run: Run, targets: torch.Tensor) -> None:
     texts, targets = centroid_rows(run, targets)
     with torch.no_grad():
         out.weight.copy_(blend_centroids(out.weight, run.model.embed(texts), targets, share))
-    run.log(f"head: {share:g} of each row from its class's tuned centroid, the rest from its label text")
+    if share == 1:
+        run.log("head: each class's row from the centroid of its tuned training rows")
+    else:
+        run.log(f"head: each class's row {share:.0%} from the centroid of its tuned training rows, {1 - share:.0%} "
+                "from its label text")  # fmt: skip
 
 
 def setup_output(
@@ -837,6 +843,8 @@ def zero_shot_head(run: Run) -> str:
     """What the "zero-shot" scores scored: after contrastive tuning, no longer an untrained model's."""
     if run.centroids is None:
         return "head from the label texts, before training"
+    if run.centroids == 1:
+        return "tuned body, head from the class centroids, before its fit"
     if run.centroids > 0:
         return "tuned body, head from the label texts and the class centroids, before its fit"
     return "tuned body, head from the label texts, before its fit"
@@ -972,6 +980,8 @@ def finalize(run: Run, start: float) -> dict[str, Any]:
         result["zero_shot"] = run.zero_shot
     if run.centroids is not None:
         result["contrastive_centroids"] = run.centroids
+    if run.centroid_evidence is not None:
+        result["contrastive_centroids_auto"] = {**run.centroid_evidence, "threshold_p": CENTROIDS_P}
     result["recipe"] = run.cfg.train.recipe
     calibrating = run.val_loader is not None and run.cfg.eval.calibration == "temperature"
     if calibrating and (skip := calibration_skip_reason(run.cfg, len(run.val_ds))):

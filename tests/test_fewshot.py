@@ -171,7 +171,7 @@ def test_contrastive_recipe_tunes_the_body_and_its_checkpoint_predicts(tiny_bert
     result = train(cfg)
     log = (out / "train.log").read_text()
     assert "contrastive tuning: 3 steps" in log
-    assert "head: 0.5 of each row from its class's tuned centroid" in log
+    assert "head: each class's row 50% from the centroid of its tuned training rows, 50% from its label text" in log
     best = BertForTextClassification.from_pretrained(out / "best")
     base = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
     moved = [not torch.equal(a, b) for a, b in zip(best.backbone.parameters(), base.backbone.parameters())]

@@ -102,6 +102,13 @@ def test_auto_recipe_is_chosen_once_by_the_labelled_rows(tiny_bert, tiny_data, t
         assert "contrastive tuning: 2 steps" in log and "chose finetune" not in log, r
         # train.contrastive_centroids=auto is decided by round 0's labelled rows, then kept
         assert ("train.contrastive_centroids=auto chose" in log) == (r == 0), r
+        metrics = json.loads((out / f"round-{r}" / "metrics.json").read_text())
+        auto = metrics.get("contrastive_centroids_auto")
+        # metrics.json keeps the counts auto chose by, beside the share it chose (round 1 is handed the share)
+        assert (auto is not None) == (r == 0), r
+        if auto:
+            assert set(auto) == {"centroids", "texts", "p", "threshold_p"}
+            assert metrics["contrastive_centroids"] == (1.0 if auto["p"] < auto["threshold_p"] else 0.0)
 
 
 def test_later_rounds_train_the_recipe_selftrain_recipe_names(tiny_bert, tiny_data, tmp_path):

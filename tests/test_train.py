@@ -167,6 +167,7 @@ def test_finished_run_is_not_overwritten(tiny_bert, tiny_data, tmp_path):
     with pytest.raises(BertclsError, match="already holds a finished run") as err:
         train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=2"))
     assert "resume_from" not in str(err.value)  # a finished run has nothing to resume
+    assert "choose another output.dir or set output.overwrite=true" in str(err.value)
     assert (out / "metrics.json").read_text() == before
     train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=2", "output.overwrite=true"))
     assert json.loads((out / "metrics.json").read_text())["history"][-1]["step"] == 2
