@@ -162,16 +162,25 @@ def test_frozen_recipe_logs_zero_shot_and_fits_toward_the_prior(tiny_bert, tiny_
     assert "zero-shot" in (out / "train.log").read_text()
 
 
-def test_contrastive_recipe_tunes_the_body_and_its_checkpoint_predicts(tiny_bert, tiny_data, tmp_path):
+HEAD_LINES = {
+    "0.5": "head: each class's row 50% from the centroid of its tuned training rows, 50% from its label text",
+    "1": "head: each class's row from the centroid of its tuned training rows\n",
+}
+
+
+@pytest.mark.parametrize("share", sorted(HEAD_LINES))
+def test_contrastive_recipe_tunes_the_body_and_its_checkpoint_predicts(tiny_bert, tiny_data, tmp_path, share):
     from bertcls.train import train
 
     out = tmp_path / "run"
     steps = ("train.contrastive_steps=1", "train.contrastive_max_steps=3")  # 1 for each 32 rows, at most 3
-    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.recipe=contrastive", "train.contrastive_centroids=0.5", *steps)
+    centroids = f"train.contrastive_centroids={share}"
+    cfg = tiny_cfg(tiny_bert, tiny_data, out, "train.recipe=contrastive", centroids, *steps)
     result = train(cfg)
     log = (out / "train.log").read_text()
     assert "contrastive tuning: 3 steps" in log
-    assert "head: each class's row 50% from the centroid of its tuned training rows, 50% from its label text" in log
+    assert HEAD_LINES[share] in log
+    assert result["contrastive_centroids"] == float(share) and "contrastive_centroids_auto" not in result
     best = BertForTextClassification.from_pretrained(out / "best")
     base = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
     moved = [not torch.equal(a, b) for a, b in zip(best.backbone.parameters(), base.backbone.parameters())]
