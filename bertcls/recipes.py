@@ -74,8 +74,8 @@ def choose(per_class: int, unlabeled: bool = False, processes: int = 1) -> tuple
         why = f"{per_class} examples in the smallest class (< {FINETUNE_FROM}), {processes} processes (contrastive "
         return "frozen", why + "tuning runs in one): the label-name prior on the frozen backbone"
     if per_class >= CONTRASTIVE_FROM:
-        why = f"{per_class} examples in the smallest class (< {FINETUNE_FROM}): contrastive tuning, label-name prior"
-        return "contrastive", why
+        why = f"{per_class} examples in the smallest class (< {FINETUNE_FROM}): contrastive tuning, then a head "
+        return "contrastive", why + "from the label names or the class centroids"
     return "frozen", f"{per_class} examples in the smallest class (< {CONTRASTIVE_FROM}): the label-name prior alone"
 
 

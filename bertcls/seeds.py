@@ -22,12 +22,8 @@ from bertcls.errors import BertclsError
 SUMMARY = "seeds.json"
 
 
-def train_seeds(cfg: Config, data=None) -> dict[str, Any]:
-    """Train ``cfg`` once per ``train.seeds`` entry and compare the seeds; returns what ``seeds.json`` holds.
-
-    Raises:
-        BertclsError: an ``output.dir`` that holds a seed summary and no ``output.overwrite``, bad data or options.
-    """
+def check_seeds_dir(cfg: Config) -> Path:
+    """``output.dir`` if it can take a seed comparison: an error where it holds one and ``output.overwrite`` is off."""
     out = Path(cfg.output.dir)
     if (out / SUMMARY).exists() and not cfg.output.overwrite:
         raise BertclsError(
@@ -36,6 +32,16 @@ def train_seeds(cfg: Config, data=None) -> dict[str, Any]:
         )
     if cfg.train.resume_from:
         raise BertclsError("train.seeds runs every seed afresh; resume one seed's run in its own seed-N folder")
+    return out
+
+
+def train_seeds(cfg: Config, data=None) -> dict[str, Any]:
+    """Train ``cfg`` once per ``train.seeds`` entry and compare the seeds; returns what ``seeds.json`` holds.
+
+    Raises:
+        BertclsError: an ``output.dir`` that holds a seed summary and no ``output.overwrite``, bad data or options.
+    """
+    out = check_seeds_dir(cfg)
     runs = []
     for seed in cfg.train.seeds:
         print(f"seed {seed} ({len(runs) + 1} of {len(cfg.train.seeds)}): output.dir {out / f'seed-{seed}'}")

@@ -32,7 +32,7 @@ from bertcls.optim import (
     micro_batch_groups,
     unfreeze_for_epoch,
 )
-from bertcls.outputs import RUN_FILES, RUN_RESULTS
+from bertcls.outputs import RUN_FILES, RUN_RESULTS, check_output_dir
 from bertcls.precision import resolve as resolve_mixed_precision  # scripts/ import it from here too
 from bertcls.run import (  # the recipe's names that scripts and tests import from here
     cache_dir,
@@ -44,7 +44,7 @@ from bertcls.run import (  # the recipe's names that scripts and tests import fr
 )
 from bertcls.run_data import RunData, load_data, make_train_loader
 from bertcls.run_state import RunLog
-from bertcls.seeds import train_seeds
+from bertcls.seeds import check_seeds_dir, train_seeds
 from bertcls.speed import allocator
 
 __all__ = [
@@ -87,6 +87,11 @@ def train(
     if cfg.train.speedups:  # before the first bf16 matmul: memory that does not grow with new batch lengths
         allocator.cap_primitive_cache()
     threads = torch.get_num_threads()
+    # Before the recipe is chosen and said: a folder that must not be written is the run's one line of output.
+    if cfg.train.seeds:
+        check_seeds_dir(cfg)
+    else:
+        check_output_dir(cfg)
     cfg, data = resolve_recipe(cfg, data)
     try:
         if cfg.train.seeds:

@@ -159,13 +159,15 @@ def test_same_seed_same_metrics(tiny_bert, tiny_data, tmp_path):
     assert a["history"] == b["history"] and a["test"] == b["test"]
 
 
-def test_finished_run_is_not_overwritten(tiny_bert, tiny_data, tmp_path):
+def test_finished_run_is_not_overwritten(tiny_bert, tiny_data, tmp_path, capsys):
     out = tmp_path / "run"
     train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=1"))
     before = (out / "metrics.json").read_text()
     (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
     with pytest.raises(BertclsError, match="already holds a finished run") as err:
-        train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=2"))
+        train(tiny_cfg(tiny_bert, tiny_data, out, "train.max_steps=2", "train.recipe=auto"))
+    assert capsys.readouterr().out == ""  # the error is all that is said: no recipe chosen first
     assert "resume_from" not in str(err.value)  # a finished run has nothing to resume
     assert "choose another output.dir or set output.overwrite=true" in str(err.value)
     assert (out / "metrics.json").read_text() == before
