@@ -56,6 +56,7 @@ from bertcls.inference import (
     split_predictions,
     window_predictions,
 )
+from bertcls.init import label_texts
 from bertcls.losses import build_distill_loss, row_weight
 from bertcls.metrics import is_better
 from bertcls.model import BertForTextClassification, backbone_fully_frozen
@@ -378,7 +379,7 @@ def tune_contrastive(run: Run) -> None:
     """``train.recipe=contrastive``: tune the backbone on the training texts by the supervised contrastive loss
     (``bertcls.contrastive``), the label texts among them, then initialize the head again on the tuned encoder."""
     from bertcls.contrastive import contrastive_tune, step_count
-    from bertcls.init import InitContext, label_texts
+    from bertcls.init import InitContext
 
     cfg, model, t = run.cfg, run.model, run.cfg.train
     if run.accelerator.num_processes > 1 or run.task.per_label:
@@ -841,13 +842,15 @@ def zero_shot_metrics(run: Run) -> dict[str, Any]:
 
 def zero_shot_head(run: Run) -> str:
     """What the "zero-shot" scores scored: after contrastive tuning, no longer an untrained model's."""
-    if run.centroids is None:
-        return "head from the label texts, before training"
     if run.centroids == 1:
         return "tuned body, head from the class centroids, before its fit"
+    texts = label_texts(run.data.labels, run.cfg.data.label_descriptions)
+    said = ", ".join(repr(t) for t in texts[:3]) + (f" and {len(texts) - 3} more" if len(texts) > 3 else "")
+    if run.centroids is None:
+        return f"head from the label texts {said}, before training"
     if run.centroids > 0:
-        return "tuned body, head from the label texts and the class centroids, before its fit"
-    return "tuned body, head from the label texts, before its fit"
+        return f"tuned body, head from the label texts {said} and the class centroids, before its fit"
+    return f"tuned body, head from the label texts {said}, before its fit"
 
 
 def evaluate_validation(run: Run, epoch: float) -> None:

@@ -159,7 +159,12 @@ def test_frozen_recipe_logs_zero_shot_and_fits_toward_the_prior(tiny_bert, tiny_
     result = train(tiny_cfg(tiny_bert, tiny_data, out, "train.recipe=frozen"))
     assert result["recipe"] == "frozen"
     assert set(result["zero_shot"]) == {"validation", "test"}
-    assert "zero-shot" in (out / "train.log").read_text()
+    # the default label texts are the names in a sentence that names no domain; null: the bare names
+    said = "zero-shot (head from the label texts 'the text is negative', 'the text is positive', before training)"
+    assert said in (out / "train.log").read_text()
+    bare = tmp_path / "bare"
+    train(tiny_cfg(tiny_bert, tiny_data, bare, "train.recipe=frozen", "data.label_descriptions=null"))
+    assert "head from the label texts 'negative', 'positive', before" in (bare / "train.log").read_text()
 
 
 HEAD_LINES = {
