@@ -29,6 +29,12 @@ def _init_name(spec: Any) -> str:
     return str(spec)
 
 
+CONTRASTIVE_MODE = (
+    "contrastive: backbone tuned by a supervised contrastive loss on the training texts, then frozen; "
+    "head fitted by L-BFGS on its features"
+)
+
+
 def training_mode(model: BertForTextClassification) -> str:
     """``frozen`` (head only), ``top-k`` (head and the top k encoder layers) or ``full`` fine-tuning."""
     if model.freeze_backbone and model.unfreeze_top_k:
@@ -60,8 +66,9 @@ def _metric_rows(
 def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None = None) -> str:
     """The card as Markdown, rendered from ``templates/model_card.md``. ``run_info`` (from a training run) may hold
     ``base_model``, ``data`` (split name -> source), ``config`` (YAML text), ``validation`` and ``test`` (metric
-    dicts), ``metrics_note``, ``checkpoint`` (which one this is), ``thresholds`` (multi-label: the folder's, when
-    they are not the model's in memory), ``teachers`` (a distilled student's, bertcls.distill)."""
+    dicts), ``metrics_note``, ``checkpoint`` (which one this is), ``mode`` (how it was trained, where the model
+    alone cannot tell), ``thresholds`` (multi-label: the folder's, when they are not the model's in memory),
+    ``teachers`` (a distilled student's, bertcls.distill)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     info = run_info or {}
@@ -91,7 +98,7 @@ def model_card(model: BertForTextClassification, run_info: dict[str, Any] | None
         pooling=spec.pooling,
         dropout=spec.dropout,
         hidden_sizes=spec.hidden_sizes or "none (a single linear layer)",
-        mode=training_mode(model),
+        mode=info.get("mode") or training_mode(model),
         max_length=model.max_length,
         truncation=model.truncation,
         window_stride=model.window_stride,
@@ -126,16 +133,17 @@ def run_card_info(cfg: Any, result: dict[str, Any], checkpoint: str) -> dict[str
         validation = history[-1].get("validation") if history else None
     note = "Validation: this checkpoint's own evaluation. Test: the best checkpoint (by validation "
     note += f"{(result.get('best') or {}).get('metric', cfg.eval.metric)}), evaluated once at the end of the run."
+    held_out = resolve_split(cfg.data, "validation") or f"{cfg.data.validation_fraction:g} of train, held out"
+    if not any(h.get("validation") for h in history):  # a small file is not cut (bertcls.small_data)
+        held_out = "none (every training row trained)"
+        note = "Test: the trained model, evaluated once at the end of the run (no validation split to choose on)."
     return {
         "checkpoint": checkpoint,
         "base_model": cfg.model.name_or_path,
         "teachers": list(cfg.distill.teachers),
-        "data": {
-            "train": cfg.data.train,
-            "validation": resolve_split(cfg.data, "validation")
-            or f"{cfg.data.validation_fraction:g} of train, held out",
-            "test": resolve_split(cfg.data, "test"),
-        },
+        # The model is frozen when it is saved, but a contrastive run tuned its backbone first.
+        "mode": CONTRASTIVE_MODE if result.get("recipe") == "contrastive" else None,
+        "data": {"train": cfg.data.train, "validation": held_out, "test": resolve_split(cfg.data, "test")},
         "config": to_yaml(cfg),
         "validation": validation,
         "test": result.get("test"),

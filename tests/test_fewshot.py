@@ -190,6 +190,7 @@ def test_contrastive_recipe_tunes_the_body_and_its_checkpoint_predicts(tiny_bert
     base = BertForTextClassification.from_pretrained(tiny_bert, labels=LABELS)
     moved = [not torch.equal(a, b) for a, b in zip(best.backbone.parameters(), base.backbone.parameters())]
     assert any(moved)  # the saved body is the tuned one
+    assert "contrastive: backbone tuned" in (out / "best" / "README.md").read_text()  # not "frozen": it was tuned
     probs = best.predict_proba(["a good film", "a dull film"])
     assert probs.shape == (2, 2)
     # the saved model scores the test split as the run did

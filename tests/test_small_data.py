@@ -68,6 +68,9 @@ def test_small_frozen_file_chooses_the_penalty_by_cross_validation(tiny_bert, ti
     assert "train 16, validation 0" in log
     assert "small file: validation: none cut from 16 training rows" in log
     assert "chosen by 5-fold cross-validation" in log and "calibration: skipped" in log
+    card = (tmp_path / "run" / "best" / "README.md").read_text()  # the card says no validation split was cut
+    assert "none (every training row trained)" in card and "held out" not in card
+    assert "no validation split to choose on" in card and "by validation" not in card
 
 
 def test_small_file_gets_enough_steps_and_its_collapse_check(tiny_bert, tiny_data, tmp_path):
