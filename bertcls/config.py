@@ -15,7 +15,7 @@ import dataclasses
 import difflib
 import inspect
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,6 +184,17 @@ class DataConfig:
         if not 0.0 <= self.validation_fraction < 1.0:
             raise BertclsError(f"data.validation_fraction must be in [0, 1), got {self.validation_fraction}")
         _positive("data", "min_validation_rows", self.min_validation_rows, allow_zero=True)
+        check_label_descriptions(self.label_descriptions)  # when the config is read, before anything runs
+
+
+def check_label_descriptions(descriptions: Any) -> None:
+    """A template with ``{}``, a {label: text} map or None; which labels a map names is checked with the labels."""
+    if isinstance(descriptions, str) and "{}" not in descriptions:
+        raise BertclsError(f"data.label_descriptions: the template {descriptions!r} has no {{}} for the label")
+    if descriptions is not None and not isinstance(descriptions, str | Mapping):
+        raise BertclsError(
+            f"data.label_descriptions must be a template with {{}} or a {{label: text}} map, got {descriptions!r}"
+        )
 
 
 def resolve_split(data: DataConfig, split: str) -> str | None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bertcls.config import check_label_descriptions
 from bertcls.errors import BertclsError, first_line
 from bertcls.registry import Registry
 from bertcls.tasks import get_task
@@ -46,21 +47,16 @@ class InitContext:
 def label_texts(labels: list[str], descriptions: str | Mapping[str, str] | None) -> list[str]:
     """One text per label: the label itself (``None``), a template with ``{}`` for the label (``"a {} movie
     review"``), or a {label: text} map (labels left out stay themselves). Raises BertclsError on a bad one."""
+    check_label_descriptions(descriptions)
     if descriptions is None:
         return list(labels)
     if isinstance(descriptions, str):
-        if "{}" not in descriptions:
-            raise BertclsError(f"data.label_descriptions: the template {descriptions!r} has no {{}} for the label")
         return [descriptions.replace("{}", label) for label in labels]
-    if isinstance(descriptions, Mapping):
-        unknown = sorted(set(map(str, descriptions)) - set(labels))
-        if unknown:
-            raise BertclsError(f"data.label_descriptions names unknown label(s) {unknown}; labels: {labels}")
-        texts = {str(k): str(v) for k, v in descriptions.items()}
-        return [texts.get(label, label) for label in labels]
-    raise BertclsError(
-        f"data.label_descriptions must be a template with {{}} or a {{label: text}} map, got {descriptions!r}"
-    )
+    unknown = sorted(set(map(str, descriptions)) - set(labels))
+    if unknown:
+        raise BertclsError(f"data.label_descriptions names unknown label(s) {unknown}; labels: {labels}")
+    texts = {str(k): str(v) for k, v in descriptions.items()}
+    return [texts.get(label, label) for label in labels]
 
 
 # Parameters with a fixed set of values, checked by parse_init before a model is built (torch would only raise a

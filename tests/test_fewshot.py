@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bertcls import BertForTextClassification
+from bertcls.config import load_config
 from bertcls.contrastive import batches, blend_centroids, centroid_evidence, step_count, supcon_loss
 from bertcls.errors import BertclsError
 from bertcls.init import InitContext, label_texts, parse_init
@@ -50,6 +51,11 @@ def test_label_texts_from_a_template_or_a_map_and_bad_ones_are_refused():
         label_texts(LABELS, "a review")
     with pytest.raises(BertclsError, match="unknown label"):
         label_texts(LABELS, {"neutral": "meh"})
+    # a bad template or type is refused when the config is read, before a run chooses or prints anything
+    with pytest.raises(BertclsError, match="no \\{\\}"):
+        load_config(None, ["data.label_descriptions=a review"])
+    with pytest.raises(BertclsError, match="a template with"):
+        load_config(None, ["data.label_descriptions=[1, 2]"])
 
 
 def test_label_embeddings_is_refused_where_it_cannot_work(tiny_bert):
